@@ -1,0 +1,1 @@
+"""Compiler stages: convert, quantize, partition, export (one module each)."""

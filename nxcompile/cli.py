@@ -1,0 +1,187 @@
+"""The `nxcompile` command line.
+
+    nxcompile MODEL --target TARGET     the whole pipeline (the headline command)
+    nxcompile models                    the zoo and which weights are on this machine
+    nxcompile perplexity MODEL          held-out perplexity of the original (ANN) model
+    nxcompile generate MODEL --prompt   text from the original model
+
+Every user-facing failure is one line on stderr and a non-zero exit code;
+`--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from nxcompile.errors import NxError, UsageError
+
+PIPELINE_COMMAND = "pipeline"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="zoo name (see `nxcompile models`) or random:<name>")
+    parser.add_argument("--model-path", type=Path, default=None,
+                        help="folder with the model's config.json and weights (else the HF cache)")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from nxcompile.models.zoo import ZOO, local_weights, parameter_count
+
+    print(f"{'name':<12} {'layers':>6} {'d_model':>7} {'heads':>5} {'params':>8}  weights on this machine")
+    for entry in ZOO.values():
+        config = entry.config()
+        where = local_weights(entry)
+        print(f"{entry.name:<12} {config.n_layer:>6} {config.n_embd:>7} {config.n_head:>5} "
+              f"{parameter_count(config) / 1e6:>7.1f}M  {where or 'not found (use --model-path)'}")
+    print("\nrandom:<name> builds any of these with random weights (shapes only, no quality).")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from nxcompile.models.zoo import load_model
+
+    loaded = load_model(args.model, args.model_path)
+    print(f"model: {loaded.name} ({loaded.source})", file=sys.stderr)
+    return loaded
+
+
+def _held_out_perplexity(loaded, text_path: Path | None, max_tokens: int | None) -> tuple[float, int]:
+    import torch
+
+    from nxcompile.models.corpus import evaluation_text
+    from nxcompile.models.perplexity import perplexity
+
+    ids = loaded.tokenizer(evaluation_text(text_path))["input_ids"]
+    if len(ids) < 2:
+        raise UsageError("the evaluation text tokenizes to fewer than 2 tokens; give a longer --text")
+    token_ids = torch.tensor(ids[:max_tokens] if max_tokens else ids, dtype=torch.long)
+    return perplexity(loaded.model, token_ids, loaded.config.n_positions), len(token_ids)
+
+
+def _cmd_perplexity(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    started = time.perf_counter()
+    ppl, count = _held_out_perplexity(loaded, args.text, args.max_tokens)
+    print(f"{loaded.name}: perplexity {ppl:.2f} on {count} tokens of "
+          f"{args.text or 'the held-out plays'} ({time.perf_counter() - started:.1f} s)")
+    if loaded.random_weights:
+        print("note: random weights; this perplexity says nothing about any real model")
+    return 0
+
+
+def _generate(loaded, prompt: str, max_new_tokens: int, seed: int) -> str:
+    import torch
+
+    ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if ids.shape[1] == 0:
+        raise UsageError("the prompt tokenizes to nothing; give a non-empty --prompt")
+    if ids.shape[1] + max_new_tokens > loaded.config.n_positions:
+        raise UsageError(f"prompt ({ids.shape[1]} tokens) + --max-new-tokens {max_new_tokens} "
+                         f"exceeds the model's context of {loaded.config.n_positions} tokens")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                    top_k=40, temperature=0.8, max_new_tokens=max_new_tokens,
+                                    pad_token_id=loaded.tokenizer.eos_token_id)
+    return loaded.tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    print(_generate(loaded, args.prompt, args.max_new_tokens, args.seed))
+    return 0
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from nxcompile.compiler.targets import check_target_name
+
+    target = check_target_name(args.target)
+    loaded = _load(args)
+    ppl, count = _held_out_perplexity(loaded, args.text, args.max_tokens)
+    sample = _generate(loaded, args.prompt, 24, seed=0)
+    print(f"model      {loaded.name} ({loaded.source})")
+    print(f"target     {target}")
+    print(f"ANN ppl    {ppl:.2f} on {count} held-out tokens")
+    print(f"sample     {sample!r}")
+    print("stages run load -> ANN evaluation (conversion, quantisation, partitioning, "
+          "export and the Lava run are not built yet)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nxcompile",
+        description="Compile GPT-2 into a spiking network for Loihi 2 and run it in Lava.",
+        epilog="headline: nxcompile gpt2-small --target loihi2-sim  (same as `nxcompile pipeline ...`)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    commands.add_parser("models", help="list the model zoo and local weights").set_defaults(
+        handler=_cmd_models)
+
+    pipeline = commands.add_parser(PIPELINE_COMMAND, help="the whole pipeline on one model")
+    _add_model_arguments(pipeline)
+    pipeline.add_argument("--target", default="loihi2-sim", help="compilation target")
+    pipeline.add_argument("--text", type=Path, default=None, help="evaluation text file")
+    pipeline.add_argument("--max-tokens", type=_positive_int, default=4096,
+                          help="held-out tokens to score (default 4096)")
+    pipeline.add_argument("--prompt", default="To be, or not to be", help="prompt to run")
+    pipeline.set_defaults(handler=_cmd_pipeline)
+
+    ppl = commands.add_parser("perplexity", help="held-out perplexity of the original model")
+    _add_model_arguments(ppl)
+    ppl.add_argument("--text", type=Path, default=None,
+                     help="text file to score (default: the shipped model's held-out plays)")
+    ppl.add_argument("--max-tokens", type=_positive_int, default=None)
+    ppl.set_defaults(handler=_cmd_perplexity)
+
+    gen = commands.add_parser("generate", help="sample text from the original model")
+    _add_model_arguments(gen)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=_positive_int, default=40)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(handler=_cmd_generate)
+    return parser
+
+
+def _route_headline(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`nxcompile MODEL ...` means `nxcompile pipeline MODEL ...`."""
+    known = set(parser._subparsers._group_actions[0].choices)
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] not in known:
+        return argv[:first] + [PIPELINE_COMMAND] + argv[first:]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(_route_headline(list(sys.argv[1:] if argv is None else argv), parser))
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except NxError as exc:
+        if args.debug:
+            raise
+        print(f"nxcompile: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("nxcompile: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

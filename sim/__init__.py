@@ -1,0 +1,1 @@
+"""Simulation and accounting: the reference executor and the energy model."""
