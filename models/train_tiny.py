@@ -28,8 +28,9 @@ from nxcompile.models.perplexity import perplexity
 END_OF_TEXT = "<|endoftext|>"
 
 
-def tiny_config(vocab_size: int) -> GPT2Config:
-    return GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=128, n_layer=4,
+def tiny_config(vocab_size: int, context: int) -> GPT2Config:
+    """n_positions equals the training context: a position never trained is never used."""
+    return GPT2Config(vocab_size=vocab_size, n_positions=context, n_embd=128, n_layer=4,
                       n_head=4, bos_token_id=0, eos_token_id=0)
 
 
@@ -39,7 +40,7 @@ def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerFast:
                             special_tokens=[END_OF_TEXT], show_progress=False)
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=END_OF_TEXT,
                                    eos_token=END_OF_TEXT, unk_token=END_OF_TEXT,
-                                   model_max_length=256)
+                                   model_max_length=1 << 30)
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> torch.Tensor:
@@ -68,7 +69,7 @@ def train(args: argparse.Namespace) -> dict:
     corpus = load_corpus(args.corpus)
     tokenizer = train_tokenizer(corpus.train, args.vocab_size)
     train_tokens, held_out_tokens = encode(tokenizer, corpus.train), encode(tokenizer, corpus.held_out)
-    config = tiny_config(len(tokenizer))
+    config = tiny_config(len(tokenizer), args.context)
     model = GPT2LMHeadModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1,
                                   betas=(0.9, 0.95))
@@ -79,9 +80,8 @@ def train(args: argparse.Namespace) -> dict:
     for step, batch in enumerate(progress):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
-        loss = \
-            torch.nn.functional.cross_entropy(
-                model(batch[:, :-1]).logits.flatten(0, 1), batch[:, 1:].flatten())
+        logits = model(batch[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -38,6 +38,9 @@ class ZooEntry:
 
     def config(self) -> GPT2Config:
         if not self.hub_ids:
+            if not _is_checkpoint_dir(SHIPPED_TINY_DIR):
+                raise UsageError(f"the shipped gpt2-tiny is missing from {SHIPPED_TINY_DIR}; "
+                                 f"restore it from git or retrain it with `make train-tiny`")
             return GPT2Config.from_pretrained(SHIPPED_TINY_DIR)
         return GPT2Config(vocab_size=50257, n_positions=1024, **self.architecture)
 
@@ -142,6 +145,15 @@ def _load_pretrained(path: Path) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerBa
     return model.eval(), tokenizer
 
 
+def _check_architecture(entry: ZooEntry, config: GPT2Config, where: Path) -> None:
+    """A folder given for a zoo name must hold that size, or every figure is mislabelled."""
+    found = dict(n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head)
+    expected = {k: entry.architecture[k] for k in found} if entry.architecture else found
+    if found != expected:
+        raise UsageError(f"{where} holds a GPT-2 with {found}, but {entry.name} has {expected}; "
+                         f"pass the matching zoo name (see `nxcompile models`)")
+
+
 def shipped_tokenizer() -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(SHIPPED_TINY_DIR, local_files_only=True)
 
@@ -164,4 +176,5 @@ def load_model(spec: str, model_path: Path | None = None) -> LoadedModel:
     if where is None:
         raise UsageError(_missing_weights_message(entry))
     model, tokenizer = _load_pretrained(Path(where))
+    _check_architecture(entry, model.config, Path(where))
     return LoadedModel(entry.name, model, tokenizer, str(where), random_weights=False)
