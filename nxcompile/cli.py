@@ -15,25 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+from nxcompile.commands_snn import (DEFAULT_CONTEXT, add_conversion_arguments,
+                                    add_model_arguments, cmd_convert, cmd_eval,
+                                    load_from_args, positive_int)
 from nxcompile.errors import NxError, UsageError
 
 PIPELINE_COMMAND = "pipeline"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="zoo name (see `nxcompile models`) or random:<name>")
-    parser.add_argument("--model-path", type=Path, default=None,
-                        help="folder with the model's config.json and weights (else the HF cache)")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -49,31 +36,26 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
-    from nxcompile.models.zoo import load_model
-
-    loaded = load_model(args.model, args.model_path)
-    print(f"model: {loaded.name} ({loaded.source})", file=sys.stderr)
-    return loaded
-
-
-def _held_out_perplexity(loaded, text_path: Path | None, max_tokens: int | None) -> tuple[float, int]:
+def _held_out_perplexity(loaded, text_path: Path | None, max_tokens: int | None,
+                         context: int) -> tuple[float, int]:
     import torch
 
     from nxcompile.models.corpus import evaluation_text
-    from nxcompile.models.perplexity import perplexity
+    from nxcompile.models.perplexity import perplexity, windows
 
     ids = loaded.tokenizer(evaluation_text(text_path))["input_ids"]
     if len(ids) < 2:
         raise UsageError("the evaluation text tokenizes to fewer than 2 tokens; give a longer --text")
-    token_ids = torch.tensor(ids[:max_tokens] if max_tokens else ids, dtype=torch.long)
-    return perplexity(loaded.model, token_ids, loaded.config.n_positions), len(token_ids)
+    token_ids = torch.tensor(ids, dtype=torch.long)
+    context = min(context, loaded.config.n_positions)
+    scored = windows(token_ids, context, max_tokens).numel()
+    return perplexity(loaded.model, token_ids, context, max_tokens), scored
 
 
 def _cmd_perplexity(args: argparse.Namespace) -> int:
-    loaded = _load(args)
+    loaded = load_from_args(args)
     started = time.perf_counter()
-    ppl, count = _held_out_perplexity(loaded, args.text, args.max_tokens)
+    ppl, count = _held_out_perplexity(loaded, args.text, args.max_tokens, args.context)
     print(f"{loaded.name}: perplexity {ppl:.2f} on {count} tokens of "
           f"{args.text or 'the held-out plays'} ({time.perf_counter() - started:.1f} s)")
     if loaded.random_weights:
@@ -99,25 +81,42 @@ def _generate(loaded, prompt: str, max_new_tokens: int, seed: int) -> str:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    loaded = _load(args)
+    loaded = load_from_args(args)
     print(_generate(loaded, args.prompt, args.max_new_tokens, args.seed))
     return 0
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from nxcompile.commands_snn import build_graph, run_evaluation
     from nxcompile.compiler.targets import check_target_name
 
     target = check_target_name(args.target)
-    loaded = _load(args)
-    ppl, count = _held_out_perplexity(loaded, args.text, args.max_tokens)
+    loaded = load_from_args(args)
+    spiking = build_graph(args, loaded)
+    ev = run_evaluation(args, loaded, spiking, args.timesteps)
     sample = _generate(loaded, args.prompt, 24, seed=0)
-    print(f"model      {loaded.name} ({loaded.source})")
-    print(f"target     {target}")
-    print(f"ANN ppl    {ppl:.2f} on {count} held-out tokens")
-    print(f"sample     {sample!r}")
-    print("stages run load -> ANN evaluation (conversion, quantisation, partitioning, "
-          "export and the Lava run are not built yet)")
+    print(f"model        {loaded.name} ({loaded.source})")
+    print(f"method       {args.method}, T = {args.timesteps}, neuron {args.neuron}, GELU {args.gelu}")
+    print(f"target       {target}")
+    print(f"nodes        {spiking.graph.number_of_nodes()} ({len(spiking.spiking_nodes())} spiking "
+          f"populations)")
+    print(f"perplexity   ANN {ev.ann_perplexity:.2f} | SNN {ev.snn_perplexity:.2f} "
+          f"({100 * ev.perplexity_change:+.1f}%) on {ev.tokens} held-out tokens (reference simulator)")
+    print(f"cosine       logits {ev.logits_cosine:.4f} | hidden, mean over blocks "
+          f"{sum(ev.hidden_cosine) / len(ev.hidden_cosine):.4f} | top-1 agreement "
+          f"{100 * ev.top1_agreement:.1f}%")
+    print(f"ANN sample   {sample!r}")
+    print("stages run   load, convert, reference simulation (quantisation, partitioning, "
+          "export and the Lava run come with issues #4-#6)")
     return 0
+
+
+def _add_scoring_arguments(parser: argparse.ArgumentParser, default_max_tokens: int) -> None:
+    parser.add_argument("--text", type=Path, default=None,
+                        help="text file to score (default: the shipped model's held-out plays)")
+    parser.add_argument("--max-tokens", type=positive_int, default=default_max_tokens,
+                        help=f"tokens of the text to score (default {default_max_tokens})")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="windows per batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,33 +131,50 @@ def build_parser() -> argparse.ArgumentParser:
         handler=_cmd_models)
 
     pipeline = commands.add_parser(PIPELINE_COMMAND, help="the whole pipeline on one model")
-    _add_model_arguments(pipeline)
+    add_model_arguments(pipeline)
     pipeline.add_argument("--target", default="loihi2-sim", help="compilation target")
-    pipeline.add_argument("--text", type=Path, default=None, help="evaluation text file")
-    pipeline.add_argument("--max-tokens", type=_positive_int, default=4096,
-                          help="held-out tokens to score (default 4096)")
+    add_conversion_arguments(pipeline)
+    _add_scoring_arguments(pipeline, default_max_tokens=4096)
     pipeline.add_argument("--prompt", default="To be, or not to be", help="prompt to run")
     pipeline.set_defaults(handler=_cmd_pipeline)
 
+    convert = commands.add_parser("convert", help="GPT-2 -> spiking graph file")
+    add_model_arguments(convert)
+    add_conversion_arguments(convert)
+    convert.add_argument("--output", "-o", type=Path, required=True,
+                         help="where to write the graph (.safetensors)")
+    convert.set_defaults(handler=cmd_convert)
+
+    evaluation = commands.add_parser("eval", help="spiking vs original: perplexity, cosine, agreement")
+    add_model_arguments(evaluation)
+    add_conversion_arguments(evaluation)
+    _add_scoring_arguments(evaluation, default_max_tokens=16384)
+    evaluation.add_argument("--sweep-timesteps", default=None,
+                            help="comma list of T, e.g. 1,2,4,8,16,32: a table and a PNG plot")
+    evaluation.add_argument("--plot", type=Path, default=None, help="where to write the PNG")
+    evaluation.set_defaults(handler=cmd_eval)
+
     ppl = commands.add_parser("perplexity", help="held-out perplexity of the original model")
-    _add_model_arguments(ppl)
+    add_model_arguments(ppl)
     ppl.add_argument("--text", type=Path, default=None,
                      help="text file to score (default: the shipped model's held-out plays)")
-    ppl.add_argument("--max-tokens", type=_positive_int, default=None)
+    ppl.add_argument("--max-tokens", type=positive_int, default=None)
+    ppl.add_argument("--context", type=positive_int, default=DEFAULT_CONTEXT,
+                     help=f"tokens per scored window (default {DEFAULT_CONTEXT}, capped by the model)")
     ppl.set_defaults(handler=_cmd_perplexity)
 
     gen = commands.add_parser("generate", help="sample text from the original model")
-    _add_model_arguments(gen)
+    add_model_arguments(gen)
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--max-new-tokens", type=_positive_int, default=40)
+    gen.add_argument("--max-new-tokens", type=positive_int, default=40)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(handler=_cmd_generate)
+    parser.set_defaults(command_names=frozenset(commands.choices))
     return parser
 
 
-def _route_headline(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+def _route_headline(argv: list[str], known: set[str]) -> list[str]:
     """`nxcompile MODEL ...` means `nxcompile pipeline MODEL ...`."""
-    known = set(parser._subparsers._group_actions[0].choices)
     first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if first is not None and argv[first] not in known:
         return argv[:first] + [PIPELINE_COMMAND] + argv[first:]
@@ -167,7 +183,8 @@ def _route_headline(argv: list[str], parser: argparse.ArgumentParser) -> list[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_route_headline(list(sys.argv[1:] if argv is None else argv), parser))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_route_headline(argv, parser.get_default("command_names")))
     if args.command is None:
         parser.print_help()
         return 2

@@ -1,0 +1,14 @@
+"""Every benchmark of the project, one after the other (`make bench`)."""
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+BENCHMARKS = ["reference_throughput.py"]
+
+if __name__ == "__main__":
+    for script in BENCHMARKS:
+        print(f"== {script}", flush=True)
+        sys.argv = [script]
+        runpy.run_path(str(Path(__file__).parent / script), run_name="__main__")

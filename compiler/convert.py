@@ -1,0 +1,216 @@
+"""GPT-2 -> SpikingGraph.
+
+Method `neurtransformer` (Balaji et al., arXiv 2510.00133), steps (1) and (2):
+  - attention becomes spiking self-attention: the block's LayerNorm output is
+    encoded as ternary spikes, Q, K and V come from IF neurons, and
+    SSA(Q, K, V) = SN(mask(Q.K^T).V.s) runs per time step with no softmax; the
+    output projection reads the SSA spikes out as a graded value per token;
+  - each feed-forward block becomes its rate-coded equivalent: GELU is written
+    as a sum of K shifted ReLUs, GELU(x) ~ sum_k a_k ReLU(x - b_k) (least
+    squares on the model's own activation), each ReLU is a population of IF
+    neurons whose bias is shifted by b_k, and the down projection weights
+    each population by a_k;
+  - the residual stream, the block LayerNorms and the adds carry graded
+    values (one per token, Loihi 2 graded spikes); embedding, final norm and
+    LM head run on the host.
+Every threshold is calibrated on text: the graph is built node by node in the
+rate limit (reference executor, T -> infinity) and each population's
+threshold is a high percentile of its input current, so clipping is rare and
+rate quantisation (threshold / T per step) is as fine as it can be.
+Step (3), fine-tuning SSA, is models/finetune.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import networkx as nx
+import torch
+from transformers import GPT2LMHeadModel
+from transformers.activations import ACT2FN
+
+from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, LMHead,
+                                      NeuronModel, SpikingGraph)
+from nxcompile.errors import UsageError
+from nxcompile.sim.reference import execute_node, node_current
+
+METHODS = ("neurtransformer",)
+NEURON_MODELS = {"if": 0.0, "lif": 1.0 / 16}  # voltage leak per step (lava-dl CUBA dv / 4096)
+# Where the GELU hinges sit (empty: plain ReLU), chosen by a grid search of the
+# least-squares error against gelu_new on a normal of std 2.
+GELU_HINGES = {"hinge3": (-2.75, -0.5, 0.25), "relu": ()}
+HOST_CHOICES = ("embed", "norm", "lm_head")
+_PERCENTILE_SAMPLE = 1 << 20
+
+
+@dataclass(frozen=True)
+class ConversionOptions:
+    """What to build. `timesteps` is recorded for the executors; the graph itself
+    works at any T (thresholds are calibrated in the rate limit)."""
+    method: str = "neurtransformer"
+    timesteps: int = 8
+    neuron: str = "if"
+    gelu: str = "hinge3"
+    calibration_percentile: float = 99.9
+    host: tuple[str, ...] = ("embed", "lm_head")
+    ssa_scale: float | None = None
+
+    def __post_init__(self):
+        checks = [(self.method in METHODS, f"unknown method {self.method!r}; choose {METHODS}"),
+                  (self.timesteps > 0, f"timesteps must be > 0, got {self.timesteps}"),
+                  (self.neuron in NEURON_MODELS, f"unknown neuron model {self.neuron!r}; "
+                                                 f"choose {tuple(NEURON_MODELS)}"),
+                  (self.gelu in GELU_HINGES, f"unknown GELU handling {self.gelu!r}; "
+                                             f"choose {tuple(GELU_HINGES)}"),
+                  (0 < self.calibration_percentile <= 100, "calibration percentile must be in (0, 100]"),
+                  (set(self.host) <= set(HOST_CHOICES), f"host nodes must be among {HOST_CHOICES}")]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+def gelu_hinges(activation: str, breakpoints: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coefficients a_k with GELU(x) ~ sum_k a_k ReLU(x - b_k), least squares on the
+    model's own activation where trained pre-activations live (a normal of std 2).
+
+    The breakpoints are fixed and well apart: placing them at quantiles of each
+    layer's pre-activations was tried and is worse, because close breakpoints
+    make the fit ill-conditioned (large alternating a_k that amplify clipping).
+    With no breakpoints it is the classic plain ReLU (b = 0, a = 1).
+    """
+    if not breakpoints:
+        return torch.zeros(1), torch.ones(1)
+    x = torch.linspace(-8.0, 8.0, 8001, dtype=torch.float64)
+    weight = torch.exp(-x ** 2 / 16.0)
+    basis = torch.relu(x[:, None] - torch.tensor(breakpoints, dtype=torch.float64)[None, :])
+    target = ACT2FN[activation](x.float()).double()
+    coeffs = torch.linalg.lstsq(basis * weight[:, None], (target * weight)[:, None]).solution[:, 0]
+    return torch.tensor(breakpoints, dtype=torch.float32), coeffs.float()
+
+
+def _sample(flat: torch.Tensor) -> torch.Tensor:
+    """At most 2**20 values, chosen with a fixed seed (quantiles of huge tensors)."""
+    if flat.numel() <= _PERCENTILE_SAMPLE:
+        return flat
+    pick = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))
+    return flat[pick[:_PERCENTILE_SAMPLE]]
+
+
+def _percentile(values: torch.Tensor, percentile: float, signed: bool) -> float:
+    """A high percentile of |current| (signed) or of the positive currents."""
+    flat = values.detach().flatten()
+    flat = flat.abs() if signed else flat[flat > 0]
+    if flat.numel() == 0:
+        return 1.0
+    return max(float(torch.quantile(_sample(flat).float(), percentile / 100.0)), 1e-6)
+
+
+class _CalibratingBuilder:
+    """Adds nodes to a SpikingGraph and runs each on calibration tokens at once
+    (rate limit), so every threshold is set from the activations it will see."""
+
+    def __init__(self, spiking: SpikingGraph, token_ids: torch.Tensor, percentile: float):
+        self.spiking, self.token_ids, self.percentile = spiking, token_ids, percentile
+        self.values: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, op, inputs: dict[str, str] | None = None, *, host: bool = False,
+            block: int | None = None, groups: int = 1) -> str:
+        """`groups` > 1 calibrates that many equal slices of the population separately."""
+        feeds = {port: self.values[source] for port, source in (inputs or {}).items()}
+        neuron = getattr(op, "neuron", None)
+        if neuron is not None:
+            current = node_current(op, feeds, self.token_ids, None)
+            slices = current.chunk(groups, dim=-1)
+            thresholds = [_percentile(s, self.percentile, neuron.signed) for s in slices]
+            neuron.threshold = torch.tensor(thresholds).repeat_interleave(current.shape[-1] // groups) \
+                if groups > 1 else torch.tensor([thresholds[0]])
+        self.values[name] = execute_node(op, feeds, self.token_ids, None)
+        return self.spiking.add(name, op, inputs, host=host, block=block)
+
+    def spike_value(self, name: str) -> torch.Tensor:
+        """What one spike of node `name` stands for, per neuron (folded into the next weights)."""
+        return self.spiking.op(name).neuron.threshold
+
+
+def _linear(conv1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF GPT-2's Conv1D stores weight as (in, out); the IR uses (out, in)."""
+    return conv1d.weight.detach().T.contiguous().float(), conv1d.bias.detach().float().clone()
+
+
+def _neuron(options: ConversionOptions, signed: bool = False) -> NeuronModel:
+    return NeuronModel(threshold=torch.ones(1), leak=NEURON_MODELS[options.neuron], signed=signed)
+
+
+def _fold(weight: torch.Tensor, spike_value: torch.Tensor) -> torch.Tensor:
+    return weight * spike_value.reshape(1, -1)
+
+
+def _attention(b: _CalibratingBuilder, block, i: int, x: str, options: ConversionOptions) -> str:
+    cfg_heads = block.attn.num_heads
+    d = block.ln_1.weight.numel()
+    norm = b.add(f"h{i}.ln_1", LayerNorm(block.ln_1.weight.detach().float(), block.ln_1.bias.detach().float(),
+                                        block.ln_1.eps), {"x": x}, host="norm" in options.host, block=i)
+    enc = b.add(f"h{i}.attn.encode", Encode(_neuron(options, signed=True)), {"x": norm}, block=i)
+    weight, bias = _linear(block.attn.c_attn)
+    qkv = {part: b.add(f"h{i}.attn.{part}", Dense(_fold(rows, b.spike_value(enc)), part_bias.clone(),
+                                                   _neuron(options)), {"x": enc}, block=i)
+           for part, rows, part_bias in zip("qkv", weight.split(d, dim=0), bias.split(d))}
+    head_dim = d // cfg_heads
+    scale = options.ssa_scale if options.ssa_scale is not None else 1.0 / math.sqrt(head_dim)
+    ssa = b.add(f"h{i}.attn.ssa", SSA(cfg_heads, head_dim, scale, _neuron(options),
+                                      kv_capacity=b.spiking.meta["n_positions"]), qkv, block=i)
+    out_w, out_b = _linear(block.attn.c_proj)
+    readout = b.add(f"h{i}.attn.c_proj", Dense(_fold(out_w, b.spike_value(ssa)), out_b), {"x": ssa},
+                    block=i)
+    return b.add(f"h{i}.attn.add", Add(d), {"a": x, "b": readout}, block=i)
+
+
+def _feed_forward(b: _CalibratingBuilder, block, i: int, x: str, options: ConversionOptions,
+                  activation: str) -> str:
+    d = block.ln_2.weight.numel()
+    norm = b.add(f"h{i}.ln_2", LayerNorm(block.ln_2.weight.detach().float(), block.ln_2.bias.detach().float(),
+                                        block.ln_2.eps), {"x": x}, host="norm" in options.host, block=i)
+    enc = b.add(f"h{i}.mlp.encode", Encode(_neuron(options, signed=True)), {"x": norm}, block=i)
+    fc_w, fc_b = _linear(block.mlp.c_fc)
+    breakpoints, coeffs = gelu_hinges(activation, GELU_HINGES[options.gelu])
+    hinges = len(breakpoints)
+    fc = b.add(f"h{i}.mlp.c_fc",
+               Dense(_fold(fc_w, b.spike_value(enc)).repeat(hinges, 1),
+                     torch.cat([fc_b - bk for bk in breakpoints]), _neuron(options)),
+               {"x": enc}, block=i, groups=hinges)
+    proj_w, proj_b = _linear(block.mlp.c_proj)
+    mixed = torch.cat([proj_w * a for a in coeffs], dim=1)
+    readout = b.add(f"h{i}.mlp.c_proj", Dense(_fold(mixed, b.spike_value(fc)), proj_b), {"x": fc},
+                    block=i)
+    return b.add(f"h{i}.mlp.add", Add(d), {"a": x, "b": readout}, block=i)
+
+
+def convert(model: GPT2LMHeadModel, options: ConversionOptions, calibration_ids: torch.Tensor,
+            model_name: str = "") -> SpikingGraph:
+    """Build the spiking graph of `model`, calibrating thresholds on `calibration_ids` [B, S]."""
+    if calibration_ids.dim() != 2 or calibration_ids.numel() == 0:
+        raise UsageError("calibration needs a [batch, sequence] tensor of token ids")
+    config = model.config
+    transformer = model.transformer
+    spiking = SpikingGraph(nx.DiGraph(), {
+        "model": model_name, "options": json.loads(json.dumps(asdict(options))), "n_layer": config.n_layer,
+        "n_embd": config.n_embd, "n_head": config.n_head, "vocab_size": config.vocab_size,
+        "n_positions": config.n_positions, "activation": config.activation_function,
+        "calibration_tokens": int(calibration_ids.numel())})
+    with torch.no_grad():
+        b = _CalibratingBuilder(spiking, calibration_ids, options.calibration_percentile)
+        x = b.add("embed", Embed(transformer.wte.weight.detach().float().clone(),
+                                 transformer.wpe.weight.detach().float().clone()),
+                  host="embed" in options.host)
+        block_outputs = []
+        for i, block in enumerate(transformer.h):
+            x = _attention(b, block, i, x, options)
+            x = _feed_forward(b, block, i, x, options, config.activation_function)
+            block_outputs.append(x)
+        b.add("lm_head", LMHead(transformer.ln_f.weight.detach().float().clone(),
+                                transformer.ln_f.bias.detach().float().clone(),
+                                model.lm_head.weight.detach().float().clone(), transformer.ln_f.eps),
+              {"x": x}, host="lm_head" in options.host)
+    spiking.meta.update(block_outputs=block_outputs, logits_node="lm_head")
+    return spiking

@@ -1,0 +1,254 @@
+"""The spiking graph (IR): a networkx DiGraph of typed ops, shapes and message kinds on edges.
+
+Every op is a small dataclass whose docstring is its defining equation (NIR style).
+Time semantics, shared by every executor (see docs/time-semantics.md): each token
+is processed in a window of T time steps; every spiking population starts the
+window with v = v_init * threshold and integrates over the window; graded
+messages carry one value per token. Nodes marked `host` run on the host CPU.
+
+Edges carry `port` (which input of the op), `shape` (per token) and `kind`:
+`graded` (a value per token, a Loihi 2 graded spike), `binary` (0/1 spikes per
+step) or `ternary` (-1/0/+1 spikes per step, a 2-bit graded spike).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from nxcompile.errors import UsageError
+
+MESSAGE_KINDS = ("graded", "binary", "ternary")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class NeuronModel:
+    """Integrate-and-fire family with reset by subtraction, per step t of a token's window:
+
+        v[t] = (1 - leak) * v[t-1] + I[t]
+        s[t] = 1 if v[t] >= threshold;  -1 if signed and v[t] <= -threshold;  else 0
+        v[t] = v[t] - s[t] * threshold
+        v[-1] = v_init * threshold        (state reset at every token's start)
+
+    leak = 0 is IF; leak > 0 is LIF (lava-dl CUBA voltage decay, current decay 1).
+    A spike stands for the value `threshold`, so threshold * mean(s) decodes the rate.
+    """
+    threshold: torch.Tensor
+    leak: float = 0.0
+    signed: bool = False
+    v_init: float = 0.5
+
+    def __post_init__(self):
+        self.threshold = torch.as_tensor(self.threshold, dtype=torch.float32).reshape(-1)
+        if not 0.0 <= self.leak < 1.0:
+            raise ValueError(f"leak must be in [0, 1), got {self.leak}")
+
+    @property
+    def kind(self) -> str:
+        return "ternary" if self.signed else "binary"
+
+
+@dataclass
+class Embed:
+    """x_i = wte[token_i] + wpe[i]   (host: a table lookup, no synapses)."""
+    wte: torch.Tensor
+    wpe: torch.Tensor
+
+    @property
+    def out_features(self) -> int:
+        return self.wte.shape[1]
+
+
+@dataclass
+class LayerNorm:
+    """y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias   on graded values."""
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float = 1e-5
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass
+class Encode:
+    """Graded value -> spikes: I[t] = x for every t of the window, into `neuron`."""
+    neuron: NeuronModel
+
+    @property
+    def out_features(self) -> int:
+        return self.neuron.threshold.numel()
+
+
+@dataclass
+class Dense:
+    """I[t] = weight @ s_in[t] + bias; output spikes = neuron(I), or, with no neuron
+    (a readout), the graded value mean_t I[t]. Input spikes arrive as +-1: the
+    value a spike stands for is already folded into `weight`."""
+    weight: torch.Tensor
+    bias: torch.Tensor
+    neuron: NeuronModel | None = None
+
+    def __post_init__(self):
+        if self.weight.dim() != 2 or self.bias.shape != (self.weight.shape[0],):
+            raise ValueError(f"dense weight {tuple(self.weight.shape)} / bias "
+                             f"{tuple(self.bias.shape)} do not agree")
+        if self.neuron is not None and self.neuron.threshold.numel() not in (1, self.weight.shape[0]):
+            raise ValueError("neuron thresholds must be one per layer or one per output")
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass
+class SSA:
+    """Spiking self-attention, per head and per step t (Q, K, V binary spikes):
+
+        I_i[t] = scale * sum_{j <= i} (Q_i[t] . K_j[t]) V_j[t]      (no softmax)
+        output = neuron(I)
+
+    Keys and values of past tokens stay in synaptic memory (the KV cache, at
+    most `kv_capacity` tokens)."""
+    n_head: int
+    head_dim: int
+    scale: float
+    neuron: NeuronModel
+    causal: bool = True
+    kv_capacity: int = 1024
+
+    @property
+    def out_features(self) -> int:
+        return self.n_head * self.head_dim
+
+
+@dataclass
+class Add:
+    """y = a + b on graded values (the residual connection)."""
+    features: int
+
+    @property
+    def out_features(self) -> int:
+        return self.features
+
+
+@dataclass
+class LMHead:
+    """logits = weight @ LayerNorm(x)   (host: final norm and the tied output embedding)."""
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+    weight: torch.Tensor
+    eps: float = 1e-5
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+
+OP_TYPES = {cls.__name__: cls for cls in (Embed, LayerNorm, Encode, Dense, SSA, Add, LMHead)}
+
+
+def out_kind(op) -> str:
+    """The message kind an op emits."""
+    neuron = getattr(op, "neuron", None)
+    return neuron.kind if neuron is not None else "graded"
+
+
+@dataclass
+class SpikingGraph:
+    """The IR plus what produced it (model name, method, options)."""
+    graph: nx.DiGraph
+    meta: dict = field(default_factory=dict)
+
+    def add(self, name: str, op, inputs: dict[str, str] | None = None, host: bool = False,
+            block: int | None = None) -> str:
+        self.graph.add_node(name, op=op, host=host, block=block)
+        for port, source in (inputs or {}).items():
+            source_op = self.graph.nodes[source]["op"]
+            self.graph.add_edge(source, name, port=port, shape=(source_op.out_features,),
+                                kind=out_kind(source_op))
+        return name
+
+    def op(self, name: str):
+        return self.graph.nodes[name]["op"]
+
+    def inputs(self, name: str) -> dict[str, str]:
+        return {data["port"]: source for source, _, data in self.graph.in_edges(name, data=True)}
+
+    def order(self) -> list[str]:
+        return list(nx.lexicographical_topological_sort(self.graph))
+
+    def spiking_nodes(self) -> list[str]:
+        return [n for n in self.order() if out_kind(self.op(n)) != "graded"]
+
+
+def _flatten_op(prefix: str, op, tensors: dict[str, torch.Tensor]) -> dict:
+    """Op fields as JSON, with tensors moved into `tensors` under prefixed keys."""
+    fields = {}
+    for f in dataclasses.fields(op):
+        value = getattr(op, f.name)
+        if isinstance(value, torch.Tensor):
+            tensors[f"{prefix}.{f.name}"] = value.detach().contiguous().cpu()
+            fields[f.name] = {"tensor": f"{prefix}.{f.name}"}
+        elif isinstance(value, NeuronModel):
+            fields[f.name] = {"neuron": _flatten_op(f"{prefix}.{f.name}", value, tensors)}
+        else:
+            fields[f.name] = value
+    return fields
+
+
+def _unflatten_op(cls, fields: dict, tensors: dict[str, torch.Tensor]):
+    kwargs = {}
+    for name, value in fields.items():
+        if isinstance(value, dict) and "tensor" in value:
+            kwargs[name] = tensors[value["tensor"]]
+        elif isinstance(value, dict) and "neuron" in value:
+            kwargs[name] = _unflatten_op(NeuronModel, value["neuron"], tensors)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def save_graph(spiking: SpikingGraph, path: Path) -> None:
+    """One safetensors file: tensors as tensors, structure as JSON in its metadata.
+    Written to a temporary name and renamed, so a reader never sees half a file."""
+    tensors: dict[str, torch.Tensor] = {}
+    nodes = [{"name": n, "type": type(d["op"]).__name__, "host": d["host"], "block": d["block"],
+              "fields": _flatten_op(f"n{i}", d["op"], tensors)}
+             for i, (n, d) in enumerate((n, spiking.graph.nodes[n]) for n in spiking.order())]
+    edges = [{"source": s, "target": t, "port": d["port"]}
+             for s, t, d in sorted(spiking.graph.edges(data=True))]
+    structure = {"format": "nxcompile-spiking-graph", "version": FORMAT_VERSION,
+                 "nodes": nodes, "edges": edges, "meta": spiking.meta}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"structure": json.dumps(structure)})
+    tmp.replace(path)
+
+
+def load_graph(path: Path) -> SpikingGraph:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            structure = json.loads((handle.metadata() or {})["structure"])
+        tensors = load_file(str(path))
+    except (OSError, KeyError, ValueError, SafetensorError) as exc:
+        raise UsageError(f"{path} is not a spiking graph saved by nxcompile ({exc})") from exc
+    if structure.get("format") != "nxcompile-spiking-graph":
+        raise UsageError(f"{path} is not a spiking graph saved by nxcompile")
+    spiking = SpikingGraph(nx.DiGraph(), structure["meta"])
+    for node in structure["nodes"]:
+        op = _unflatten_op(OP_TYPES[node["type"]], node["fields"], tensors)
+        spiking.graph.add_node(node["name"], op=op, host=node["host"], block=node["block"])
+    for edge in structure["edges"]:
+        source_op = spiking.op(edge["source"])
+        spiking.graph.add_edge(edge["source"], edge["target"], port=edge["port"],
+                               shape=(source_op.out_features,), kind=out_kind(source_op))
+    return spiking

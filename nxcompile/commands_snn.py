@@ -1,0 +1,185 @@
+"""CLI support shared by the commands, and the handlers of the spiking stages
+(convert a model, evaluate it against the ANN)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from nxcompile.errors import UsageError
+
+DEFAULT_CONTEXT = 256
+CALIBRATION_WINDOWS = 8
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts: a clear message instead of a traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="zoo name (see `nxcompile models`) or random:<name>")
+    parser.add_argument("--model-path", type=Path, default=None,
+                        help="folder with the model's config.json and weights (else the HF cache)")
+
+
+def load_from_args(args: argparse.Namespace):
+    from nxcompile.models.zoo import load_model
+
+    loaded = load_model(args.model, args.model_path)
+    print(f"model: {loaded.name} ({loaded.source})", file=sys.stderr)
+    return loaded
+
+
+def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
+    from nxcompile.compiler.convert import GELU_HINGES, METHODS, NEURON_MODELS
+
+    parser.add_argument("--method", default="neurtransformer", choices=METHODS)
+    parser.add_argument("--timesteps", "-T", type=positive_int, default=8,
+                        help="time steps per token (default 8)")
+    parser.add_argument("--neuron", default="if", choices=tuple(NEURON_MODELS))
+    parser.add_argument("--gelu", default="hinge3", choices=tuple(GELU_HINGES),
+                        help="GELU as 3 shifted ReLUs (default) or a plain ReLU")
+    parser.add_argument("--host", default="embed,lm_head",
+                        help="comma list of nodes kept on the host: embed, norm, lm_head")
+    parser.add_argument("--context", type=positive_int, default=DEFAULT_CONTEXT,
+                        help=f"tokens per scored window (default {DEFAULT_CONTEXT}, capped by the model)")
+
+
+def _token_ids(tokenizer, text: str) -> torch.Tensor:
+    return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+
+
+def context_of(args, loaded) -> int:
+    return min(args.context, loaded.config.n_positions)
+
+
+def build_graph(args, loaded):
+    """Convert `loaded` with the CLI's options, calibrated on the training split."""
+    from nxcompile.compiler.convert import ConversionOptions, convert
+    from nxcompile.models.corpus import load_corpus
+    from nxcompile.models.perplexity import windows
+
+    options = ConversionOptions(method=args.method, timesteps=args.timesteps, neuron=args.neuron,
+                                gelu=args.gelu, host=tuple(h for h in args.host.split(",") if h))
+    train_ids = _token_ids(loaded.tokenizer, load_corpus().train[:200_000])
+    calibration = windows(train_ids, context_of(args, loaded))[:CALIBRATION_WINDOWS]
+    print(f"converting {loaded.name} ({args.method}), calibrating on "
+          f"{calibration.numel()} training tokens", file=sys.stderr)
+    return convert(loaded.model, options, calibration, model_name=loaded.name)
+
+
+def cmd_convert(args) -> int:
+    from nxcompile.compiler.graph import save_graph
+
+    loaded = load_from_args(args)
+    spiking = build_graph(args, loaded)
+    save_graph(spiking, args.output)
+    print(f"wrote {args.output}: {spiking.graph.number_of_nodes()} nodes, "
+          f"{len(spiking.spiking_nodes())} spiking populations")
+    return 0
+
+
+def parse_timesteps_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--sweep-timesteps takes whole numbers like 1,2,4,8, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise UsageError(f"--sweep-timesteps needs positive values, got {text!r}")
+    return values
+
+
+def format_row(ev) -> str:
+    hidden = sum(ev.hidden_cosine) / len(ev.hidden_cosine)
+    return (f"{ev.timesteps:>4} {ev.ann_perplexity:>9.2f} {ev.snn_perplexity:>9.2f} "
+            f"{100 * ev.perplexity_change:>+8.1f}% {ev.logits_cosine:>8.4f} {hidden:>8.4f} "
+            f"{100 * ev.top1_agreement:>6.1f}% {ev.mean_spike_rate:>6.3f} "
+            f"{ev.ann_seconds:>7.1f} {ev.snn_seconds:>7.1f}")
+
+
+TABLE_HEADER = (f"{'T':>4} {'ANN ppl':>9} {'SNN ppl':>9} {'d ppl':>9} {'cos(lgt)':>8} "
+                f"{'cos(hid)':>8} {'top-1':>7} {'rate':>6} {'ANN s':>7} {'SNN s':>7}")
+
+
+def run_evaluation(args, loaded, spiking, timesteps: int):
+    from nxcompile.models.corpus import evaluation_text
+    from nxcompile.models.perplexity import windows
+    from nxcompile.sim.evaluate import evaluate
+
+    ids = _token_ids(loaded.tokenizer, evaluation_text(args.text))
+    if len(ids) < 2:
+        raise UsageError("the evaluation text tokenizes to fewer than 2 tokens; give a longer --text")
+    text_windows = windows(ids, context_of(args, loaded), args.max_tokens)
+    return evaluate(loaded.model, spiking, text_windows, timesteps, batch_size=args.batch_size,
+                    progress=lambda it: tqdm(it, desc=f"eval T={timesteps}", unit="batch",
+                                             leave=False, file=sys.stderr))
+
+
+def write_sweep_plot(results, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r.timesteps for r in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(steps, [100 * r.perplexity_change for r in results], "o-")
+    left.set(xscale="log", xlabel="time steps per token T", ylabel="perplexity change vs ANN (%)")
+    right.plot(steps, [r.logits_cosine for r in results], "o-", label="logits")
+    right.plot(steps, [sum(r.hidden_cosine) / len(r.hidden_cosine) for r in results], "s-",
+               label="hidden (mean over blocks)")
+    right.plot(steps, [r.top1_agreement for r in results], "^-", label="top-1 agreement")
+    right.set(xscale="log", xlabel="time steps per token T", ylabel="similarity to ANN")
+    right.legend()
+    for axis in (left, right):
+        axis.set_xticks(steps, [str(s) for s in steps])
+        axis.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def cmd_eval(args) -> int:
+    loaded = load_from_args(args)
+    sweep = parse_timesteps_list(args.sweep_timesteps) if args.sweep_timesteps else [args.timesteps]
+    spiking = build_graph(args, loaded)
+    results = []
+    print(f"{loaded.name} | method {args.method} | neuron {args.neuron} | GELU {args.gelu} | "
+          f"text {args.text or 'held-out plays'} | context {context_of(args, loaded)}")
+    if loaded.random_weights:
+        print("RANDOM WEIGHTS: these figures say nothing about any trained model")
+    print(TABLE_HEADER)
+    for timesteps in sweep:
+        ev = run_evaluation(args, loaded, spiking, timesteps)
+        results.append(ev)
+        print(format_row(ev), flush=True)
+    print(f"({results[0].tokens} tokens scored; cos(hid) is the mean over blocks)")
+    if len(sweep) == 1:
+        _print_details(results[0])
+    if args.plot or len(sweep) > 1:
+        path = args.plot or Path(f"eval-{loaded.name.replace(':', '-')}-{args.method}.png")
+        write_sweep_plot(results, path, f"{loaded.name}, {args.method}")
+        print(f"plot: {path}")
+    return 0
+
+
+def _print_details(ev) -> None:
+    print("\nper block: cosine similarity of the residual stream to the ANN")
+    for block, cosine in enumerate(ev.hidden_cosine):
+        print(f"  block {block:>2}  {cosine:.4f}")
+    print("spike rate per population (spikes per neuron per step)")
+    for name, rate in ev.spike_rate.items():
+        print(f"  {name:<20} {rate:.3f}")

@@ -1,0 +1,161 @@
+"""Reference executor of a SpikingGraph: vectorised torch over batch x sequence x time.
+
+Spike trains are tensors [batch, sequence, T, neurons]; graded messages are
+[batch, sequence, neurons]. Only the time loop inside a neuron population is a
+Python loop (T iterations, each a tensor op over every neuron of every token);
+everything else is one tensor op per node. With `timesteps=None` it runs the
+rate limit (T -> infinity): each population emits its mean spike value per
+step, clip(I / threshold, 0 or -1, 1), on a time axis of length 1; the
+converter calibrates thresholds in that mode.
+
+The time semantics are those of docs/time-semantics.md and `compiler.graph`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, LMHead,
+                                      NeuronModel, SpikingGraph, out_kind)
+
+
+def fire(neuron: NeuronModel, current: torch.Tensor, timesteps: int | None) -> torch.Tensor:
+    """Spikes of a population driven by `current` [B, S, T, N] (see NeuronModel)."""
+    theta = neuron.threshold.to(current.dtype)
+    if timesteps is None:
+        return torch.clamp(current / theta, -1.0 if neuron.signed else 0.0, 1.0)
+    v = torch.full_like(current[:, :, 0], neuron.v_init) * theta
+    spikes = torch.empty_like(current)
+    decay = 1.0 - neuron.leak
+    for t in range(current.shape[2]):
+        v = v * decay + current[:, :, t]
+        s = (v >= theta).to(current.dtype)
+        if neuron.signed:
+            s = s - (v <= -theta).to(current.dtype)
+        v = v - s * theta
+        spikes[:, :, t] = s
+    return spikes
+
+
+def _embed(op: Embed, inputs, ctx) -> torch.Tensor:
+    ids = ctx["token_ids"]
+    return op.wte[ids] + op.wpe[torch.arange(ids.shape[1])][None]
+
+
+def _layer_norm(op: LayerNorm, inputs, ctx) -> torch.Tensor:
+    return F.layer_norm(inputs["x"], op.weight.shape, op.weight, op.bias, op.eps)
+
+
+def _encode_current(op: Encode, inputs, ctx) -> torch.Tensor:
+    x = inputs["x"]
+    return x[:, :, None, :].expand(-1, -1, ctx["timesteps"] or 1, -1)
+
+
+def _dense_current(op: Dense, inputs, ctx) -> torch.Tensor:
+    return inputs["x"] @ op.weight.T + op.bias
+
+
+def _dense(op: Dense, inputs, ctx) -> torch.Tensor:
+    current = _dense_current(op, inputs, ctx)
+    if op.neuron is None:
+        return current.mean(dim=2)
+    return fire(op.neuron, current, ctx["timesteps"])
+
+
+def ssa_current(op: SSA, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """scale * sum_{j<=i} (Q_i[t].K_j[t]) V_j[t], per head and step; [B, S, T, H*hd]."""
+    b, s, t, _ = q.shape
+
+    def heads(x):  # [B, S, T, H*hd] -> [B, H, T, S, hd]
+        return x.reshape(b, s, t, op.n_head, op.head_dim).permute(0, 3, 2, 1, 4)
+
+    scores = heads(q) @ heads(k).transpose(-1, -2)
+    if op.causal:
+        scores = scores.masked_fill(~torch.ones(s, s, dtype=torch.bool).tril(), 0.0)
+    out = (scores @ heads(v)) * op.scale
+    return out.permute(0, 3, 2, 1, 4).reshape(b, s, t, op.n_head * op.head_dim)
+
+
+def _ssa_current(op: SSA, inputs, ctx) -> torch.Tensor:
+    return ssa_current(op, inputs["q"], inputs["k"], inputs["v"])
+
+
+def _spiking(current_of):
+    """An executor for a population: its input current, then `fire`."""
+    return lambda op, inputs, ctx: fire(op.neuron, current_of(op, inputs, ctx), ctx["timesteps"])
+
+
+def _add(op: Add, inputs, ctx) -> torch.Tensor:
+    return inputs["a"] + inputs["b"]
+
+
+def _lm_head(op: LMHead, inputs, ctx) -> torch.Tensor:
+    x = F.layer_norm(inputs["x"], op.norm_weight.shape, op.norm_weight, op.norm_bias, op.eps)
+    return x @ op.weight.T
+
+
+# Input current of each op that drives a neuron population (the converter
+# calibrates thresholds on these), and the executor of every op type.
+CURRENTS = {Encode: _encode_current, Dense: _dense_current, SSA: _ssa_current}
+EXECUTORS = {Embed: _embed, LayerNorm: _layer_norm, Encode: _spiking(_encode_current),
+             Dense: _dense, SSA: _spiking(_ssa_current), Add: _add, LMHead: _lm_head}
+
+
+def execute_node(op, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor,
+                 timesteps: int | None) -> torch.Tensor:
+    """One node's output from its inputs."""
+    return EXECUTORS[type(op)](op, inputs, {"token_ids": token_ids, "timesteps": timesteps})
+
+
+def node_current(op, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor,
+                 timesteps: int | None) -> torch.Tensor:
+    """The input current of a neuron-bearing node, before its neurons fire."""
+    return CURRENTS[type(op)](op, inputs, {"token_ids": token_ids, "timesteps": timesteps})
+
+
+@dataclass
+class RunResult:
+    """What a run of the graph produced: logits, spike statistics and hidden states."""
+    logits: torch.Tensor
+    spike_rate: dict[str, float]
+    spike_count: dict[str, float]
+    hidden: dict[int, torch.Tensor]
+    timesteps: int | None
+    wall_seconds: float
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def run(spiking: SpikingGraph, token_ids: torch.Tensor, timesteps: int | None,
+        keep_values: bool = False) -> RunResult:
+    """Execute the whole graph on token ids [B, S].
+
+    `hidden[b]` is the residual stream after block b (the output of its last Add),
+    the twin of the ANN's block output. Spike counts are |s| summed over batch,
+    sequence, time and neurons (rate mode reports rates only).
+    """
+    if timesteps is not None and timesteps <= 0:
+        raise ValueError(f"timesteps must be > 0, got {timesteps}")
+    started = time.perf_counter()
+    values: dict[str, torch.Tensor] = {}
+    rate, count, hidden = {}, {}, {}
+    ctx = {"token_ids": token_ids, "timesteps": timesteps}
+    graph = spiking.graph
+    block_of_output = {name: b for b, name in enumerate(spiking.meta["block_outputs"])}
+    for name in spiking.order():
+        op = graph.nodes[name]["op"]
+        inputs = {port: values[source] for port, source in spiking.inputs(name).items()}
+        out = EXECUTORS[type(op)](op, inputs, ctx)
+        values[name] = out
+        if out_kind(op) != "graded":
+            magnitude = out.abs()
+            rate[name] = float(magnitude.mean())
+            count[name] = float(magnitude.sum()) if timesteps is not None else float("nan")
+        if name in block_of_output:
+            hidden[block_of_output[name]] = out
+    logits = values[spiking.meta["logits_node"]]
+    return RunResult(logits, rate, count, hidden, timesteps, time.perf_counter() - started,
+                     values if keep_values else {})

@@ -1,0 +1,127 @@
+"""The CLI through its real entry point: help, the zoo listing, one-line errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def nxcompile(*args: str, hf_home=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if hf_home is not None:
+        env["HF_HOME"] = str(hf_home)
+    return subprocess.run([sys.executable, "-m", "nxcompile.cli", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needles: str):
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("nxcompile: error:")]
+    assert len(error_lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in error_lines[0]
+
+
+def test_help_names_the_headline_and_commands():
+    result = nxcompile("--help")
+    assert result.returncode == 0
+    for word in ("models", "perplexity", "generate", "--target"):
+        assert word in result.stdout or word in nxcompile("pipeline", "--help").stdout
+
+
+def test_models_lists_the_zoo_and_local_availability(tmp_path):
+    result = nxcompile("models", hf_home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("gpt2-tiny", "gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"):
+        assert name in result.stdout
+    tiny_line = next(line for line in result.stdout.splitlines() if line.startswith("gpt2-tiny"))
+    assert "gpt2_tiny" in tiny_line
+    small_line = next(line for line in result.stdout.splitlines() if line.startswith("gpt2-small"))
+    assert "not found" in small_line
+
+
+def test_unknown_model_exits_2_with_one_line():
+    assert_one_line_error(nxcompile("gpt2-huge", "--target", "loihi2-sim"), 2, "gpt2-huge")
+
+
+def test_missing_weights_exit_2_naming_the_cache(tmp_path):
+    assert_one_line_error(nxcompile("gpt2-small", "--target", "loihi2-sim", hf_home=tmp_path),
+                          2, str(tmp_path), "--model-path")
+
+
+def test_unknown_target_exits_2():
+    assert_one_line_error(nxcompile("gpt2-tiny", "--target", "loihi9"), 2, "loihi9")
+
+
+def test_not_a_checkpoint_folder_exits_2(tmp_path):
+    assert_one_line_error(nxcompile("perplexity", "gpt2-small", "--model-path", str(tmp_path)),
+                          2, "not a GPT-2 checkpoint")
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "many"])
+def test_invalid_counts_are_refused_by_the_parser(bad):
+    result = nxcompile("perplexity", "gpt2-tiny", "--max-tokens", bad)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback():
+    result = nxcompile("--debug", "gpt2-huge")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_perplexity_of_the_shipped_model_runs():
+    result = nxcompile("perplexity", "gpt2-tiny", "--max-tokens", "600")
+    assert result.returncode == 0, result.stderr
+    assert "perplexity" in result.stdout
+
+
+def test_random_model_output_says_random_weights():
+    result = nxcompile("perplexity", "random:gpt2-tiny", "--max-tokens", "300")
+    assert result.returncode == 0, result.stderr
+    assert "random weights" in result.stdout.lower()
+
+
+def test_eval_prints_the_comparison_table():
+    result = nxcompile("eval", "gpt2-tiny", "--timesteps", "4", "--max-tokens", "256")
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if "ANN ppl" in line)
+    row = result.stdout.splitlines()[result.stdout.splitlines().index(header) + 1].split()
+    assert row[0] == "4" and float(row[1]) > 1 and float(row[2]) > 1
+    assert "per block" in result.stdout and "h0.attn.ssa" in result.stdout
+
+
+def test_eval_sweep_writes_a_png(tmp_path):
+    plot = tmp_path / "sweep.png"
+    result = nxcompile("eval", "gpt2-tiny", "--sweep-timesteps", "1,2", "--max-tokens", "128",
+                       "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("bad", ["0,2", "a,b", ","])
+def test_eval_sweep_rejects_bad_lists(bad):
+    assert_one_line_error(nxcompile("eval", "gpt2-tiny", "--sweep-timesteps", bad), 2,
+                          "--sweep-timesteps")
+
+
+def test_convert_writes_a_graph_that_loads(tmp_path):
+    from nxcompile.compiler.graph import load_graph
+
+    out = tmp_path / "tiny.safetensors"
+    result = nxcompile("convert", "gpt2-tiny", "-T", "4", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    graph = load_graph(out)
+    assert graph.meta["options"]["timesteps"] == 4 and graph.meta["model"] == "gpt2-tiny"
+
+
+def test_headline_runs_the_pipeline_on_the_shipped_model():
+    result = nxcompile("gpt2-tiny", "--target", "loihi2-sim", "--max-tokens", "256")
+    assert result.returncode == 0, result.stderr
+    for word in ("gpt2-tiny", "neurtransformer", "loihi2-sim", "perplexity", "cosine"):
+        assert word in result.stdout

@@ -1,0 +1,210 @@
+"""Converter and reference simulator against ground truth: the ANN's own feed-forward
+blocks, an independent loop implementation of SSA and of the IF neuron, every zoo shape."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from nxcompile.compiler.convert import GELU_HINGES, ConversionOptions, convert, gelu_hinges
+from nxcompile.compiler.graph import SSA, NeuronModel, load_graph, save_graph
+from nxcompile.errors import UsageError
+from nxcompile.models.zoo import ZOO
+from nxcompile.sim import reference
+
+
+def small_gpt2(seed: int = 0, **overrides) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    fields = dict(vocab_size=200, n_positions=64, n_embd=64, n_layer=2, n_head=4,
+                  bos_token_id=0, eos_token_id=0)
+    fields.update(overrides)
+    return GPT2LMHeadModel(GPT2Config(**fields)).eval()
+
+
+def token_batch(batch: int, length: int, vocab: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def converted():
+    model = small_gpt2()
+    graph = convert(model, ConversionOptions(), token_batch(4, 48, 200))
+    return model, graph
+
+
+@pytest.fixture(scope="module")
+def tiny_converted():
+    """The shipped, trained gpt2-tiny: real pre-activation ranges, unlike a random model."""
+    from nxcompile.models.corpus import load_corpus
+    from nxcompile.models.zoo import load_model
+    from nxcompile.sim.evaluate import windows
+
+    loaded = load_model("gpt2-tiny")
+    corpus = load_corpus()
+    context = loaded.config.n_positions
+    calibration = windows(torch.tensor(loaded.tokenizer(corpus.train[:60_000])["input_ids"]), context)[:4]
+    held_out = torch.tensor(loaded.tokenizer(corpus.held_out[:20_000])["input_ids"])[None, :64]
+    return loaded.model, convert(loaded.model, ConversionOptions(), calibration), held_out
+
+
+def ffn_relative_error(model, graph, ids, timesteps) -> float:
+    """SNN feed-forward readout of block 0 against the ANN's MLP on the same input."""
+    run = reference.run(graph, ids, timesteps, keep_values=True)
+    with torch.no_grad():
+        ann = model.transformer.h[0].mlp(run.values["h0.ln_2"])
+    snn = run.values["h0.mlp.c_proj"]
+    return float((snn - ann).norm() / ann.norm())
+
+
+def test_ffn_error_shrinks_as_timesteps_grow_and_matches_the_ann(tiny_converted):
+    model, graph, ids = tiny_converted
+    steps = [1, 2, 4, 8, 16, 32, 64, 128]
+    errors = [ffn_relative_error(model, graph, ids, t) for t in steps]
+    for shorter, longer in zip(errors, errors[1:]):
+        assert longer <= shorter * 1.05, errors
+    assert errors[-1] < 0.05 * errors[0], errors
+    assert errors[-1] < 0.06, errors
+    limit = ffn_relative_error(model, graph, ids, None)
+    assert abs(errors[-1] - limit) < 0.01, (errors[-1], limit)
+
+
+def test_gelu_hinges_fit_the_models_activation():
+    from transformers.activations import ACT2FN
+
+    breakpoints, coeffs = gelu_hinges("gelu_new", GELU_HINGES["hinge3"])
+    x = torch.linspace(-4, 4, 801)
+    approx = sum(a * torch.relu(x - b) for a, b in zip(coeffs, breakpoints))
+    assert float((approx - ACT2FN["gelu_new"](x)).abs().max()) < 0.12
+    relu_only = torch.relu(x)
+    assert float((approx - ACT2FN["gelu_new"](x)).pow(2).mean()) < \
+        0.25 * float((relu_only - ACT2FN["gelu_new"](x)).pow(2).mean())
+
+
+def loop_ssa(q, k, v, n_head, scale) -> np.ndarray:
+    """SSA written as its formula with explicit loops, independent of the executor."""
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
+    b_size, s_len, t_len, d = q.shape
+    hd = d // n_head
+    out = np.zeros_like(q)
+    for b in range(b_size):
+        for t in range(t_len):
+            for h in range(n_head):
+                cols = slice(h * hd, (h + 1) * hd)
+                for i in range(s_len):
+                    for j in range(i + 1):
+                        out[b, i, t, cols] += scale * (q[b, i, t, cols] @ k[b, j, t, cols]) * v[b, j, t, cols]
+    return out
+
+
+def test_ssa_matches_the_formula_on_random_spikes():
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = ((torch.rand(2, 6, 3, 8, generator=gen) < 0.4).float() for _ in range(3))
+    op = SSA(n_head=2, head_dim=4, scale=0.25, neuron=NeuronModel(torch.tensor([1.0])))
+    np.testing.assert_allclose(reference.ssa_current(op, q, k, v).numpy(),
+                               loop_ssa(q, k, v, 2, 0.25), rtol=0, atol=1e-5)
+
+
+def loop_if(current: np.ndarray, threshold: float, v_init: float, leak: float, signed: bool):
+    """The NeuronModel equations, one neuron and one step at a time."""
+    spikes = np.zeros_like(current)
+    for index in np.ndindex(current.shape[:2] + current.shape[3:]):
+        b, s, n = index
+        v = v_init * threshold
+        for t in range(current.shape[2]):
+            v = v * (1 - leak) + current[b, s, t, n]
+            spike = 1.0 if v >= threshold else (-1.0 if signed and v <= -threshold else 0.0)
+            v -= spike * threshold
+            spikes[b, s, t, n] = spike
+    return spikes
+
+
+@pytest.mark.parametrize("signed,leak", [(False, 0.0), (True, 0.0), (False, 0.0625)])
+def test_neuron_population_matches_a_loop_implementation(signed, leak):
+    current = torch.randn(2, 3, 12, 5, generator=torch.Generator().manual_seed(4)) * 1.5
+    neuron = NeuronModel(torch.tensor([0.9]), leak=leak, signed=signed)
+    np.testing.assert_array_equal(reference.fire(neuron, current, 12).numpy(),
+                                  loop_if(current.numpy(), 0.9, 0.5, leak, signed))
+
+
+def test_rate_limit_is_what_long_spike_trains_converge_to():
+    current = torch.rand(1, 2, 1, 50, generator=torch.Generator().manual_seed(5)) * 2 - 0.5
+    neuron = NeuronModel(torch.tensor([1.0]))
+    spikes = reference.fire(neuron, current.expand(-1, -1, 4096, -1), 4096)
+    np.testing.assert_allclose(spikes.mean(dim=2, keepdim=True).numpy(),
+                               reference.fire(neuron, current, None).numpy(), atol=1e-3)
+
+
+def test_graph_round_trips_through_disk(converted, tmp_path):
+    _, graph = converted
+    path = tmp_path / "graph.safetensors"
+    save_graph(graph, path)
+    loaded = load_graph(path)
+    assert loaded.meta == graph.meta
+    assert sorted(loaded.graph.edges(data=True)) == sorted(graph.graph.edges(data=True))
+    for name in graph.order():
+        a, b = graph.op(name), loaded.op(name)
+        assert type(a) is type(b)
+        for field, value in vars(a).items():
+            other = getattr(b, field)
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, other), (name, field)
+            elif isinstance(value, NeuronModel):
+                assert torch.equal(value.threshold, other.threshold) and vars(value).keys() == vars(other).keys()
+            else:
+                assert value == other, (name, field)
+    ids = token_batch(1, 20, 200)
+    assert torch.equal(reference.run(graph, ids, 4).logits, reference.run(loaded, ids, 4).logits)
+
+
+def test_a_foreign_file_is_not_read_as_a_graph(tmp_path):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(UsageError, match="not a spiking graph"):
+        load_graph(path)
+
+
+def test_spiking_run_is_causal(converted):
+    _, graph = converted
+    ids = token_batch(1, 24, 200)
+    changed = ids.clone()
+    changed[0, 15:] = (changed[0, 15:] + 1) % 200
+    a, b = reference.run(graph, ids, 4).logits, reference.run(graph, changed, 4).logits
+    assert torch.equal(a[:, :15], b[:, :15]) and not torch.equal(a[:, 15:], b[:, 15:])
+
+
+def test_host_nodes_follow_the_options():
+    graph = convert(small_gpt2(), ConversionOptions(host=("embed", "norm", "lm_head")),
+                    token_batch(1, 8, 200))
+    host = {n for n in graph.order() if graph.graph.nodes[n]["host"]}
+    assert host == {"embed", "lm_head", "h0.ln_1", "h0.ln_2", "h1.ln_1", "h1.ln_2"}
+
+
+@pytest.mark.parametrize("bad", [dict(timesteps=0), dict(neuron="hh"), dict(method="x"),
+                                 dict(host=("ssa",)), dict(gelu="cubic")])
+def test_bad_options_are_usage_errors(bad):
+    with pytest.raises(UsageError):
+        ConversionOptions(**bad)
+
+
+def expected_shapes(config) -> dict[str, int]:
+    d = config.n_embd
+    return {"h0.attn.q": d, "h0.attn.ssa": d, "h0.mlp.c_fc": 3 * 4 * d, "h0.mlp.c_proj": d,
+            "lm_head": config.vocab_size}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in ZOO if n != "gpt2-tiny"])
+def test_converter_handles_every_zoo_width(name):
+    """Every zoo size at its exact widths (d, heads, vocabulary, context); depth cut to
+    2 blocks here to keep the suite fast, since blocks repeat the same shapes."""
+    config = ZOO[name].config()
+    config.n_layer = 2
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).eval()
+    graph = convert(model, ConversionOptions(), token_batch(1, 8, config.vocab_size))
+    for node, features in expected_shapes(config).items():
+        assert graph.op(node).out_features == features, node
+    assert graph.op("h1.attn.ssa").n_head == config.n_head
+    assert reference.run(graph, token_batch(1, 8, config.vocab_size), 2).logits.shape == \
+        (1, 8, config.vocab_size)
