@@ -101,8 +101,8 @@ def parse_timesteps_list(text: str) -> list[int]:
 
 def format_row(ev) -> str:
     hidden = sum(ev.hidden_cosine) / len(ev.hidden_cosine)
-    return (f"{ev.timesteps:>4} {ev.ann_perplexity:>9.2f} {ev.snn_perplexity:>9.2f} "
-            f"{100 * ev.perplexity_change:>+8.1f}% {ev.logits_cosine:>8.4f} {hidden:>8.4f} "
+    return (f"{ev.timesteps:>4} {ev.ann_perplexity:>9.2f} {ev.snn_perplexity:>9.4g} "
+            f"{100 * ev.perplexity_change:>+8.3g}% {ev.logits_cosine:>8.4f} {hidden:>8.4f} "
             f"{100 * ev.top1_agreement:>6.1f}% {ev.mean_spike_rate:>6.3f} "
             f"{ev.ann_seconds:>7.1f} {ev.snn_seconds:>7.1f}")
 
@@ -133,15 +133,17 @@ def write_sweep_plot(results, path: Path, title: str) -> None:
 
     steps = [r.timesteps for r in results]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(steps, [100 * r.perplexity_change for r in results], "o-")
-    left.set(xscale="log", xlabel="time steps per token T", ylabel="perplexity change vs ANN (%)")
+    left.plot(steps, [r.snn_perplexity / r.ann_perplexity for r in results], "o-")
+    left.set(xlabel="time steps per token T", ylabel="perplexity SNN / ANN", yscale="log")
     right.plot(steps, [r.logits_cosine for r in results], "o-", label="logits")
     right.plot(steps, [sum(r.hidden_cosine) / len(r.hidden_cosine) for r in results], "s-",
                label="hidden (mean over blocks)")
     right.plot(steps, [r.top1_agreement for r in results], "^-", label="top-1 agreement")
-    right.set(xscale="log", xlabel="time steps per token T", ylabel="similarity to ANN")
+    right.set(xlabel="time steps per token T", ylabel="similarity to ANN")
     right.legend()
     for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.minorticks_off()
         axis.set_xticks(steps, [str(s) for s in steps])
         axis.grid(alpha=0.3)
     fig.suptitle(title)
