@@ -146,11 +146,16 @@ def _fold(weight: torch.Tensor, spike_value: torch.Tensor) -> torch.Tensor:
     return weight * spike_value.reshape(1, -1)
 
 
+def _layer_norm(b: _CalibratingBuilder, name: str, norm, x: str, options: ConversionOptions,
+                i: int) -> str:
+    op = LayerNorm(norm.weight.detach().float().clone(), norm.bias.detach().float().clone(), norm.eps)
+    return b.add(name, op, {"x": x}, host="norm" in options.host, block=i)
+
+
 def _attention(b: _CalibratingBuilder, block, i: int, x: str, options: ConversionOptions) -> str:
     cfg_heads = block.attn.num_heads
     d = block.ln_1.weight.numel()
-    norm = b.add(f"h{i}.ln_1", LayerNorm(block.ln_1.weight.detach().float(), block.ln_1.bias.detach().float(),
-                                        block.ln_1.eps), {"x": x}, host="norm" in options.host, block=i)
+    norm = _layer_norm(b, f"h{i}.ln_1", block.ln_1, x, options, i)
     enc = b.add(f"h{i}.attn.encode", Encode(_neuron(options, signed=True)), {"x": norm}, block=i)
     weight, bias = _linear(block.attn.c_attn)
     qkv = {part: b.add(f"h{i}.attn.{part}", Dense(_fold(rows, b.spike_value(enc)), part_bias.clone(),
@@ -169,8 +174,7 @@ def _attention(b: _CalibratingBuilder, block, i: int, x: str, options: Conversio
 def _feed_forward(b: _CalibratingBuilder, block, i: int, x: str, options: ConversionOptions,
                   activation: str) -> str:
     d = block.ln_2.weight.numel()
-    norm = b.add(f"h{i}.ln_2", LayerNorm(block.ln_2.weight.detach().float(), block.ln_2.bias.detach().float(),
-                                        block.ln_2.eps), {"x": x}, host="norm" in options.host, block=i)
+    norm = _layer_norm(b, f"h{i}.ln_2", block.ln_2, x, options, i)
     enc = b.add(f"h{i}.mlp.encode", Encode(_neuron(options, signed=True)), {"x": norm}, block=i)
     fc_w, fc_b = _linear(block.mlp.c_fc)
     breakpoints, coeffs = gelu_hinges(activation, GELU_HINGES[options.gelu])
@@ -194,8 +198,8 @@ def convert(model: GPT2LMHeadModel, options: ConversionOptions, calibration_ids:
     config = model.config
     transformer = model.transformer
     spiking = SpikingGraph(nx.DiGraph(), {
-        "model": model_name, "options": json.loads(json.dumps(asdict(options))), "n_layer": config.n_layer,
-        "n_embd": config.n_embd, "n_head": config.n_head, "vocab_size": config.vocab_size,
+        "model": model_name, "options": json.loads(json.dumps(asdict(options))),
+        "n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head, "vocab_size": config.vocab_size,
         "n_positions": config.n_positions, "activation": config.activation_function,
         "calibration_tokens": int(calibration_ids.numel())})
     with torch.no_grad():

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from nxcompile.commands_snn import (DEFAULT_CONTEXT, add_conversion_arguments,
-                                    add_model_arguments, cmd_convert, cmd_eval,
-                                    load_from_args, positive_int)
+                                    add_model_arguments, cmd_convert, cmd_eval, context_of,
+                                    evaluation_token_ids, load_from_args, positive_int)
 from nxcompile.errors import NxError, UsageError
 
 PIPELINE_COMMAND = "pipeline"
@@ -36,26 +36,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _held_out_perplexity(loaded, text_path: Path | None, max_tokens: int | None,
-                         context: int) -> tuple[float, int]:
-    import torch
-
-    from nxcompile.models.corpus import evaluation_text
+def _cmd_perplexity(args: argparse.Namespace) -> int:
     from nxcompile.models.perplexity import perplexity, windows
 
-    ids = loaded.tokenizer(evaluation_text(text_path))["input_ids"]
-    if len(ids) < 2:
-        raise UsageError("the evaluation text tokenizes to fewer than 2 tokens; give a longer --text")
-    token_ids = torch.tensor(ids, dtype=torch.long)
-    context = min(context, loaded.config.n_positions)
-    scored = windows(token_ids, context, max_tokens).numel()
-    return perplexity(loaded.model, token_ids, context, max_tokens), scored
-
-
-def _cmd_perplexity(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     started = time.perf_counter()
-    ppl, count = _held_out_perplexity(loaded, args.text, args.max_tokens, args.context)
+    token_ids = evaluation_token_ids(args, loaded)
+    context = context_of(args, loaded)
+    count = windows(token_ids, context, args.max_tokens).numel()
+    ppl = perplexity(loaded.model, token_ids, context, args.max_tokens)
     print(f"{loaded.name}: perplexity {ppl:.2f} on {count} tokens of "
           f"{args.text or 'the held-out plays'} ({time.perf_counter() - started:.1f} s)")
     if loaded.random_weights:
@@ -103,7 +92,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     print(f"perplexity   ANN {ev.ann_perplexity:.2f} | SNN {ev.snn_perplexity:.2f} "
           f"({100 * ev.perplexity_change:+.1f}%) on {ev.tokens} held-out tokens (reference simulator)")
     print(f"cosine       logits {ev.logits_cosine:.4f} | hidden, mean over blocks "
-          f"{sum(ev.hidden_cosine) / len(ev.hidden_cosine):.4f} | top-1 agreement "
+          f"{ev.mean_hidden_cosine:.4f} | top-1 agreement "
           f"{100 * ev.top1_agreement:.1f}%")
     print(f"ANN sample   {sample!r}")
     print("stages run   load, convert, reference simulation (quantisation, partitioning, "
@@ -123,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nxcompile",
         description="Compile GPT-2 into a spiking network for Loihi 2 and run it in Lava.",
-        epilog="headline: nxcompile gpt2-small --target loihi2-sim  (same as `nxcompile pipeline ...`)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="headline:\n  nxcompile gpt2-small --target loihi2-sim   (same as `nxcompile pipeline ...`)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -100,7 +100,7 @@ def parse_timesteps_list(text: str) -> list[int]:
 
 
 def format_row(ev) -> str:
-    hidden = sum(ev.hidden_cosine) / len(ev.hidden_cosine)
+    hidden = ev.mean_hidden_cosine
     return (f"{ev.timesteps:>4} {ev.ann_perplexity:>9.2f} {ev.snn_perplexity:>9.4g} "
             f"{100 * ev.perplexity_change:>+8.3g}% {ev.logits_cosine:>8.4f} {hidden:>8.4f} "
             f"{100 * ev.top1_agreement:>6.1f}% {ev.mean_spike_rate:>6.3f} "
@@ -111,14 +111,21 @@ TABLE_HEADER = (f"{'T':>4} {'ANN ppl':>9} {'SNN ppl':>9} {'d ppl':>9} {'cos(lgt)
                 f"{'cos(hid)':>8} {'top-1':>7} {'rate':>6} {'ANN s':>7} {'SNN s':>7}")
 
 
-def run_evaluation(args, loaded, spiking, timesteps: int):
+def evaluation_token_ids(args, loaded) -> torch.Tensor:
+    """The --text file (default: the held-out plays) in the model's tokens."""
     from nxcompile.models.corpus import evaluation_text
-    from nxcompile.models.perplexity import windows
-    from nxcompile.sim.evaluate import evaluate
 
     ids = _token_ids(loaded.tokenizer, evaluation_text(args.text))
     if len(ids) < 2:
         raise UsageError("the evaluation text tokenizes to fewer than 2 tokens; give a longer --text")
+    return ids
+
+
+def run_evaluation(args, loaded, spiking, timesteps: int):
+    from nxcompile.models.perplexity import windows
+    from nxcompile.sim.evaluate import evaluate
+
+    ids = evaluation_token_ids(args, loaded)
     text_windows = windows(ids, context_of(args, loaded), args.max_tokens)
     return evaluate(loaded.model, spiking, text_windows, timesteps, batch_size=args.batch_size,
                     progress=lambda it: tqdm(it, desc=f"eval T={timesteps}", unit="batch",
@@ -136,7 +143,7 @@ def write_sweep_plot(results, path: Path, title: str) -> None:
     left.plot(steps, [r.snn_perplexity / r.ann_perplexity for r in results], "o-")
     left.set(xlabel="time steps per token T", ylabel="perplexity SNN / ANN", yscale="log")
     right.plot(steps, [r.logits_cosine for r in results], "o-", label="logits")
-    right.plot(steps, [sum(r.hidden_cosine) / len(r.hidden_cosine) for r in results], "s-",
+    right.plot(steps, [r.mean_hidden_cosine for r in results], "s-",
                label="hidden (mean over blocks)")
     right.plot(steps, [r.top1_agreement for r in results], "^-", label="top-1 agreement")
     right.set(xlabel="time steps per token T", ylabel="similarity to ANN")

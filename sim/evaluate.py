@@ -39,6 +39,10 @@ class Evaluation:
         return self.snn_perplexity / self.ann_perplexity - 1.0
 
     @property
+    def mean_hidden_cosine(self) -> float:
+        return sum(self.hidden_cosine) / len(self.hidden_cosine)
+
+    @property
     def mean_spike_rate(self) -> float:
         rates = list(self.spike_rate.values())
         return sum(rates) / len(rates) if rates else 0.0
