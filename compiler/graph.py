@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 
 from nxcompile.errors import UsageError
 
-MESSAGE_KINDS = ("graded", "binary", "ternary")
 FORMAT_VERSION = 1
 
 

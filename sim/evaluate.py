@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
 from nxcompile.compiler.graph import SpikingGraph
-from nxcompile.models.perplexity import windows  # noqa: F401  (the one scoring protocol)
 from nxcompile.sim import reference
 
 
