@@ -38,7 +38,7 @@ def tiny_converted():
     """The shipped, trained gpt2-tiny: real pre-activation ranges, unlike a random model."""
     from nxcompile.models.corpus import load_corpus
     from nxcompile.models.zoo import load_model
-    from nxcompile.sim.evaluate import windows
+    from nxcompile.models.perplexity import windows
 
     loaded = load_model("gpt2-tiny")
     corpus = load_corpus()
