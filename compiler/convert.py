@@ -18,6 +18,22 @@ rate limit (reference executor, T -> infinity) and each population's
 threshold is a high percentile of its input current, so clipping is rare and
 rate quantisation (threshold / T per step) is as fine as it can be.
 Step (3), fine-tuning SSA, is models/finetune.
+
+Method `spikedecoder` (Beger, Walter, Knoll): fully spiking decoder blocks,
+with the choices that paper studies selectable:
+  - `residual`: `spiking` (the residual stream itself is a spike train: each
+    add is a signed population re-encoding scale_a*a + scale_b*b, and the
+    attention and MLP outputs are signed populations, not readouts) or
+    `graded` (the residual stays graded, as in neurtransformer);
+  - `norm`: `layernorm` (exact, on the window's decoded value: graded compute),
+    `static` (per-channel mean and deviation measured on calibration text,
+    folded with the LayerNorm affine into the next weights: no op at run
+    time) or `none` (the affine alone);
+  - `embedding` (text to spikes, spiking residual only): `rate` (signed IF,
+    ternary spikes), `binary` (0/1 spikes of the embedding shifted by its
+    per-channel minimum over the vocabulary, which the receivers add back)
+    or `graded` (the embedding as a graded spike at every step).
+SSA and the feed-forward conversion are those of neurtransformer.
 """
 from __future__ import annotations
 
@@ -33,9 +49,13 @@ from transformers.activations import ACT2FN
 from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, LMHead,
                                       NeuronModel, SpikingGraph)
 from nxcompile.errors import UsageError
+from nxcompile.sim import reference
 from nxcompile.sim.reference import execute_node, node_current
 
-METHODS = ("neurtransformer",)
+METHODS = ("neurtransformer", "spikedecoder")
+EMBEDDINGS = ("rate", "binary", "graded")
+NORMS = ("layernorm", "static", "none")
+RESIDUALS = ("spiking", "graded")
 NEURON_MODELS = {"if": 0.0, "lif": 1.0 / 16}  # voltage leak per step (lava-dl CUBA dv / 4096)
 # Where the GELU hinges sit (empty: plain ReLU), chosen by a grid search of the
 # least-squares error against gelu_new on a normal of std 2.
@@ -55,6 +75,9 @@ class ConversionOptions:
     calibration_percentile: float = 99.9
     host: tuple[str, ...] = ("embed", "lm_head")
     ssa_scale: float | None = None
+    embedding: str = "rate"
+    norm: str = "layernorm"
+    residual: str = "spiking"
 
     def __post_init__(self):
         checks = [(self.method in METHODS, f"unknown method {self.method!r}; choose {METHODS}"),
@@ -64,7 +87,10 @@ class ConversionOptions:
                   (self.gelu in GELU_HINGES, f"unknown GELU handling {self.gelu!r}; "
                                              f"choose {tuple(GELU_HINGES)}"),
                   (0 < self.calibration_percentile <= 100, "calibration percentile must be in (0, 100]"),
-                  (set(self.host) <= set(HOST_CHOICES), f"host nodes must be among {HOST_CHOICES}")]
+                  (set(self.host) <= set(HOST_CHOICES), f"host nodes must be among {HOST_CHOICES}"),
+                  (self.embedding in EMBEDDINGS, f"unknown embedding {self.embedding!r}; choose {EMBEDDINGS}"),
+                  (self.norm in NORMS, f"unknown norm {self.norm!r}; choose {NORMS}"),
+                  (self.residual in RESIDUALS, f"unknown residual {self.residual!r}; choose {RESIDUALS}")]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
@@ -146,48 +172,125 @@ def _fold(weight: torch.Tensor, spike_value: torch.Tensor) -> torch.Tensor:
     return weight * spike_value.reshape(1, -1)
 
 
+def _decoding(b: _CalibratingBuilder, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, offset) turning node `name`'s per-step output into its value:
+    threshold and offset for a population, (1, 0) for a graded value."""
+    neuron = getattr(b.spiking.op(name), "neuron", None)
+    if neuron is None:
+        return torch.ones(1), torch.zeros(1)
+    return neuron.threshold, neuron.offset
+
+
+def _dense_from(weight: torch.Tensor, bias: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor,
+                neuron: NeuronModel | None) -> Dense:
+    """A Dense whose input per step is gain * s + shift: W' = W diag(gain), b' = b + W shift."""
+    shift = shift.expand(weight.shape[1]) if shift.numel() == 1 else shift
+    return Dense(_fold(weight, gain), bias + weight @ shift, neuron)
+
+
+def _is_graded(b: _CalibratingBuilder, name: str) -> bool:
+    return getattr(b.spiking.op(name), "neuron", None) is None
+
+
+def _norm_affine(norm, variant: str, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (gain, shift) standing in for LayerNorm: `static` uses the mean and
+    deviation of the stream measured on calibration text, `none` the affine alone."""
+    gamma, beta = norm.weight.detach().float(), norm.bias.detach().float()
+    if variant == "none":
+        return gamma, beta
+    flat = value.flatten(0, -2)
+    inverse_std = torch.rsqrt(flat.var(dim=0) + norm.eps)
+    return gamma * inverse_std, beta - gamma * flat.mean(dim=0) * inverse_std
+
+
+def _branch_input(b: _CalibratingBuilder, prefix: str, norm_name: str, norm, x: str,
+                  options: ConversionOptions, i: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """The spikes a block's branch (attention or MLP) reads, after the chosen norm,
+    as (source node, gain, shift): the value of a source spike per step is
+    gain * s + shift, which the reading Dense layers fold into their weights."""
+    scale, offset = _decoding(b, x)
+    if options.method == "neurtransformer" or options.norm == "layernorm":
+        node = _layer_norm(b, norm_name, norm, x, options, i, scale, offset)
+        enc = b.add(f"{prefix}.encode", Encode(_neuron(options, signed=True)), {"x": node}, block=i)
+        return enc, b.spike_value(enc), torch.zeros(1)
+    value = reference.decode_output(b.spiking.op(x), b.values[x])
+    gain, shift = _norm_affine(norm, options.norm, value)
+    if _is_graded(b, x):
+        enc = b.add(f"{prefix}.encode", Encode(_neuron(options, signed=True), gain, shift),
+                    {"x": x}, block=i)
+        return enc, b.spike_value(enc), torch.zeros(1)
+    return x, scale * gain, offset * gain + shift
+
+
 def _layer_norm(b: _CalibratingBuilder, name: str, norm, x: str, options: ConversionOptions,
-                i: int) -> str:
-    op = LayerNorm(norm.weight.detach().float().clone(), norm.bias.detach().float().clone(), norm.eps)
+                i: int, scale: torch.Tensor, offset: torch.Tensor) -> str:
+    op = LayerNorm(norm.weight.detach().float().clone(), norm.bias.detach().float().clone(), norm.eps,
+                   *(() if _is_graded(b, x) else (scale.clone(), offset.clone())))
     return b.add(name, op, {"x": x}, host="norm" in options.host, block=i)
+
+
+def _branch_output(b: _CalibratingBuilder, prefix: str, weight: torch.Tensor, bias: torch.Tensor,
+                   source: str, x: str, options: ConversionOptions, i: int) -> str:
+    """Projection back to the residual stream, and the residual add."""
+    spiking = options.method == "spikedecoder" and options.residual == "spiking"
+    proj = b.add(f"{prefix}.c_proj", Dense(_fold(weight, b.spike_value(source)), bias,
+                                           _neuron(options, signed=True) if spiking else None),
+                 {"x": source}, block=i)
+    if not spiking:
+        return b.add(f"{prefix}.add", Add(weight.shape[0]), {"a": x, "b": proj}, block=i)
+    scale_a, offset_a = _decoding(b, x)
+    add = Add(weight.shape[0], _neuron(options, signed=True), scale_a.clone(),
+              b.spike_value(proj).clone(), offset_a.clone())
+    return b.add(f"{prefix}.add", add, {"a": x, "b": proj}, block=i)
 
 
 def _attention(b: _CalibratingBuilder, block, i: int, x: str, options: ConversionOptions) -> str:
     cfg_heads = block.attn.num_heads
     d = block.ln_1.weight.numel()
-    norm = _layer_norm(b, f"h{i}.ln_1", block.ln_1, x, options, i)
-    enc = b.add(f"h{i}.attn.encode", Encode(_neuron(options, signed=True)), {"x": norm}, block=i)
+    source, gain, shift = _branch_input(b, f"h{i}.attn", f"h{i}.ln_1", block.ln_1, x, options, i)
     weight, bias = _linear(block.attn.c_attn)
-    qkv = {part: b.add(f"h{i}.attn.{part}", Dense(_fold(rows, b.spike_value(enc)), part_bias.clone(),
-                                                   _neuron(options)), {"x": enc}, block=i)
+    qkv = {part: b.add(f"h{i}.attn.{part}", _dense_from(rows, part_bias.clone(), gain, shift,
+                                                        _neuron(options)), {"x": source}, block=i)
            for part, rows, part_bias in zip("qkv", weight.split(d, dim=0), bias.split(d))}
     head_dim = d // cfg_heads
     scale = options.ssa_scale if options.ssa_scale is not None else 1.0 / math.sqrt(head_dim)
     ssa = b.add(f"h{i}.attn.ssa", SSA(cfg_heads, head_dim, scale, _neuron(options),
                                       kv_capacity=b.spiking.meta["n_positions"]), qkv, block=i)
     out_w, out_b = _linear(block.attn.c_proj)
-    readout = b.add(f"h{i}.attn.c_proj", Dense(_fold(out_w, b.spike_value(ssa)), out_b), {"x": ssa},
-                    block=i)
-    return b.add(f"h{i}.attn.add", Add(d), {"a": x, "b": readout}, block=i)
+    return _branch_output(b, f"h{i}.attn", out_w, out_b, ssa, x, options, i)
 
 
 def _feed_forward(b: _CalibratingBuilder, block, i: int, x: str, options: ConversionOptions,
                   activation: str) -> str:
-    d = block.ln_2.weight.numel()
-    norm = _layer_norm(b, f"h{i}.ln_2", block.ln_2, x, options, i)
-    enc = b.add(f"h{i}.mlp.encode", Encode(_neuron(options, signed=True)), {"x": norm}, block=i)
+    source, gain, shift = _branch_input(b, f"h{i}.mlp", f"h{i}.ln_2", block.ln_2, x, options, i)
     fc_w, fc_b = _linear(block.mlp.c_fc)
     breakpoints, coeffs = gelu_hinges(activation, GELU_HINGES[options.gelu])
     hinges = len(breakpoints)
+    fc_dense = _dense_from(fc_w, fc_b, gain, shift, None)
     fc = b.add(f"h{i}.mlp.c_fc",
-               Dense(_fold(fc_w, b.spike_value(enc)).repeat(hinges, 1),
-                     torch.cat([fc_b - bk for bk in breakpoints]), _neuron(options)),
-               {"x": enc}, block=i, groups=hinges)
+               Dense(fc_dense.weight.repeat(hinges, 1),
+                     torch.cat([fc_dense.bias - bk for bk in breakpoints]), _neuron(options)),
+               {"x": source}, block=i, groups=hinges)
     proj_w, proj_b = _linear(block.mlp.c_proj)
     mixed = torch.cat([proj_w * a for a in coeffs], dim=1)
-    readout = b.add(f"h{i}.mlp.c_proj", Dense(_fold(mixed, b.spike_value(fc)), proj_b), {"x": fc},
-                    block=i)
-    return b.add(f"h{i}.mlp.add", Add(d), {"a": x, "b": readout}, block=i)
+    return _branch_output(b, f"h{i}.mlp", mixed, proj_b, fc, x, options, i)
+
+
+def _embedding_spikes(b: _CalibratingBuilder, embed: str, options: ConversionOptions) -> str:
+    """Text to spikes for a spiking residual stream (spikedecoder's embedding choice).
+
+    `binary` shifts each channel by its lowest possible value (the minimum over the
+    vocabulary plus the minimum over positions), so 0/1 spikes carry it; the
+    population's offset tells every receiver to add the shift back."""
+    if options.method != "spikedecoder" or options.residual != "spiking" or options.embedding == "graded":
+        return embed
+    if options.embedding == "rate":
+        return b.add("embed.encode", Encode(_neuron(options, signed=True)), {"x": embed})
+    table = b.spiking.op(embed)
+    floor = table.wte.min(dim=0).values + table.wpe.min(dim=0).values
+    neuron = _neuron(options)
+    neuron.offset = floor.clone()
+    return b.add("embed.encode", Encode(neuron, torch.ones(1), -floor), {"x": embed})
 
 
 def convert(model: GPT2LMHeadModel, options: ConversionOptions, calibration_ids: torch.Tensor,
@@ -207,14 +310,17 @@ def convert(model: GPT2LMHeadModel, options: ConversionOptions, calibration_ids:
         x = b.add("embed", Embed(transformer.wte.weight.detach().float().clone(),
                                  transformer.wpe.weight.detach().float().clone()),
                   host="embed" in options.host)
+        x = _embedding_spikes(b, x, options)
         block_outputs = []
         for i, block in enumerate(transformer.h):
             x = _attention(b, block, i, x, options)
             x = _feed_forward(b, block, i, x, options, config.activation_function)
             block_outputs.append(x)
+        scale, offset = _decoding(b, x)
         b.add("lm_head", LMHead(transformer.ln_f.weight.detach().float().clone(),
                                 transformer.ln_f.bias.detach().float().clone(),
-                                model.lm_head.weight.detach().float().clone(), transformer.ln_f.eps),
+                                model.lm_head.weight.detach().float().clone(), transformer.ln_f.eps,
+                                scale.clone(), offset.clone()),
               {"x": x}, host="lm_head" in options.host)
     spiking.meta.update(block_outputs=block_outputs, logits_node="lm_head")
     return spiking

@@ -37,15 +37,19 @@ class NeuronModel:
         v[-1] = v_init * threshold        (state reset at every token's start)
 
     leak = 0 is IF; leak > 0 is LIF (lava-dl CUBA voltage decay, current decay 1).
-    A spike stands for the value `threshold`, so threshold * mean(s) decodes the rate.
+    A spike stands for the value `threshold`; the population's value per step
+    decodes as threshold * s[t] + offset (offset is nonzero only where an
+    encoder shifted a signed value into the range of binary spikes).
     """
     threshold: torch.Tensor
     leak: float = 0.0
     signed: bool = False
     v_init: float = 0.5
+    offset: torch.Tensor = field(default_factory=lambda: torch.zeros(1))
 
     def __post_init__(self):
         self.threshold = torch.as_tensor(self.threshold, dtype=torch.float32).reshape(-1)
+        self.offset = torch.as_tensor(self.offset, dtype=torch.float32).reshape(-1)
         if not 0.0 <= self.leak < 1.0:
             raise ValueError(f"leak must be in [0, 1), got {self.leak}")
 
@@ -67,10 +71,15 @@ class Embed:
 
 @dataclass
 class LayerNorm:
-    """y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias   on graded values."""
+    """y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias   on graded values.
+
+    A spike-train input is first decoded over the window: x = mean_t(s) * input_scale
+    + input_offset (empty scale: the input is graded)."""
     weight: torch.Tensor
     bias: torch.Tensor
     eps: float = 1e-5
+    input_scale: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    input_offset: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
     @property
     def out_features(self) -> int:
@@ -79,8 +88,10 @@ class LayerNorm:
 
 @dataclass
 class Encode:
-    """Graded value -> spikes: I[t] = x for every t of the window, into `neuron`."""
+    """Graded value -> spikes: I[t] = gain * x + bias for every t of the window, into `neuron`."""
     neuron: NeuronModel
+    gain: torch.Tensor = field(default_factory=lambda: torch.ones(1))
+    bias: torch.Tensor = field(default_factory=lambda: torch.zeros(1))
 
     @property
     def out_features(self) -> int:
@@ -131,8 +142,14 @@ class SSA:
 
 @dataclass
 class Add:
-    """y = a + b on graded values (the residual connection)."""
+    """The residual connection. On graded values: y = a + b. With a neuron (a
+    spiking residual stream): I[t] = scale_a * a[t] + scale_b * b[t] + bias, into
+    `neuron`, where a graded input counts as the same value at every step."""
     features: int
+    neuron: NeuronModel | None = None
+    scale_a: torch.Tensor = field(default_factory=lambda: torch.ones(1))
+    scale_b: torch.Tensor = field(default_factory=lambda: torch.ones(1))
+    bias: torch.Tensor = field(default_factory=lambda: torch.zeros(1))
 
     @property
     def out_features(self) -> int:
@@ -141,11 +158,14 @@ class Add:
 
 @dataclass
 class LMHead:
-    """logits = weight @ LayerNorm(x)   (host: final norm and the tied output embedding)."""
+    """logits = weight @ LayerNorm(x)   (host: final norm and the tied output embedding).
+    A spike-train input is decoded as in LayerNorm."""
     norm_weight: torch.Tensor
     norm_bias: torch.Tensor
     weight: torch.Tensor
     eps: float = 1e-5
+    input_scale: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    input_offset: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
     @property
     def out_features(self) -> int:

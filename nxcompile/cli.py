@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nxcompile.commands_snn import (DEFAULT_CONTEXT, add_conversion_arguments,
                                     add_model_arguments, cmd_convert, cmd_eval, context_of,
+                                    describe_method,
                                     evaluation_token_ids, load_from_args, positive_int)
 from nxcompile.errors import NxError, UsageError
 
@@ -85,7 +86,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     ev = run_evaluation(args, loaded, spiking, args.timesteps)
     sample = _generate(loaded, args.prompt, 24, seed=0)
     print(f"model        {loaded.name} ({loaded.source})")
-    print(f"method       {args.method}, T = {args.timesteps}, neuron {args.neuron}, GELU {args.gelu}")
+    print(f"method       {describe_method(args)}, T = {args.timesteps}, neuron {args.neuron}, "
+          f"GELU {args.gelu}")
     print(f"target       {target}")
     print(f"nodes        {spiking.graph.number_of_nodes()} ({len(spiking.spiking_nodes())} spiking "
           f"populations)")

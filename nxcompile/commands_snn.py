@@ -41,7 +41,8 @@ def load_from_args(args: argparse.Namespace):
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
-    from nxcompile.compiler.convert import GELU_HINGES, METHODS, NEURON_MODELS
+    from nxcompile.compiler.convert import (EMBEDDINGS, GELU_HINGES, METHODS, NEURON_MODELS, NORMS,
+                                            RESIDUALS)
 
     parser.add_argument("--method", default="neurtransformer", choices=METHODS)
     parser.add_argument("--timesteps", "-T", type=positive_int, default=8,
@@ -49,6 +50,12 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--neuron", default="if", choices=tuple(NEURON_MODELS))
     parser.add_argument("--gelu", default="hinge3", choices=tuple(GELU_HINGES),
                         help="GELU as 3 shifted ReLUs (default) or a plain ReLU")
+    parser.add_argument("--embedding", default="rate", choices=EMBEDDINGS,
+                        help="spikedecoder: text-to-spike embedding (spiking residual only)")
+    parser.add_argument("--norm", default="layernorm", choices=NORMS,
+                        help="spikedecoder: normalisation variant")
+    parser.add_argument("--residual", default="spiking", choices=RESIDUALS,
+                        help="spikedecoder: residual stream as spikes or graded values")
     parser.add_argument("--host", default="embed,lm_head",
                         help="comma list of nodes kept on the host: embed, norm, lm_head")
     parser.add_argument("--context", type=positive_int, default=DEFAULT_CONTEXT,
@@ -70,7 +77,8 @@ def build_graph(args, loaded):
     from nxcompile.models.perplexity import windows
 
     options = ConversionOptions(method=args.method, timesteps=args.timesteps, neuron=args.neuron,
-                                gelu=args.gelu, host=tuple(h for h in args.host.split(",") if h))
+                                gelu=args.gelu, host=tuple(h for h in args.host.split(",") if h),
+                                embedding=args.embedding, norm=args.norm, residual=args.residual)
     train_ids = _token_ids(loaded.tokenizer, load_corpus().train[:200_000])
     calibration = windows(train_ids, context_of(args, loaded))[:CALIBRATION_WINDOWS]
     print(f"converting {loaded.name} ({args.method}), calibrating on "
@@ -87,6 +95,13 @@ def cmd_convert(args) -> int:
     print(f"wrote {args.output}: {spiking.graph.number_of_nodes()} nodes, "
           f"{len(spiking.spiking_nodes())} spiking populations")
     return 0
+
+
+def describe_method(args) -> str:
+    if args.method != "spikedecoder":
+        return f"method {args.method}"
+    return (f"method spikedecoder (embedding {args.embedding}, norm {args.norm}, "
+            f"residual {args.residual})")
 
 
 def parse_timesteps_list(text: str) -> list[int]:
@@ -166,7 +181,7 @@ def cmd_eval(args) -> int:
     sweep = parse_timesteps_list(args.sweep_timesteps) if args.sweep_timesteps else [args.timesteps]
     spiking = build_graph(args, loaded)
     results = []
-    print(f"{loaded.name} | method {args.method} | neuron {args.neuron} | GELU {args.gelu} | "
+    print(f"{loaded.name} | {describe_method(args)} | neuron {args.neuron} | GELU {args.gelu} | "
           f"text {args.text or 'held-out plays'} | context {context_of(args, loaded)}")
     if loaded.random_weights:
         print("RANDOM WEIGHTS: these figures say nothing about any trained model")

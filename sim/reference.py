@@ -27,6 +27,7 @@ def fire(neuron: NeuronModel, current: torch.Tensor, timesteps: int | None) -> t
     theta = neuron.threshold.to(current.dtype)
     if timesteps is None:
         return torch.clamp(current / theta, -1.0 if neuron.signed else 0.0, 1.0)
+    current = current.expand(-1, -1, timesteps, -1)  # a constant (graded) drive repeats each step
     v = torch.full_like(current[:, :, 0], neuron.v_init) * theta
     spikes = torch.empty_like(current)
     decay = 1.0 - neuron.leak
@@ -45,17 +46,35 @@ def _embed(op: Embed, inputs, ctx) -> torch.Tensor:
     return op.wte[ids] + op.wpe[torch.arange(ids.shape[1])][None]
 
 
+def as_train(x: torch.Tensor) -> torch.Tensor:
+    """A graded value [B, S, N] as a one-step train [B, S, 1, N] (the same every step)."""
+    return x if x.dim() == 4 else x[:, :, None, :]
+
+
+def decode(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """A spike train's window value mean_t(s) * scale + offset; graded values pass through."""
+    if x.dim() == 3 or scale.numel() == 0:
+        return x
+    return x.mean(dim=2) * scale + offset
+
+
+def decode_output(op, value: torch.Tensor) -> torch.Tensor:
+    """A node's output as a graded value per token (spiking populations decoded)."""
+    neuron = getattr(op, "neuron", None)
+    return value if neuron is None else decode(value, neuron.threshold, neuron.offset)
+
+
 def _layer_norm(op: LayerNorm, inputs, ctx) -> torch.Tensor:
-    return F.layer_norm(inputs["x"], op.weight.shape, op.weight, op.bias, op.eps)
+    x = decode(inputs["x"], op.input_scale, op.input_offset)
+    return F.layer_norm(x, op.weight.shape, op.weight, op.bias, op.eps)
 
 
 def _encode_current(op: Encode, inputs, ctx) -> torch.Tensor:
-    x = inputs["x"]
-    return x[:, :, None, :].expand(-1, -1, ctx["timesteps"] or 1, -1)
+    return as_train(inputs["x"] * op.gain + op.bias)
 
 
 def _dense_current(op: Dense, inputs, ctx) -> torch.Tensor:
-    return inputs["x"] @ op.weight.T + op.bias
+    return as_train(inputs["x"]) @ op.weight.T + op.bias
 
 
 def _dense(op: Dense, inputs, ctx) -> torch.Tensor:
@@ -88,18 +107,25 @@ def _spiking(current_of):
     return lambda op, inputs, ctx: fire(op.neuron, current_of(op, inputs, ctx), ctx["timesteps"])
 
 
+def _add_current(op: Add, inputs, ctx) -> torch.Tensor:
+    return as_train(inputs["a"]) * op.scale_a + as_train(inputs["b"]) * op.scale_b + op.bias
+
+
 def _add(op: Add, inputs, ctx) -> torch.Tensor:
-    return inputs["a"] + inputs["b"]
+    if op.neuron is None:
+        return inputs["a"] + inputs["b"]
+    return fire(op.neuron, _add_current(op, inputs, ctx), ctx["timesteps"])
 
 
 def _lm_head(op: LMHead, inputs, ctx) -> torch.Tensor:
-    x = F.layer_norm(inputs["x"], op.norm_weight.shape, op.norm_weight, op.norm_bias, op.eps)
+    x = decode(inputs["x"], op.input_scale, op.input_offset)
+    x = F.layer_norm(x, op.norm_weight.shape, op.norm_weight, op.norm_bias, op.eps)
     return x @ op.weight.T
 
 
 # Input current of each op that drives a neuron population (the converter
 # calibrates thresholds on these), and the executor of every op type.
-CURRENTS = {Encode: _encode_current, Dense: _dense_current, SSA: _ssa_current}
+CURRENTS = {Encode: _encode_current, Dense: _dense_current, SSA: _ssa_current, Add: _add_current}
 EXECUTORS = {Embed: _embed, LayerNorm: _layer_norm, Encode: _spiking(_encode_current),
              Dense: _dense, SSA: _spiking(_ssa_current), Add: _add, LMHead: _lm_head}
 
@@ -155,7 +181,7 @@ def run(spiking: SpikingGraph, token_ids: torch.Tensor, timesteps: int | None,
             rate[name] = float(magnitude.mean())
             count[name] = float(magnitude.sum()) if timesteps is not None else float("nan")
         if name in block_of_output:
-            hidden[block_of_output[name]] = out
+            hidden[block_of_output[name]] = decode_output(op, out)
     logits = values[spiking.meta["logits_node"]]
     return RunResult(logits, rate, count, hidden, timesteps, time.perf_counter() - started,
                      values if keep_values else {})

@@ -126,3 +126,10 @@ def test_headline_runs_the_pipeline_on_the_shipped_model():
     assert result.returncode == 0, result.stderr
     for word in ("gpt2-tiny", "neurtransformer", "loihi2-sim", "perplexity", "cosine"):
         assert word in result.stdout
+
+
+def test_eval_runs_the_spikedecoder_variants():
+    result = nxcompile("eval", "gpt2-tiny", "--method", "spikedecoder", "--embedding", "binary",
+                       "--norm", "static", "-T", "2", "--max-tokens", "128")
+    assert result.returncode == 0, result.stderr
+    assert "embedding binary, norm static, residual spiking" in result.stdout

@@ -135,8 +135,10 @@ def test_rate_limit_is_what_long_spike_trains_converge_to():
                                reference.fire(neuron, current, None).numpy(), atol=1e-3)
 
 
-def test_graph_round_trips_through_disk(converted, tmp_path):
-    _, graph = converted
+@pytest.mark.parametrize("method", ["neurtransformer", "spikedecoder"])
+def test_graph_round_trips_through_disk(method, tmp_path):
+    graph = convert(small_gpt2(), ConversionOptions(method=method, embedding="binary"),
+                    token_batch(2, 24, 200))
     path = tmp_path / "graph.safetensors"
     save_graph(graph, path)
     loaded = load_graph(path)
@@ -150,7 +152,9 @@ def test_graph_round_trips_through_disk(converted, tmp_path):
             if isinstance(value, torch.Tensor):
                 assert torch.equal(value, other), (name, field)
             elif isinstance(value, NeuronModel):
-                assert torch.equal(value.threshold, other.threshold) and vars(value).keys() == vars(other).keys()
+                for neuron_field, neuron_value in vars(value).items():
+                    assert torch.equal(torch.as_tensor(neuron_value),
+                                       torch.as_tensor(getattr(other, neuron_field))), (name, neuron_field)
             else:
                 assert value == other, (name, field)
     ids = token_batch(1, 20, 200)
@@ -181,7 +185,8 @@ def test_host_nodes_follow_the_options():
 
 
 @pytest.mark.parametrize("bad", [dict(timesteps=0), dict(neuron="hh"), dict(method="x"),
-                                 dict(host=("ssa",)), dict(gelu="cubic")])
+                                 dict(host=("ssa",)), dict(gelu="cubic"), dict(embedding="onehot"),
+                                 dict(norm="batch"), dict(residual="dense")])
 def test_bad_options_are_usage_errors(bad):
     with pytest.raises(UsageError):
         ConversionOptions(**bad)
@@ -208,3 +213,51 @@ def test_converter_handles_every_zoo_width(name):
     assert graph.op("h1.attn.ssa").n_head == config.n_head
     assert reference.run(graph, token_batch(1, 8, config.vocab_size), 2).logits.shape == \
         (1, 8, config.vocab_size)
+
+
+def on_chip_message_kinds(graph) -> set[str]:
+    """Kinds of the messages that leave a node that is not on the host."""
+    return {data["kind"] for source, _, data in graph.graph.edges(data=True)
+            if not graph.graph.nodes[source]["host"]}
+
+
+def test_spikedecoder_with_static_norm_is_fully_spiking():
+    graph = convert(small_gpt2(), ConversionOptions(method="spikedecoder", norm="static"),
+                    token_batch(2, 24, 200))
+    assert on_chip_message_kinds(graph) <= {"binary", "ternary"}
+    assert all(graph.op(n).neuron is not None for n in graph.order() if n.endswith(".add"))
+    neurtransformer = convert(small_gpt2(), ConversionOptions(), token_batch(2, 24, 200))
+    assert "graded" in on_chip_message_kinds(neurtransformer)
+
+
+def test_binary_embedding_spikes_decode_to_the_embedding():
+    model = small_gpt2()
+    ids = token_batch(2, 24, 200)
+    graph = convert(model, ConversionOptions(method="spikedecoder", embedding="binary"), ids)
+    run = reference.run(graph, ids, 256, keep_values=True)
+    spikes = run.values["embed.encode"]
+    assert set(spikes.unique().tolist()) <= {0.0, 1.0}
+    decoded = reference.decode_output(graph.op("embed.encode"), spikes)
+    embedding = run.values["embed"]
+    assert float((decoded - embedding).abs().mean()) < 0.05 * float(embedding.abs().mean())
+
+
+def test_spikedecoder_with_graded_residual_is_neurtransformer():
+    """The graded-residual variant differs from neurtransformer in name only."""
+    model, ids = small_gpt2(), token_batch(2, 24, 200)
+    a = convert(model, ConversionOptions(method="spikedecoder", residual="graded"), ids)
+    b = convert(model, ConversionOptions(), ids)
+    assert torch.equal(reference.run(a, ids, 4).logits, reference.run(b, ids, 4).logits)
+
+
+@pytest.mark.parametrize("embedding,norm", [("rate", "layernorm"), ("binary", "static"),
+                                            ("graded", "none")])
+def test_spikedecoder_spiking_residual_approaches_its_rate_limit(embedding, norm):
+    model, ids = small_gpt2(), token_batch(2, 24, 200)
+    graph = convert(model, ConversionOptions(method="spikedecoder", embedding=embedding, norm=norm), ids)
+    limit = reference.run(graph, ids, None).logits
+
+    def distance(steps: int) -> float:
+        return float((reference.run(graph, ids, steps).logits - limit).norm() / limit.norm())
+
+    assert distance(256) < 0.5 * distance(4)
