@@ -56,7 +56,9 @@ METHODS = ("neurtransformer", "spikedecoder")
 EMBEDDINGS = ("rate", "binary", "graded")
 NORMS = ("layernorm", "static", "none")
 RESIDUALS = ("spiking", "graded")
-NEURON_MODELS = {"if": 0.0, "lif": 1.0 / 16}  # voltage leak per step (lava-dl CUBA dv / 4096)
+# name -> (voltage leak per step = lava-dl CUBA voltage_decay, spike payload levels).
+# "graded": IF neurons sending 8-bit graded spikes (Loihi 2), threshold / 255 resolution per step.
+NEURON_MODELS = {"if": (0.0, 1), "lif": (1.0 / 16, 1), "graded": (0.0, 255)}
 # Where the GELU hinges sit (empty: plain ReLU), chosen by a grid search of the
 # least-squares error against gelu_new on a normal of std 2.
 GELU_HINGES = {"hinge3": (-2.75, -0.5, 0.25), "relu": ()}
@@ -67,7 +69,9 @@ _PERCENTILE_SAMPLE = 1 << 20
 @dataclass(frozen=True)
 class ConversionOptions:
     """What to build. `timesteps` is recorded for the executors; the graph itself
-    works at any T (thresholds are calibrated in the rate limit)."""
+    works at any T (thresholds are calibrated in the rate limit). A population
+    clips at payload_max * threshold per step, so its threshold is the
+    calibration percentile divided by payload_max."""
     method: str = "neurtransformer"
     timesteps: int = 8
     neuron: str = "if"
@@ -148,7 +152,8 @@ class _CalibratingBuilder:
         if neuron is not None:
             current = node_current(op, feeds, self.token_ids, None)
             slices = current.chunk(groups, dim=-1)
-            thresholds = [_percentile(s, self.percentile, neuron.signed) for s in slices]
+            thresholds = [_percentile(s, self.percentile, neuron.signed) / neuron.payload_max
+                          for s in slices]
             neuron.threshold = torch.tensor(thresholds).repeat_interleave(current.shape[-1] // groups) \
                 if groups > 1 else torch.tensor([thresholds[0]])
         self.values[name] = execute_node(op, feeds, self.token_ids, None)
@@ -165,7 +170,9 @@ def _linear(conv1d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _neuron(options: ConversionOptions, signed: bool = False) -> NeuronModel:
-    return NeuronModel(threshold=torch.ones(1), leak=NEURON_MODELS[options.neuron], signed=signed)
+    leak, levels = NEURON_MODELS[options.neuron]
+    payload_max = levels // 2 if signed and levels > 1 else levels
+    return NeuronModel(threshold=torch.ones(1), leak=leak, signed=signed, payload_max=payload_max)
 
 
 def _fold(weight: torch.Tensor, spike_value: torch.Tensor) -> torch.Tensor:
@@ -254,6 +261,9 @@ def _attention(b: _CalibratingBuilder, block, i: int, x: str, options: Conversio
            for part, rows, part_bias in zip("qkv", weight.split(d, dim=0), bias.split(d))}
     head_dim = d // cfg_heads
     scale = options.ssa_scale if options.ssa_scale is not None else 1.0 / math.sqrt(head_dim)
+    # Q, K and V enter SSA as spikes; with graded payloads a spike counts up to
+    # payload_max, so the scale divides each of the three back to [0, 1].
+    scale /= b.spiking.op(qkv["q"]).neuron.payload_max ** 3
     ssa = b.add(f"h{i}.attn.ssa", SSA(cfg_heads, head_dim, scale, _neuron(options),
                                       kv_capacity=b.spiking.meta["n_positions"]), qkv, block=i)
     out_w, out_b = _linear(block.attn.c_proj)

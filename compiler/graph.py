@@ -8,7 +8,8 @@ messages carry one value per token. Nodes marked `host` run on the host CPU.
 
 Edges carry `port` (which input of the op), `shape` (per token) and `kind`:
 `graded` (a value per token, a Loihi 2 graded spike), `binary` (0/1 spikes per
-step) or `ternary` (-1/0/+1 spikes per step, a 2-bit graded spike).
+step), `ternary` (-1/0/+1 spikes per step, a 2-bit graded spike) or
+`graded-spikeN` (an N-bit integer payload per step).
 """
 from __future__ import annotations
 
@@ -32,11 +33,15 @@ class NeuronModel:
     """Integrate-and-fire family with reset by subtraction, per step t of a token's window:
 
         v[t] = (1 - leak) * v[t-1] + I[t]
-        s[t] = 1 if v[t] >= threshold;  -1 if signed and v[t] <= -threshold;  else 0
+        s[t] = clamp(floor(v[t] / threshold), 0, payload_max)        (unsigned)
+               clamp(trunc(v[t] / threshold), -payload_max, payload_max)   (signed)
         v[t] = v[t] - s[t] * threshold
         v[-1] = v_init * threshold        (state reset at every token's start)
 
-    leak = 0 is IF; leak > 0 is LIF (lava-dl CUBA voltage decay, current decay 1).
+    payload_max = 1 is a binary (or, signed, ternary) spike: s = 1 when v >= threshold.
+    payload_max > 1 is a graded spike carrying an integer payload (Loihi 2).
+    leak = 0 is IF; leak > 0 is LIF: lava-dl's CUBA neuron with voltage_decay = leak
+    and current_decay = 1 (no synaptic current carried between steps).
     A spike stands for the value `threshold`; the population's value per step
     decodes as threshold * s[t] + offset (offset is nonzero only where an
     encoder shifted a signed value into the range of binary spikes).
@@ -46,16 +51,26 @@ class NeuronModel:
     signed: bool = False
     v_init: float = 0.5
     offset: torch.Tensor = field(default_factory=lambda: torch.zeros(1))
+    payload_max: int = 1
 
     def __post_init__(self):
         self.threshold = torch.as_tensor(self.threshold, dtype=torch.float32).reshape(-1)
         self.offset = torch.as_tensor(self.offset, dtype=torch.float32).reshape(-1)
         if not 0.0 <= self.leak < 1.0:
             raise ValueError(f"leak must be in [0, 1), got {self.leak}")
+        if self.payload_max < 1:
+            raise ValueError(f"payload_max must be >= 1, got {self.payload_max}")
 
     @property
     def kind(self) -> str:
+        if self.payload_max > 1:
+            return f"graded-spike{self.payload_bits}"
         return "ternary" if self.signed else "binary"
+
+    @property
+    def payload_bits(self) -> int:
+        """Bits of a spike's payload, sign included."""
+        return self.payload_max.bit_length() + int(self.signed)
 
 
 @dataclass

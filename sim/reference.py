@@ -25,17 +25,18 @@ from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm,
 def fire(neuron: NeuronModel, current: torch.Tensor, timesteps: int | None) -> torch.Tensor:
     """Spikes of a population driven by `current` [B, S, T, N] (see NeuronModel)."""
     theta = neuron.threshold.to(current.dtype)
+    top = float(neuron.payload_max)
+    bottom = -top if neuron.signed else 0.0
     if timesteps is None:
-        return torch.clamp(current / theta, -1.0 if neuron.signed else 0.0, 1.0)
+        return torch.clamp(current / theta, bottom, top)
     current = current.expand(-1, -1, timesteps, -1)  # a constant (graded) drive repeats each step
     v = torch.full_like(current[:, :, 0], neuron.v_init) * theta
     spikes = torch.empty_like(current)
     decay = 1.0 - neuron.leak
+    level = torch.trunc if neuron.signed else torch.floor
     for t in range(current.shape[2]):
         v = v * decay + current[:, :, t]
-        s = (v >= theta).to(current.dtype)
-        if neuron.signed:
-            s = s - (v <= -theta).to(current.dtype)
+        s = level(v / theta).clamp_(bottom, top)
         v = v - s * theta
         spikes[:, :, t] = s
     return spikes

@@ -69,6 +69,22 @@ def test_ffn_error_shrinks_as_timesteps_grow_and_matches_the_ann(tiny_converted)
     assert abs(errors[-1] - limit) < 0.01, (errors[-1], limit)
 
 
+def test_graded_spikes_reach_the_rate_limit_in_one_step(tiny_converted):
+    """8-bit payloads quantise to threshold/255 in a single step: at T = 1 the
+    graded FFN is already at its rate limit and beats binary spikes at T = 32."""
+    from nxcompile.models.corpus import load_corpus
+    from nxcompile.models.perplexity import windows
+    from nxcompile.models.zoo import shipped_tokenizer
+
+    model, binary_graph, ids = tiny_converted
+    tokens = torch.tensor(shipped_tokenizer()(load_corpus().train[:60_000])["input_ids"])
+    graded = convert(model, ConversionOptions(neuron="graded"), windows(tokens, 128)[:4])
+    assert graded.op("h0.mlp.c_fc").neuron.kind == "graded-spike8"
+    one_step = ffn_relative_error(model, graded, ids, 1)
+    assert abs(one_step - ffn_relative_error(model, graded, ids, None)) < 0.01
+    assert one_step < ffn_relative_error(model, binary_graph, ids, 32)
+
+
 def test_gelu_hinges_fit_the_models_activation():
     from transformers.activations import ACT2FN
 
@@ -105,26 +121,33 @@ def test_ssa_matches_the_formula_on_random_spikes():
                                loop_ssa(q, k, v, 2, 0.25), rtol=0, atol=1e-5)
 
 
-def loop_if(current: np.ndarray, threshold: float, v_init: float, leak: float, signed: bool):
-    """The NeuronModel equations, one neuron and one step at a time."""
+def loop_if(current: np.ndarray, threshold: float, v_init: float, leak: float, signed: bool,
+            payload_max: int = 1):
+    """The NeuronModel equations, one neuron and one step at a time: emit as many
+    whole thresholds as the membrane holds (at most payload_max), keep the rest."""
     spikes = np.zeros_like(current)
     for index in np.ndindex(current.shape[:2] + current.shape[3:]):
         b, s, n = index
         v = v_init * threshold
         for t in range(current.shape[2]):
             v = v * (1 - leak) + current[b, s, t, n]
-            spike = 1.0 if v >= threshold else (-1.0 if signed and v <= -threshold else 0.0)
+            spike = 0
+            while spike < payload_max and v - spike * threshold >= threshold:
+                spike += 1
+            while signed and spike > -payload_max and v - spike * threshold <= -threshold:
+                spike -= 1
             v -= spike * threshold
             spikes[b, s, t, n] = spike
     return spikes
 
 
-@pytest.mark.parametrize("signed,leak", [(False, 0.0), (True, 0.0), (False, 0.0625)])
-def test_neuron_population_matches_a_loop_implementation(signed, leak):
-    current = torch.randn(2, 3, 12, 5, generator=torch.Generator().manual_seed(4)) * 1.5
-    neuron = NeuronModel(torch.tensor([0.9]), leak=leak, signed=signed)
+@pytest.mark.parametrize("signed,leak,payload_max", [(False, 0.0, 1), (True, 0.0, 1), (False, 0.0625, 1),
+                                                     (False, 0.0, 7), (True, 0.0, 3)])
+def test_neuron_population_matches_a_loop_implementation(signed, leak, payload_max):
+    current = torch.randn(2, 3, 12, 5, generator=torch.Generator().manual_seed(4)) * 4
+    neuron = NeuronModel(torch.tensor([0.9]), leak=leak, signed=signed, payload_max=payload_max)
     np.testing.assert_array_equal(reference.fire(neuron, current, 12).numpy(),
-                                  loop_if(current.numpy(), 0.9, 0.5, leak, signed))
+                                  loop_if(current.numpy(), 0.9, 0.5, leak, signed, payload_max))
 
 
 def test_rate_limit_is_what_long_spike_trains_converge_to():
@@ -199,6 +222,18 @@ def expected_shapes(config) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["neurtransformer", "spikedecoder"])
+def test_full_depth_random_gpt2_small_converts_through_the_zoo(method):
+    from nxcompile.models.zoo import load_model
+
+    loaded = load_model("random:gpt2-small")
+    ids = token_batch(1, 8, loaded.config.vocab_size)
+    graph = convert(loaded.model, ConversionOptions(method=method), ids, loaded.name)
+    assert len(graph.meta["block_outputs"]) == 12 and graph.meta["model"] == "random:gpt2-small"
+    assert reference.run(graph, ids, 2).logits.shape == (1, 8, 50257)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in ZOO if n != "gpt2-tiny"])
 def test_converter_handles_every_zoo_width(name):
     """Every zoo size at its exact widths (d, heads, vocabulary, context); depth cut to
@@ -261,3 +296,17 @@ def test_spikedecoder_spiking_residual_approaches_its_rate_limit(embedding, norm
         return float((reference.run(graph, ids, steps).logits - limit).norm() / limit.norm())
 
     assert distance(256) < 0.5 * distance(4)
+
+
+def test_spike_encoding_does_not_change_the_rate_limit():
+    """Binary and graded spikes are two codes for one network: in the rate limit
+    every node decodes to the same values (SSA included, whose scale absorbs the
+    payload range)."""
+    model, ids = small_gpt2(), token_batch(2, 24, 200)
+    binary = convert(model, ConversionOptions(), ids)
+    graded = convert(model, ConversionOptions(neuron="graded"), ids)
+    a, b = reference.run(binary, ids, None, keep_values=True), reference.run(graded, ids, None, keep_values=True)
+    for name in binary.order():
+        first = reference.decode_output(binary.op(name), a.values[name])
+        second = reference.decode_output(graded.op(name), b.values[name])
+        torch.testing.assert_close(second, first, rtol=1e-4, atol=1e-4, msg=name)
