@@ -264,8 +264,12 @@ def save_graph(spiking: SpikingGraph, path: Path) -> None:
                  "nodes": nodes, "edges": edges, "meta": spiking.meta}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"structure": json.dumps(structure)})
-    tmp.replace(path)
+    try:
+        save_file(tensors, str(tmp), metadata={"structure": json.dumps(structure)})
+        tmp.replace(path)
+    except (OSError, SafetensorError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path} ({exc}); choose a writable path with free space") from exc
 
 
 def load_graph(path: Path) -> SpikingGraph:

@@ -171,9 +171,14 @@ def write_sweep_plot(results, path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=110)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write the plot {path} ({exc}); choose a writable --plot path") from exc
+    finally:
+        plt.close(fig)
 
 
 def cmd_eval(args) -> int:

@@ -133,3 +133,11 @@ def test_eval_runs_the_spikedecoder_variants():
                        "--norm", "static", "-T", "2", "--max-tokens", "128")
     assert result.returncode == 0, result.stderr
     assert "embedding binary, norm static, residual spiking" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["convert", "gpt2-tiny", "-T", "2", "-o"],
+                                     ["eval", "gpt2-tiny", "-T", "2", "--max-tokens", "64", "--plot"]])
+def test_unwritable_output_is_one_line_and_leaves_nothing(command, tmp_path):
+    target = tmp_path / "missing-folder" / "out.file"
+    assert_one_line_error(nxcompile(*command, str(target)), 2, "cannot write")
+    assert not (tmp_path / "missing-folder").exists()
