@@ -11,8 +11,8 @@ Method `neurtransformer` (Balaji et al., arXiv 2510.00133), steps (1) and (2):
     neurons whose bias is shifted by b_k, and the down projection weights
     each population by a_k;
   - the residual stream, the block LayerNorms and the adds carry graded
-    values (one per token, Loihi 2 graded spikes); embedding, final norm and
-    LM head run on the host.
+    values (one per token, Loihi 2 graded spikes); embedding, final norm
+    (`ln_f`) and LM head (a readout Dense with the tied embedding) run on the host.
 Every threshold is calibrated on text: the graph is built node by node in the
 rate limit (reference executor, T -> infinity) and each population's
 threshold is a high percentile of its input current, so clipping is rare and
@@ -46,8 +46,8 @@ import torch
 from transformers import GPT2LMHeadModel
 from transformers.activations import ACT2FN
 
-from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, LMHead,
-                                      NeuronModel, SpikingGraph)
+from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, NeuronModel,
+                                      SpikingGraph)
 from nxcompile.errors import UsageError
 from nxcompile.sim import reference
 from nxcompile.sim.reference import execute_node, node_current
@@ -62,7 +62,7 @@ NEURON_MODELS = {"if": (0.0, 1), "lif": (1.0 / 16, 1), "graded": (0.0, 255)}
 # Where the GELU hinges sit (empty: plain ReLU), chosen by a grid search of the
 # least-squares error against gelu_new on a normal of std 2.
 GELU_HINGES = {"hinge3": (-2.75, -0.5, 0.25), "relu": ()}
-HOST_CHOICES = ("embed", "norm", "lm_head")
+HOST_CHOICES = ("embed", "norm", "final_norm", "lm_head")
 _PERCENTILE_SAMPLE = 1 << 20
 
 
@@ -77,7 +77,7 @@ class ConversionOptions:
     neuron: str = "if"
     gelu: str = "hinge3"
     calibration_percentile: float = 99.9
-    host: tuple[str, ...] = ("embed", "lm_head")
+    host: tuple[str, ...] = ("embed", "final_norm", "lm_head")
     ssa_scale: float | None = None
     embedding: str = "rate"
     norm: str = "layernorm"
@@ -230,10 +230,11 @@ def _branch_input(b: _CalibratingBuilder, prefix: str, norm_name: str, norm, x: 
 
 
 def _layer_norm(b: _CalibratingBuilder, name: str, norm, x: str, options: ConversionOptions,
-                i: int, scale: torch.Tensor, offset: torch.Tensor) -> str:
+                i: int | None, scale: torch.Tensor, offset: torch.Tensor, host: bool | None = None) -> str:
+    """A LayerNorm node; it decodes a spike-train input with (scale, offset)."""
     op = LayerNorm(norm.weight.detach().float().clone(), norm.bias.detach().float().clone(), norm.eps,
                    *(() if _is_graded(b, x) else (scale.clone(), offset.clone())))
-    return b.add(name, op, {"x": x}, host="norm" in options.host, block=i)
+    return b.add(name, op, {"x": x}, host="norm" in options.host if host is None else host, block=i)
 
 
 def _branch_output(b: _CalibratingBuilder, prefix: str, weight: torch.Tensor, bias: torch.Tensor,
@@ -327,10 +328,10 @@ def convert(model: GPT2LMHeadModel, options: ConversionOptions, calibration_ids:
             x = _feed_forward(b, block, i, x, options, config.activation_function)
             block_outputs.append(x)
         scale, offset = _decoding(b, x)
-        b.add("lm_head", LMHead(transformer.ln_f.weight.detach().float().clone(),
-                                transformer.ln_f.bias.detach().float().clone(),
-                                model.lm_head.weight.detach().float().clone(), transformer.ln_f.eps,
-                                scale.clone(), offset.clone()),
-              {"x": x}, host="lm_head" in options.host)
+        final = _layer_norm(b, "ln_f", transformer.ln_f, x, options, None, scale, offset,
+                            host="final_norm" in options.host)
+        head = model.lm_head.weight.detach().float().clone()
+        b.add("lm_head", Dense(head, torch.zeros(head.shape[0])), {"x": final},
+              host="lm_head" in options.host)
     spiking.meta.update(block_outputs=block_outputs, logits_node="lm_head")
     return spiking

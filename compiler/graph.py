@@ -171,23 +171,7 @@ class Add:
         return self.features
 
 
-@dataclass
-class LMHead:
-    """logits = weight @ LayerNorm(x)   (host: final norm and the tied output embedding).
-    A spike-train input is decoded as in LayerNorm."""
-    norm_weight: torch.Tensor
-    norm_bias: torch.Tensor
-    weight: torch.Tensor
-    eps: float = 1e-5
-    input_scale: torch.Tensor = field(default_factory=lambda: torch.empty(0))
-    input_offset: torch.Tensor = field(default_factory=lambda: torch.empty(0))
-
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0]
-
-
-OP_TYPES = {cls.__name__: cls for cls in (Embed, LayerNorm, Encode, Dense, SSA, Add, LMHead)}
+OP_TYPES = {cls.__name__: cls for cls in (Embed, LayerNorm, Encode, Dense, SSA, Add)}
 
 
 def out_kind(op) -> str:

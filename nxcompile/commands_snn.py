@@ -56,8 +56,9 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
                         help="spikedecoder: normalisation variant")
     parser.add_argument("--residual", default="spiking", choices=RESIDUALS,
                         help="spikedecoder: residual stream as spikes or graded values")
-    parser.add_argument("--host", default="embed,lm_head",
-                        help="comma list of nodes kept on the host: embed, norm, lm_head")
+    parser.add_argument("--host", default="embed,final_norm,lm_head",
+                        help="comma list of nodes kept on the host: embed, norm (block norms), "
+                             "final_norm, lm_head")
     parser.add_argument("--context", type=positive_int, default=DEFAULT_CONTEXT,
                         help=f"tokens per scored window (default {DEFAULT_CONTEXT}, capped by the model)")
 

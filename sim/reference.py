@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, LMHead,
-                                      NeuronModel, SpikingGraph, out_kind)
+from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, NeuronModel,
+                                      SpikingGraph, out_kind)
 
 
 def fire(neuron: NeuronModel, current: torch.Tensor, timesteps: int | None) -> torch.Tensor:
@@ -118,17 +118,11 @@ def _add(op: Add, inputs, ctx) -> torch.Tensor:
     return fire(op.neuron, _add_current(op, inputs, ctx), ctx["timesteps"])
 
 
-def _lm_head(op: LMHead, inputs, ctx) -> torch.Tensor:
-    x = decode(inputs["x"], op.input_scale, op.input_offset)
-    x = F.layer_norm(x, op.norm_weight.shape, op.norm_weight, op.norm_bias, op.eps)
-    return x @ op.weight.T
-
-
 # Input current of each op that drives a neuron population (the converter
 # calibrates thresholds on these), and the executor of every op type.
 CURRENTS = {Encode: _encode_current, Dense: _dense_current, SSA: _ssa_current, Add: _add_current}
 EXECUTORS = {Embed: _embed, LayerNorm: _layer_norm, Encode: _spiking(_encode_current),
-             Dense: _dense, SSA: _spiking(_ssa_current), Add: _add, LMHead: _lm_head}
+             Dense: _dense, SSA: _spiking(_ssa_current), Add: _add}
 
 
 def execute_node(op, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor,

@@ -201,10 +201,12 @@ def test_spiking_run_is_causal(converted):
 
 
 def test_host_nodes_follow_the_options():
-    graph = convert(small_gpt2(), ConversionOptions(host=("embed", "norm", "lm_head")),
+    graph = convert(small_gpt2(), ConversionOptions(host=("embed", "norm", "final_norm", "lm_head")),
                     token_batch(1, 8, 200))
     host = {n for n in graph.order() if graph.graph.nodes[n]["host"]}
-    assert host == {"embed", "lm_head", "h0.ln_1", "h0.ln_2", "h1.ln_1", "h1.ln_2"}
+    assert host == {"embed", "ln_f", "lm_head", "h0.ln_1", "h0.ln_2", "h1.ln_1", "h1.ln_2"}
+    on_chip_norm = convert(small_gpt2(), ConversionOptions(host=("embed", "lm_head")), token_batch(1, 8, 200))
+    assert not on_chip_norm.graph.nodes["ln_f"]["host"]
 
 
 @pytest.mark.parametrize("bad", [dict(timesteps=0), dict(neuron="hh"), dict(method="x"),
