@@ -141,3 +141,10 @@ def test_unwritable_output_is_one_line_and_leaves_nothing(command, tmp_path):
     target = tmp_path / "missing-folder" / "out.file"
     assert_one_line_error(nxcompile(*command, str(target)), 2, "cannot write")
     assert not (tmp_path / "missing-folder").exists()
+
+
+@pytest.mark.parametrize("args,needle", [(["--prompt", ""], "tokenizes to nothing"),
+                                         (["--prompt", "To be", "--max-new-tokens", "500"],
+                                          "exceeds the model's context")])
+def test_bad_prompts_exit_2_with_one_line(args, needle):
+    assert_one_line_error(nxcompile("generate", "gpt2-tiny", *args), 2, needle)
