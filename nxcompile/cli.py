@@ -19,6 +19,7 @@ from nxcompile.commands_snn import (DEFAULT_CONTEXT, add_conversion_arguments,
                                     add_model_arguments, cmd_convert, cmd_eval, context_of,
                                     describe_method,
                                     evaluation_token_ids, load_from_args, positive_int)
+from nxcompile.commands_hw import add_partition_parser
 from nxcompile.errors import NxError, UsageError
 
 PIPELINE_COMMAND = "pipeline"
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scoring_arguments(pipeline, default_max_tokens=4096)
     pipeline.add_argument("--prompt", default="To be, or not to be", help="prompt to run")
     pipeline.set_defaults(handler=_cmd_pipeline)
+
+    add_partition_parser(commands)
 
     convert = commands.add_parser("convert", help="GPT-2 -> spiking graph file")
     add_model_arguments(convert)

@@ -171,6 +171,13 @@ def write_sweep_plot(results, path: Path, title: str) -> None:
         axis.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """PNG written to a temporary name and renamed: never half a plot."""
+    import matplotlib.pyplot as plt
+
     tmp = path.with_name(path.name + ".tmp.png")
     try:
         fig.savefig(tmp, dpi=110)

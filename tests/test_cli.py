@@ -148,3 +148,46 @@ def test_unwritable_output_is_one_line_and_leaves_nothing(command, tmp_path):
                                           "exceeds the model's context")])
 def test_bad_prompts_exit_2_with_one_line(args, needle):
     assert_one_line_error(nxcompile("generate", "gpt2-tiny", *args), 2, needle)
+
+
+def test_targets_prints_every_target_with_sources():
+    result = nxcompile("targets")
+    assert result.returncode == 0, result.stderr
+    for name in ("loihi2-sim", "loihi2", "loihi2-kapoho-point", "loihi2-hala-point", "loihi1"):
+        assert name in result.stdout
+    assert "neurons_per_core" in result.stdout and "Davies et al." in result.stdout
+
+
+def test_partition_reports_and_writes_plot_and_placement(tmp_path):
+    plot, placement = tmp_path / "use.png", tmp_path / "placement.json"
+    result = nxcompile("partition", "gpt2-tiny", "--target", "loihi2", "--rate-tokens", "16",
+                       "--plot", str(plot), "-o", str(placement))
+    assert result.returncode == 0, result.stderr
+    for words in ("cores used", "lower bound", "used / bound", "inter chip", "measured spike rates",
+                  "time per stage", "validate"):
+        assert words in result.stdout
+    assert plot.stat().st_size > 1000 and placement.stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["placement.json", "use.png"]
+
+
+def test_partition_of_a_foreign_net_file(shared_netx):
+    result = nxcompile("partition", str(shared_netx / "pilotnet_sdnn" / "network.net"), "--target", "loihi2")
+    assert result.returncode == 0, result.stderr
+    assert "cores used" in result.stdout and "layer4:conv x2" in result.stdout
+
+
+def test_graded_network_on_binary_loihi1_is_one_line_error(shared_netx):
+    result = nxcompile("partition", str(shared_netx / "pilotnet_sdnn" / "network.net"), "--target", "loihi1")
+    assert_one_line_error(result, 1, "binary spikes only", "loihi2")
+
+
+@pytest.mark.slow
+def test_model_too_big_for_the_target_names_one_that_fits():
+    result = nxcompile("partition", "random:gpt2-small", "--target", "loihi2-kapoho-point", "--rate-tokens", "0")
+    assert_one_line_error(result, 1, "cores short", "loihi2-kapoho-point has 1,024 cores",
+                          "loihi2-hala-point would fit")
+
+
+def test_unknown_target_is_a_usage_error():
+    result = nxcompile("partition", "gpt2-tiny", "--target", "loihi3")
+    assert result.returncode == 2 and "invalid choice" in result.stderr

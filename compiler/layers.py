@@ -1,0 +1,206 @@
+"""The hardware view of a network: what each layer asks of neuromorphic cores.
+
+The partitioner and the validator both read this plain description and nothing
+else of the network, so a SpikingGraph and a foreign lava-dl `.net` file are
+partitioned by the same code. A layer's output neurons are numbered in one
+fixed order (features; heads then head dims; conv row, channel, column), and
+every input a block reads is a range of a source layer's neurons in that order.
+(lava-dl stores conv tensors channel first; this numbering is row, channel, column.)
+
+Kinds and what one output neuron needs:
+  dense        all `in_features` inputs, one synapse (weight) each
+  elementwise  input i of each of `ports` sources (residual add, spike encoder)
+  norm         input i, plus the layer's mean and variance, kept by two extra
+               statistic neurons per block that read all `features` inputs
+  attention    its head's slice of Q, K and V; the head's past keys and values
+               (`kv_capacity` tokens x `timesteps` steps) are held in synaptic
+               memory, which is what a head costs
+  conv         a kernel window of every input channel; a core stores the kernel of
+               each output channel it computes once (shared by that channel's neurons)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from nxcompile.errors import UsageError
+
+# Graded per-token messages (a LayerNorm's output, a host embedding) travel as
+# Loihi 2 graded spikes; lava-dl netx's default payload for sigma-delta layers.
+GRADED_MESSAGE_BITS = 16
+# Spike rate assumed where none was measured (spikes per neuron per step).
+ESTIMATED_SPIKE_RATE = 0.1
+KINDS = ("dense", "elementwise", "norm", "attention", "conv")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer as the partitioner sees it. `params` holds the kind's sizes:
+    dense: in_features; elementwise: ports; norm: features; attention: n_head,
+    head_dim, kv_capacity, timesteps, kv_bits; conv: in_shape, out_shape (C, H, W),
+    kernel, stride, padding, dilation (each (H, W))."""
+    name: str
+    kind: str
+    neurons: int
+    inputs: tuple[str, ...]
+    params: dict = field(default_factory=dict)
+    host: bool = False
+    message_bits: int = 1            # 1: binary spikes; >1: graded payload bits
+    messages_per_token: float = 1.0  # per output neuron
+    rate_measured: bool = False
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"layer {self.name}: unknown kind {self.kind!r}")
+        if self.neurons <= 0:
+            raise ValueError(f"layer {self.name}: needs at least one neuron")
+
+
+@dataclass
+class Network:
+    """Layers in topological order, plus where they came from."""
+    layers: list[LayerSpec]
+    source: str
+    timesteps: int = 1
+
+    def layer(self, name: str) -> LayerSpec:
+        return self._by_name[name]
+
+    def __post_init__(self):
+        self._by_name = {layer.name: layer for layer in self.layers}
+
+    def chip_layers(self) -> list[LayerSpec]:
+        return [layer for layer in self.layers if not layer.host]
+
+
+def _message(kind: str, rate: float | None, timesteps: int) -> tuple[int, float]:
+    """(payload bits, messages per neuron per token) of an IR message kind."""
+    if kind == "graded":
+        return GRADED_MESSAGE_BITS, 1.0
+    bits = 1 if kind == "binary" else 2 if kind == "ternary" else int(kind.removeprefix("graded-spike"))
+    return bits, (ESTIMATED_SPIKE_RATE if rate is None else rate) * timesteps
+
+
+def _graph_layer(spiking, name: str, rates: dict[str, float], timesteps: int) -> LayerSpec:
+    from nxcompile.compiler.graph import SSA, Add, Dense, Embed, Encode, LayerNorm, out_kind
+
+    op = spiking.op(name)
+    inputs = spiking.inputs(name)
+    node = spiking.graph.nodes[name]
+    sources = tuple(inputs[port] for port in sorted(inputs))
+    bits, per_token = _message(out_kind(op), rates.get(name), timesteps)
+    common = dict(name=name, neurons=op.out_features, host=bool(node["host"]), message_bits=bits,
+                  messages_per_token=per_token, rate_measured=name in rates)
+    if isinstance(op, Embed):  # on chip: a table in synaptic memory read by one-hot token and position
+        return LayerSpec(kind="dense", inputs=(), params={"in_features": op.wte.shape[0] + op.wpe.shape[0]},
+                         **common)
+    if isinstance(op, Dense):
+        return LayerSpec(kind="dense", inputs=sources, params={"in_features": op.weight.shape[1]}, **common)
+    if isinstance(op, (Encode, Add)):
+        return LayerSpec(kind="elementwise", inputs=sources, params={"ports": len(sources)}, **common)
+    if isinstance(op, LayerNorm):
+        return LayerSpec(kind="norm", inputs=sources, params={"features": op.out_features}, **common)
+    if isinstance(op, SSA):
+        kv_bits = max(_message(out_kind(spiking.op(inputs[p])), None, 1)[0] for p in ("k", "v"))
+        return LayerSpec(kind="attention", inputs=(inputs["q"], inputs["k"], inputs["v"]),
+                         params={"n_head": op.n_head, "head_dim": op.head_dim,
+                                 "kv_capacity": op.kv_capacity, "timesteps": timesteps,
+                                 "kv_bits": kv_bits}, **common)
+    raise ValueError(f"node {name}: no hardware description for op {type(op).__name__}")
+
+
+def network_from_graph(spiking, spike_rates: dict[str, float] | None = None) -> Network:
+    """The layers of a SpikingGraph; spike rates measured by a run where given, else estimated."""
+    timesteps = int(spiking.meta.get("options", {}).get("timesteps") or 1)
+    rates = dict(spike_rates or {})
+    layers = [_graph_layer(spiking, name, rates, timesteps) for name in spiking.order()]
+    return Network(layers, source=str(spiking.meta.get("model", "spiking graph")), timesteps=timesteps)
+
+
+# --- lava-dl .net files ------------------------------------------------------
+
+def _attr(group, key, default=None):
+    if key not in group:
+        if default is None:
+            raise KeyError(key)
+        return default
+    value = group[key][()]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _netx_message(group) -> tuple[int, float]:
+    neuron = group["neuron"] if "neuron" in group else None
+    kind = _attr(neuron, "type", "LOIHI") if neuron is not None else "LOIHI"
+    if isinstance(kind, np.ndarray):
+        kind = kind.item().decode()
+    graded = kind == "SDNN"
+    return (GRADED_MESSAGE_BITS if graded else 1), (1.0 if graded else ESTIMATED_SPIKE_RATE)
+
+
+def _pair(group, key) -> tuple[int, int]:
+    value = np.atleast_1d(_attr(group, key)).astype(int)
+    return (int(value[0]), int(value[-1]))
+
+
+def _shape(group) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.atleast_1d(_attr(group, "shape")))
+
+
+def _netx_layer(index: int, group, previous: LayerSpec | None, previous_shape) -> tuple[LayerSpec | None, tuple]:
+    kind = _attr(group, "type")
+    kind = kind.item().decode() if isinstance(kind, np.ndarray) else kind
+    name = f"layer{index}:{kind}"
+    inputs = (previous.name,) if previous is not None else ()
+    bits, per_token = _netx_message(group)
+    common = dict(name=name, inputs=inputs, message_bits=bits, messages_per_token=per_token)
+    if kind == "input":
+        shape = _shape(group)
+        return LayerSpec(kind="elementwise", neurons=math.prod(shape), params={"ports": 0},
+                         host=True, **common), shape
+    if kind == "flatten":
+        return None, (math.prod(previous_shape),)
+    if kind == "dense":
+        weight = group["weight"]
+        return LayerSpec(kind="dense", neurons=int(weight.shape[0]),
+                         params={"in_features": int(weight.shape[1])}, **common), (int(weight.shape[0]),)
+    if kind == "conv":
+        out_shape = _shape(group)
+        weight_shape = group["weight"].shape
+        in_shape = previous_shape if previous_shape and len(previous_shape) == 3 else None
+        if in_shape is None or int(weight_shape[1]) != in_shape[0]:
+            raise ValueError(f"{name}: conv input {previous_shape} does not match weight {weight_shape}")
+        params = {"in_shape": tuple(in_shape), "out_shape": out_shape, "kernel": _pair(group, "kernelSize"),
+                  "stride": _pair(group, "stride"), "padding": _pair(group, "padding"),
+                  "dilation": _pair(group, "dilation")}
+        return LayerSpec(kind="conv", neurons=math.prod(out_shape), params=params, **common), out_shape
+    raise ValueError(f"layer {index} has type {kind!r}, which nxcompile cannot place")
+
+
+def network_from_netx(path: Path) -> Network:
+    """The layers of a lava-dl netx `.net` file (read as data only)."""
+    path = Path(path)
+    layers: list[LayerSpec] = []
+    try:
+        with h5py.File(path, "r") as handle:
+            group = handle["layer"]
+            previous, shape = None, None
+            for index in sorted(group.keys(), key=int):
+                layer, shape = _netx_layer(int(index), group[index], previous, shape)
+                if layer is not None:
+                    layers.append(layer)
+                    previous = layer
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise UsageError(f"{path} is not a readable lava-dl .net network ({exc})") from exc
+    if not layers:
+        raise UsageError(f"{path} has no layers")
+    if layers[0].inputs == () and not layers[0].host:  # no input layer: the first layer reads the host
+        first = layers[0]
+        host_input = LayerSpec(name="host-input", kind="elementwise", params={"ports": 0}, host=True,
+                               neurons=first.params.get("in_features", 1), inputs=())
+        layers[0] = replace(first, inputs=("host-input",))
+        layers.insert(0, host_input)
+    return Network(layers, source=str(path))

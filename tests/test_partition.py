@@ -1,0 +1,171 @@
+"""Partitioner and validator: property tests over random layers and limits, hand-made
+violations, Intel's netx networks and the shipped GPT-2."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nxcompile.compiler.layers import LayerSpec, Network, network_from_graph, network_from_netx
+from nxcompile.compiler.partition import DoesNotFit, partition
+from nxcompile.compiler.targets import LOIHI2, TARGETS
+from nxcompile.compiler.validate import validate
+
+
+def small_target(neurons=64, memory_bits=4096, axons=48, cores_per_chip=4, chips=None):
+    return dataclasses.replace(LOIHI2, name="test", neurons_per_core=neurons, synaptic_memory_bits_per_core=memory_bits,
+                               input_axons_per_core=axons, cores_per_chip=cores_per_chip, chips=chips)
+
+
+def chain(widths: list[int], heads: int = 0) -> Network:
+    """host input -> dense -> ... (optionally an attention layer and a residual add)."""
+    layers = [LayerSpec("in", "elementwise", widths[0], (), {"ports": 0}, host=True)]
+    for i, width in enumerate(widths[1:]):
+        layers.append(LayerSpec(f"d{i}", "dense", width, (layers[-1].name,),
+                                {"in_features": layers[-1].neurons}))
+    if heads:
+        width = layers[-1].neurons
+        head_dim = max(1, width // heads)
+        q = LayerSpec("q", "dense", heads * head_dim, (layers[-1].name,), {"in_features": width})
+        layers += [q, dataclasses.replace(q, name="k"), dataclasses.replace(q, name="v")]
+        layers.append(LayerSpec("ssa", "attention", heads * head_dim, ("q", "k", "v"),
+                                {"n_head": heads, "head_dim": head_dim, "kv_capacity": 6, "timesteps": 2,
+                                 "kv_bits": 1}))
+        layers.append(LayerSpec("add", "elementwise", heads * head_dim, ("ssa", "q"), {"ports": 2}))
+    return Network(layers, source="random chain", timesteps=2)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(widths=st.lists(st.integers(1, 300), min_size=2, max_size=5),
+       heads=st.integers(0, 3),
+       neurons=st.integers(16, 256), memory_bits=st.integers(512, 1 << 14),
+       axons=st.integers(16, 512), cores_per_chip=st.integers(1, 16))
+def test_validator_accepts_every_placement_the_partitioner_emits(widths, heads, neurons, memory_bits, axons,
+                                                                cores_per_chip):
+    network = chain(widths, heads)
+    target = small_target(neurons, memory_bits, axons, cores_per_chip)
+    try:
+        placement = partition(network, target)
+    except DoesNotFit as exc:
+        # Only allowed when a single output unit cannot fit a core at all.
+        assert "even its smallest piece" in str(exc)
+        return
+    assert validate(network, placement, target) == []
+    assert placement.cores_used >= placement.lower_bound_cores
+
+
+def _valid():
+    network = chain([40, 100, 60, 30])
+    target = small_target(neurons=50, memory_bits=8 * 1200, axons=64, cores_per_chip=3)
+    placement = partition(network, target)
+    assert validate(network, placement, target) == []
+    return network, placement, target
+
+
+def test_the_fixture_placement_splits_by_input_and_output():
+    _, placement, _ = _valid()
+    assert placement.accumulators == {"d1": 2}            # fan-in 100 > 64 axons
+    assert any(b.role == "accumulator" for b in placement.blocks)
+    assert placement.chips_used > 1
+
+
+def test_validator_rejects_an_overfull_core():
+    network, placement, target = _valid()
+    placement.blocks = [dataclasses.replace(b, core=0, chip=0) for b in placement.blocks]
+    problems = validate(network, placement, target)
+    assert any("core 0:" in p and "neurons" in p for p in problems)
+    assert any("synaptic memory" in p for p in problems)
+
+
+def test_validator_rejects_missing_and_duplicated_neurons():
+    network, placement, target = _valid()
+    dropped = dataclasses.replace(placement, blocks=placement.blocks[1:])
+    assert any("computed 0 times" in p for p in validate(network, dropped, target))
+    doubled = dataclasses.replace(placement, blocks=placement.blocks + placement.blocks[:1])
+    assert any("computed 2 times" in p for p in validate(network, doubled, target))
+
+
+def test_validator_rejects_a_missing_accumulator():
+    network, placement, target = _valid()
+    no_acc = dataclasses.replace(placement, blocks=[b for b in placement.blocks if b.role != "accumulator"])
+    assert any("d1" in p and "acc" in p for p in validate(network, no_acc, target))
+
+
+def test_validator_rejects_host_layers_on_cores_and_too_many_chips_or_cores_per_chip():
+    network, placement, target = _valid()
+    on_core = dataclasses.replace(placement, blocks=placement.blocks + [
+        dataclasses.replace(placement.blocks[0], layer="in")])
+    assert any("host layer" in p for p in validate(network, on_core, target))
+    assert any("chips used" in p for p in validate(network, placement, dataclasses.replace(target, chips=1)))
+    crowded = dataclasses.replace(placement, blocks=[dataclasses.replace(b, chip=0) for b in placement.blocks])
+    assert any("chip 0:" in p and "cores, limit" in p for p in validate(network, crowded, target))
+
+
+def test_validator_rejects_an_under_declared_input_range():
+    """The validator recomputes what a block reads; it does not trust the block's own list."""
+    network = chain([100, 40])          # fan-in 100 over 64 axons: split in two by input
+    target = small_target(neurons=200, memory_bits=1 << 20, axons=64)
+    placement = partition(network, target)
+    cheat = [dataclasses.replace(b, role="neurons", parts=1, part=0, inputs=(("in", 0, 10),))
+             for b in placement.blocks if b.role == "partial" and b.part == 0]
+    problems = validate(network, dataclasses.replace(placement, blocks=cheat), target)
+    assert any("input axons" in p for p in problems)
+
+
+def test_lower_bound_of_one_dense_layer_matches_hand_count():
+    network = chain([100, 300])
+    target = small_target(neurons=1000, memory_bits=8 * 5000, axons=4096)
+    placement = partition(network, target)
+    assert placement.lower_bound_cores == math.ceil(300 * 100 * 8 / (8 * 5000))
+    assert validate(network, placement, target) == []
+
+
+def test_partitioning_is_deterministic():
+    network = chain([64, 200, 90], heads=2)
+    target = small_target(neurons=70, memory_bits=8 * 3000, axons=200)
+    assert partition(network, target).blocks == partition(network, target).blocks
+
+
+def test_too_small_a_target_names_layer_and_a_target_that_fits():
+    network = chain([2000, 3000])  # 48 Mbit of weights: 46 Loihi 2 cores
+    eight_cores = dataclasses.replace(TARGETS["loihi2"], name="eight-cores", cores_per_chip=8)
+    with pytest.raises(DoesNotFit, match=r"needs 4\d cores .* eight-cores has 8 cores .* "
+                                         r"left over is d0\); loihi2 would fit"):
+        partition(network, eight_cores)
+    with pytest.raises(DoesNotFit, match=r"layer d0: even its smallest piece needs"):
+        partition(chain([10, 10]), small_target(neurons=1, memory_bits=4, axons=1))
+
+
+@pytest.mark.parametrize("name", ["tinynet", "pilotnet_sdnn", "oxford"])
+def test_intel_networks_partition_and_validate_on_loihi2(shared_netx, name):
+    network = network_from_netx(shared_netx / name / "network.net")
+    placement = partition(network, TARGETS["loihi2"])
+    assert validate(network, placement, TARGETS["loihi2"]) == []
+    assert placement.chips_used == 1
+
+
+def test_graded_pilotnet_is_rejected_on_binary_loihi1(shared_netx):
+    network = network_from_netx(shared_netx / "pilotnet_sdnn" / "network.net")
+    placement = partition(network, TARGETS["loihi1"])
+    assert any("binary spikes only" in p for p in validate(network, placement, TARGETS["loihi1"]))
+
+
+def test_netx_reader_reads_conv_geometry(shared_netx):
+    network = network_from_netx(shared_netx / "pilotnet_sdnn" / "network.net")
+    conv = network.layer("layer3:conv")
+    assert conv.params["in_shape"] == (36, 7, 24) and conv.params["out_shape"] == (64, 4, 22)
+    assert conv.params["stride"] == (2, 1) and conv.params["padding"] == (1, 0)
+    assert network.layer("layer6:dense").params["in_features"] == 2560
+
+
+def test_shipped_gpt2_places_on_one_loihi2_chip(tiny_graph):
+    network = network_from_graph(tiny_graph)
+    placement = partition(network, TARGETS["loihi2"])
+    assert validate(network, placement, TARGETS["loihi2"]) == []
+    assert placement.host_layers == ["embed", "ln_f", "lm_head"]
+    assert placement.cores_used <= 1.1 * placement.lower_bound_cores
+    attention = network.layer("h0.attn.ssa")
+    assert attention.kind == "attention" and attention.params["timesteps"] == 8
