@@ -161,7 +161,7 @@ class _CalibratingBuilder:
 
     def spike_value(self, name: str) -> torch.Tensor:
         """What one spike of node `name` stands for, per neuron (folded into the next weights)."""
-        return self.spiking.op(name).neuron.threshold
+        return self.spiking.op(name).neuron.spike_value
 
 
 def _linear(conv1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +185,7 @@ def _decoding(b: _CalibratingBuilder, name: str) -> tuple[torch.Tensor, torch.Te
     neuron = getattr(b.spiking.op(name), "neuron", None)
     if neuron is None:
         return torch.ones(1), torch.zeros(1)
-    return neuron.threshold, neuron.offset
+    return neuron.spike_value, neuron.offset
 
 
 def _dense_from(weight: torch.Tensor, bias: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor,

@@ -42,9 +42,11 @@ class NeuronModel:
     payload_max > 1 is a graded spike carrying an integer payload (Loihi 2).
     leak = 0 is IF; leak > 0 is LIF: lava-dl's CUBA neuron with voltage_decay = leak
     and current_decay = 1 (no synaptic current carried between steps).
-    A spike stands for the value `threshold`; the population's value per step
-    decodes as threshold * s[t] + offset (offset is nonzero only where an
-    encoder shifted a signed value into the range of binary spikes).
+    A spike stands for `spike_value` (the threshold, unless the quantiser moved
+    the dynamics to integer units and kept the float value in `value`); the
+    population's value per step decodes as spike_value * s[t] + offset (offset
+    is nonzero only where an encoder shifted a signed value into the range of
+    binary spikes).
     """
     threshold: torch.Tensor
     leak: float = 0.0
@@ -52,14 +54,21 @@ class NeuronModel:
     v_init: float = 0.5
     offset: torch.Tensor = field(default_factory=lambda: torch.zeros(1))
     payload_max: int = 1
+    value: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
     def __post_init__(self):
         self.threshold = torch.as_tensor(self.threshold, dtype=torch.float32).reshape(-1)
         self.offset = torch.as_tensor(self.offset, dtype=torch.float32).reshape(-1)
+        self.value = torch.as_tensor(self.value, dtype=torch.float32).reshape(-1)
         if not 0.0 <= self.leak < 1.0:
             raise ValueError(f"leak must be in [0, 1), got {self.leak}")
         if self.payload_max < 1:
             raise ValueError(f"payload_max must be >= 1, got {self.payload_max}")
+
+    @property
+    def spike_value(self) -> torch.Tensor:
+        """What one spike stands for downstream, per neuron or for all."""
+        return self.value if self.value.numel() else self.threshold
 
     @property
     def kind(self) -> str:

@@ -177,20 +177,63 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_partition_parser(commands) -> None:
+def _model_stage_parser(commands, name: str, help_text: str, text_help: str) -> argparse.ArgumentParser:
+    """A command that converts a model for a target and reads held-out text."""
     from nxcompile.compiler.targets import TARGET_NAMES
 
-    commands.add_parser("targets", help="the targets and their limits, with sources").set_defaults(
-        handler=cmd_targets)
-    parser = commands.add_parser("partition", help="place a model (or a lava-dl .net file) on a target")
+    parser = commands.add_parser(name, help=help_text)
     add_model_arguments(parser)
     add_conversion_arguments(parser)
     parser.add_argument("--target", default="loihi2", choices=TARGET_NAMES)
+    parser.add_argument("--text", type=Path, default=None, help=text_help)
+    return parser
+
+
+def add_partition_parser(commands) -> None:
+    commands.add_parser("targets", help="the targets and their limits, with sources").set_defaults(
+        handler=cmd_targets)
+    parser = _model_stage_parser(commands, "partition", "place a model (or a lava-dl .net file) on a target",
+                                 "text for measuring spike rates")
     parser.add_argument("--rate-tokens", type=int, default=64,
                         help="held-out tokens whose spike rates weight the traffic (0: estimate)")
-    parser.add_argument("--text", type=Path, default=None, help="text for measuring spike rates")
     parser.add_argument("--max-tokens", type=positive_int, default=4096, help=argparse.SUPPRESS)
     parser.add_argument("--plot", type=Path, default=None, help="utilisation heat-map (PNG)")
     parser.add_argument("--output", "-o", type=Path, default=None, help="write the placement (JSON)")
     parser.add_argument("--per-core", action="store_true", help="list every core's utilisation")
     parser.set_defaults(handler=cmd_partition)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from nxcompile.compiler.graph import save_graph
+    from nxcompile.compiler.quantize import quantisation_error, quantize
+    from nxcompile.compiler.targets import get_target
+
+    target = get_target(args.target)
+    loaded = load_from_args(args)
+    spiking = build_graph(args, loaded)
+    quantised = quantize(spiking, target)
+    ids = evaluation_token_ids(args, loaded)[:args.error_tokens][None]
+    print(f"quantisation error on {ids.numel()} held-out tokens at T={args.timesteps} ({target.name}: "
+          f"{target.weight_mantissa_bits}-bit weight mantissas, per-layer exponent)")
+    print(f"{'layer':24} {'mantissa bits':>13} {'weight exp':>10} {'weight err':>10} {'cos(out)':>9} "
+          f"{'spikes equal':>12}")
+    for row in quantisation_error(spiking, quantised, ids, args.timesteps):
+        print(f"{row.name:24} {row.mantissa_bits_used:>13} {row.weight_exp:>10} {row.weight_error:>10.4f} "
+              f"{row.output_cosine:>9.4f} {_percent(row.spikes_equal):>12}")
+    if args.output:
+        save_graph(quantised, args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _percent(fraction: float) -> str:
+    return "graded" if fraction != fraction else f"{100 * fraction:.1f}%"
+
+
+def add_quantize_parser(commands) -> None:
+    parser = _model_stage_parser(commands, "quantize", "fixed-point graph for a target, with the error per layer",
+                                 "text for measuring the error")
+    parser.add_argument("--error-tokens", type=positive_int, default=128,
+                        help="held-out tokens on which the error is measured")
+    parser.add_argument("--output", "-o", type=Path, default=None, help="write the quantised graph")
+    parser.set_defaults(handler=cmd_quantize)

@@ -62,7 +62,7 @@ def decode(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.
 def decode_output(op, value: torch.Tensor) -> torch.Tensor:
     """A node's output as a graded value per token (spiking populations decoded)."""
     neuron = getattr(op, "neuron", None)
-    return value if neuron is None else decode(value, neuron.threshold, neuron.offset)
+    return value if neuron is None else decode(value, neuron.spike_value, neuron.offset)
 
 
 def _layer_norm(op: LayerNorm, inputs, ctx) -> torch.Tensor:

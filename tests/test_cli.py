@@ -191,3 +191,11 @@ def test_model_too_big_for_the_target_names_one_that_fits():
 def test_unknown_target_is_a_usage_error():
     result = nxcompile("partition", "gpt2-tiny", "--target", "loihi3")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_quantize_prints_error_per_layer_and_writes_the_graph(tmp_path):
+    out = tmp_path / "q.safetensors"
+    result = nxcompile("quantize", "gpt2-tiny", "--error-tokens", "16", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "h0.attn.q" in result.stdout and "mantissa bits" in result.stdout and "graded" in result.stdout
+    assert out.stat().st_size > 1_000_000

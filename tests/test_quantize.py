@@ -1,0 +1,95 @@
+"""Quantiser: every on-chip number on the target's grid, idempotent, close to the float graph."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nxcompile.compiler.graph import Dense, NeuronModel, SpikingGraph
+from nxcompile.compiler.quantize import layer_format, quantisation_error, quantize
+from nxcompile.compiler.targets import TARGETS
+from nxcompile.sim.reference import fire
+
+LOIHI2 = TARGETS["loihi2"]
+
+
+@pytest.fixture(scope="module")
+def quantised(tiny_graph):
+    return quantize(tiny_graph, LOIHI2)
+
+
+def test_every_on_chip_number_is_on_the_targets_grid(quantised):
+    layers = quantised.meta["quantization"]["layers"]
+    assert len(layers) > 20
+    for name, fmt in layers.items():
+        op = quantised.op(name)
+        neuron = getattr(op, "neuron", None)
+        if neuron is None:                       # a graded readout: the grid in float units
+            continue
+        theta = neuron.threshold
+        assert torch.equal(theta, theta.round()) and theta.min() >= 1
+        assert theta.max() < 2 ** (LOIHI2.threshold_bits + 6)
+        assert neuron.leak * 2 ** LOIHI2.decay_bits == round(neuron.leak * 2 ** LOIHI2.decay_bits)
+        for weight in [getattr(op, f) for f in ("weight", "scale_a", "scale_b", "gain") if hasattr(op, f)]:
+            mantissa = weight / 2 ** fmt["weight_exp"]
+            assert torch.equal(mantissa, mantissa.round()), name
+            assert mantissa.abs().max() <= 127, name
+        bias_mantissa = op.bias / 2 ** fmt["bias_exp"] if hasattr(op, "bias") else torch.zeros(1)
+        assert torch.equal(bias_mantissa, bias_mantissa.round()) and bias_mantissa.abs().max() <= 4095, name
+
+
+def test_quantising_twice_changes_nothing(quantised):
+    again = quantize(quantised, LOIHI2)
+    for name in quantised.meta["quantization"]["layers"]:
+        a, b = quantised.op(name), again.op(name)
+        for field in ("weight", "bias", "scale_a", "scale_b", "gain"):
+            if hasattr(a, field):
+                assert torch.equal(getattr(a, field), getattr(b, field)), (name, field)
+        if getattr(a, "neuron", None) is not None:
+            assert torch.equal(a.neuron.threshold, b.neuron.threshold)
+            assert torch.equal(a.neuron.spike_value, b.neuron.spike_value)
+
+
+def test_weights_already_on_the_grid_give_identical_spikes():
+    """Scaling a population's weights, bias and threshold together changes no spike
+    (checked here with the executor, independently of the quantiser)."""
+    torch.manual_seed(0)
+    unit = 2.0 ** 9
+    weight = torch.randint(-127, 128, (24, 40)).float() * 64 / unit   # exactly representable
+    bias = torch.randint(-500, 500, (24,)).float() / unit
+    op = Dense(weight, bias, NeuronModel(threshold=torch.full((24,), 3000.0 / unit)))
+    graph = SpikingGraph(__import__("networkx").DiGraph(), {})
+    graph.add("d", op)
+    q = quantize(graph, LOIHI2).op("d")
+    assert torch.equal(q.weight / 2.0 ** layer_format([weight], op.neuron.threshold, bias, LOIHI2).unit_log2,
+                       weight)
+    spikes_in = (torch.rand(2, 5, 8, 40) < 0.3).float()
+    float_spikes = fire(op.neuron, spikes_in @ weight.T + bias, 8)
+    fixed_spikes = fire(q.neuron, spikes_in @ q.weight.T + q.bias, 8)
+    assert torch.equal(float_spikes, fixed_spikes)
+
+
+def test_quantised_model_stays_close_to_the_float_one(tiny_graph, quantised):
+    from nxcompile.models.corpus import evaluation_text
+    from nxcompile.models.zoo import shipped_tokenizer
+    from nxcompile.sim.reference import run
+
+    ids = torch.tensor(shipped_tokenizer()(evaluation_text(None)[:2000])["input_ids"][:64])[None]
+    rows = quantisation_error(tiny_graph, quantised, ids, 8)
+    first = rows[0]
+    assert first.output_cosine > 0.99 and first.mantissa_bits_used == 8
+    assert all(row.weight_error < 0.05 for row in rows)
+    assert all(math.isnan(r.spikes_equal) for r in rows if "c_proj" in r.name)
+    logits = [run(graph, ids, 8).logits.flatten() for graph in (tiny_graph, quantised)]
+    assert torch.nn.functional.cosine_similarity(*logits, dim=0) > 0.95
+
+
+def test_quantised_graph_round_trips_through_disk(tmp_path, quantised):
+    from nxcompile.compiler.graph import load_graph, save_graph
+
+    save_graph(quantised, tmp_path / "q.safetensors")
+    loaded = load_graph(tmp_path / "q.safetensors")
+    assert loaded.meta["quantization"] == quantised.meta["quantization"]
+    name = next(iter(quantised.meta["quantization"]["layers"]))
+    assert torch.equal(loaded.op(name).neuron.spike_value, quantised.op(name).neuron.spike_value)
