@@ -169,7 +169,7 @@ def _weight_error(float_op, quant_op, unit: float) -> float:
 
 def quantisation_error(float_graph: SpikingGraph, quantised: SpikingGraph, token_ids: torch.Tensor,
                        timesteps: int) -> list[LayerError]:
-    """Runs both graphs on the same tokens and compares every quantised layer."""
+    """Runs both graphs on the same tokens and compares every quantised layer, then the logits."""
     from nxcompile.sim.reference import decode_output, run
 
     reference = run(float_graph, token_ids, timesteps, keep_values=True).values
@@ -179,9 +179,16 @@ def quantisation_error(float_graph: SpikingGraph, quantised: SpikingGraph, token
         float_op, quant_op = float_graph.op(name), quantised.op(name)
         a = decode_output(float_op, reference[name]).flatten()
         b = decode_output(quant_op, fixed[name]).flatten()
-        cosine = float(torch.nn.functional.cosine_similarity(a, b, dim=0)) if a.norm() * b.norm() > 0 else 1.0
+        cosine = _cosine(a, b)
         spiking = getattr(quant_op, "neuron", None) is not None
         equal = float((reference[name].sum(2) == fixed[name].sum(2)).float().mean()) if spiking else math.nan
         rows.append(LayerError(name, _weight_error(float_op, quant_op, 2.0 ** fmt["unit_log2"]), cosine, equal,
                                fmt["mantissa_bits_used"], fmt["weight_exp"]))
+    logits = quantised.meta["logits_node"]
+    rows.append(LayerError(f"{logits} (logits)", 0.0, _cosine(reference[logits], fixed[logits]), math.nan, 0, 0))
     return rows
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten(), b.flatten()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0)) if a.norm() * b.norm() > 0 else 1.0

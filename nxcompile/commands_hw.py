@@ -218,7 +218,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     print(f"{'layer':24} {'mantissa bits':>13} {'weight exp':>10} {'weight err':>10} {'cos(out)':>9} "
           f"{'spikes equal':>12}")
     for row in quantisation_error(spiking, quantised, ids, args.timesteps):
-        print(f"{row.name:24} {row.mantissa_bits_used:>13} {row.weight_exp:>10} {row.weight_error:>10.4f} "
+        print(f"{row.name:24} {row.mantissa_bits_used or '-':>13} {row.weight_exp:>10} {row.weight_error:>10.4f} "
               f"{row.output_cosine:>9.4f} {_percent(row.spikes_equal):>12}")
     if args.output:
         save_graph(quantised, args.output)

@@ -9,7 +9,7 @@ import torch
 from nxcompile.compiler.graph import Dense, NeuronModel, SpikingGraph
 from nxcompile.compiler.quantize import layer_format, quantisation_error, quantize
 from nxcompile.compiler.targets import TARGETS
-from nxcompile.sim.reference import fire
+from nxcompile.sim.reference import fire, run
 
 LOIHI2 = TARGETS["loihi2"]
 
@@ -73,8 +73,6 @@ def test_weights_already_on_the_grid_give_identical_spikes():
 def test_quantised_model_stays_close_to_the_float_one(tiny_graph, quantised):
     from nxcompile.models.corpus import evaluation_text
     from nxcompile.models.zoo import shipped_tokenizer
-    from nxcompile.sim.reference import run
-
     ids = torch.tensor(shipped_tokenizer()(evaluation_text(None)[:2000])["input_ids"][:64])[None]
     rows = quantisation_error(tiny_graph, quantised, ids, 8)
     first = rows[0]
@@ -82,7 +80,9 @@ def test_quantised_model_stays_close_to_the_float_one(tiny_graph, quantised):
     assert all(row.weight_error < 0.05 for row in rows)
     assert all(math.isnan(r.spikes_equal) for r in rows if "c_proj" in r.name)
     logits = [run(graph, ids, 8).logits.flatten() for graph in (tiny_graph, quantised)]
-    assert torch.nn.functional.cosine_similarity(*logits, dim=0) > 0.95
+    cosine = float(torch.nn.functional.cosine_similarity(*logits, dim=0))
+    assert cosine > 0.95
+    assert rows[-1].name == "lm_head (logits)" and rows[-1].output_cosine == pytest.approx(cosine, abs=1e-5)
 
 
 def test_quantised_graph_round_trips_through_disk(tmp_path, quantised):
