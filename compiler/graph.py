@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from nxcompile.errors import UsageError
+from nxcompile.files import write_atomically
 
 FORMAT_VERSION = 1
 
@@ -255,14 +256,8 @@ def save_graph(spiking: SpikingGraph, path: Path) -> None:
              for s, t, d in sorted(spiking.graph.edges(data=True))]
     structure = {"format": "nxcompile-spiking-graph", "version": FORMAT_VERSION,
                  "nodes": nodes, "edges": edges, "meta": spiking.meta}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"structure": json.dumps(structure)})
-        tmp.replace(path)
-    except (OSError, SafetensorError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path} ({exc}); choose a writable path with free space") from exc
+    write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata={"structure": json.dumps(structure)}),
+                     "choose a writable path with free space", errors=(OSError, SafetensorError))
 
 
 def load_graph(path: Path) -> SpikingGraph:

@@ -70,6 +70,10 @@ class Network:
     def layer(self, name: str) -> LayerSpec:
         return self._by_name[name]
 
+    def get(self, name: str) -> LayerSpec | None:
+        """The layer of that name, or None (a host pseudo-source, a partial sum)."""
+        return self._by_name.get(name)
+
     def __post_init__(self):
         self._by_name = {layer.name: layer for layer in self.layers}
 
@@ -129,14 +133,14 @@ def _attr(group, key, default=None):
             raise KeyError(key)
         return default
     value = group[key][()]
+    if isinstance(value, np.ndarray) and value.dtype.kind == "S" and value.size == 1:
+        value = value.item()           # netx stores strings as one-element byte arrays
     return value.decode() if isinstance(value, bytes) else value
 
 
 def _netx_message(group) -> tuple[int, float]:
     neuron = group["neuron"] if "neuron" in group else None
     kind = _attr(neuron, "type", "LOIHI") if neuron is not None else "LOIHI"
-    if isinstance(kind, np.ndarray):
-        kind = kind.item().decode()
     graded = kind == "SDNN"
     return (GRADED_MESSAGE_BITS if graded else 1), (1.0 if graded else ESTIMATED_SPIKE_RATE)
 
@@ -152,7 +156,6 @@ def _shape(group) -> tuple[int, ...]:
 
 def _netx_layer(index: int, group, previous: LayerSpec | None, previous_shape) -> tuple[LayerSpec | None, tuple]:
     kind = _attr(group, "type")
-    kind = kind.item().decode() if isinstance(kind, np.ndarray) else kind
     name = f"layer{index}:{kind}"
     inputs = (previous.name,) if previous is not None else ()
     bits, per_token = _netx_message(group)

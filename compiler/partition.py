@@ -28,7 +28,8 @@ import numpy as np
 
 from nxcompile.compiler.layers import LayerSpec, Network
 from nxcompile.compiler.targets import TARGETS, Target
-from nxcompile.errors import NxError, UsageError
+from nxcompile.errors import NxError
+from nxcompile.files import write_atomically
 
 HOST = "host"  # pseudo source of a layer with no on-graph inputs (one-hot tokens)
 
@@ -68,7 +69,6 @@ class Placement:
     host_layers: list[str]
     accumulators: dict[str, int]           # layer -> input parts merged by its accumulator
     traffic: dict[str, float] = field(default_factory=dict)   # messages per token
-    core_traffic: list[float] = field(default_factory=list)   # messages per token into each core
     seconds: dict[str, float] = field(default_factory=dict)
 
     def core_usage(self, target: Target) -> np.ndarray:
@@ -79,19 +79,20 @@ class Placement:
         return usage / np.array([target.neurons_per_core, target.synaptic_memory_bits_per_core,
                                  target.input_axons_per_core])
 
+    def chip_of_core(self) -> np.ndarray:
+        """The chip each used core sits on."""
+        chips = np.zeros(self.cores_used, dtype=np.int64)
+        for b in self.blocks:
+            chips[b.core] = b.chip
+        return chips
+
     def accumulator_neurons(self) -> int:
         return sum(b.stop - b.start for b in self.blocks if b.role == "accumulator")
 
     def save(self, path: Path) -> None:
         """JSON, written to a temporary name and renamed."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps(asdict(self)))
-            tmp.replace(path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise UsageError(f"cannot write {path} ({exc}); choose a writable path with free space") from exc
+        text = json.dumps(asdict(self))
+        write_atomically(path, lambda tmp: tmp.write_text(text), "choose a writable path with free space")
 
 
 # --- what a block of each layer kind needs ------------------------------------
@@ -157,29 +158,33 @@ KIND_RULES = {
 }
 
 
+def _booking(layer: LayerSpec, units: tuple[int, int], part: int, parts: int, target: Target):
+    """(neurons, synapse bits, input axons, inputs) of a block, and the limits it exceeds."""
+    cost, _, _ = KIND_RULES[layer.kind]
+    neurons, bits, inputs = cost(layer, units, part, parts, target.weight_mantissa_bits)
+    axons = sum(hi - lo for _, lo, hi in inputs)
+    over = [(need, have, unit) for need, have, unit in (
+        (neurons, target.neurons_per_core, "neurons"),
+        (bits, target.synaptic_memory_bits_per_core, "bits of synaptic memory"),
+        (axons, target.input_axons_per_core, "input axons")) if need > have]
+    return (neurons, bits, axons, inputs), over
+
+
 def _block(layer: LayerSpec, role: str, units: tuple[int, int], part: int, parts: int,
            target: Target) -> Block | None:
     """The block of output units [u0, u1) and input part, or None if it exceeds a core."""
-    cost, unit_size, _ = KIND_RULES[layer.kind]
-    neurons, bits, inputs = cost(layer, units, part, parts, target.weight_mantissa_bits)
-    axons = sum(hi - lo for _, lo, hi in inputs)
-    if (neurons > target.neurons_per_core or bits > target.synaptic_memory_bits_per_core
-            or axons > target.input_axons_per_core):
+    (neurons, bits, axons, inputs), over = _booking(layer, units, part, parts, target)
+    if over:
         return None
-    size = unit_size(layer)
+    size = KIND_RULES[layer.kind][1](layer)
     return Block(layer.name, role, units[0] * size, units[1] * size, part, parts, inputs,
                  neurons, bits, axons)
 
 
 def _too_big(layer: LayerSpec, target: Target) -> str:
-    cost, unit_size, max_parts = KIND_RULES[layer.kind]
-    neurons, bits, inputs = cost(layer, (0, 1), 0, max_parts(layer), target.weight_mantissa_bits)
-    axons = sum(hi - lo for _, lo, hi in inputs)
-    over = [(neurons, target.neurons_per_core, "neurons"),
-            (bits, target.synaptic_memory_bits_per_core, "bits of synaptic memory"),
-            (axons, target.input_axons_per_core, "input axons")]
+    _, over = _booking(layer, (0, 1), 0, KIND_RULES[layer.kind][2](layer), target)
     what = "; ".join(f"{need:,} {unit} where a core has {have:,} ({need / have:.2f}x)"
-                     for need, have, unit in over if need > have)
+                     for need, have, unit in over)
     return f"layer {layer.name}: even its smallest piece needs {what} on {target.name}"
 
 
@@ -205,19 +210,19 @@ def _blocks_of(layer: LayerSpec, role: str, part: int, parts: int, target: Targe
 
 
 def input_parts(layer: LayerSpec, target: Target) -> int:
-    """The fewest input parts for which one output unit fits a core."""
+    """The fewest input parts for which one output unit fits a core: exact up to 8
+    parts, then searched in steps of an eighth (a layer that needs so many is rare)."""
     _, _, max_parts = KIND_RULES[layer.kind]
     limit = max_parts(layer)
     parts = 1
     while parts <= limit:
         if all(_block(layer, "partial", (0, 1), p, parts, target) is not None for p in range(parts)):
             return parts
-        # Grow geometrically while far off, then one at a time.
         parts = parts + 1 if parts < 8 else parts + max(1, parts // 8)
     raise DoesNotFit(_too_big(layer, target))
 
 
-def accumulator_layer(layer: LayerSpec, parts: int, timesteps: int) -> LayerSpec:
+def accumulator_layer(layer: LayerSpec, parts: int) -> LayerSpec:
     """The neurons that add a split layer's `parts` partial sums."""
     return LayerSpec(name=f"{layer.name}+acc", kind="elementwise", neurons=layer.neurons,
                      inputs=tuple(f"{layer.name}#p{p}" for p in range(parts)), params={"ports": parts},
@@ -236,8 +241,7 @@ def split_layers(network: Network, target: Target) -> tuple[list[Block], dict[st
             blocks += _blocks_of(layer, role, part, parts, target)
         if parts > 1:
             split[layer.name] = parts
-            blocks += _blocks_of(accumulator_layer(layer, parts, network.timesteps), "accumulator",
-                                 0, 1, target)
+            blocks += _blocks_of(accumulator_layer(layer, parts), "accumulator", 0, 1, target)
     return blocks, split
 
 
@@ -275,7 +279,7 @@ def lower_bound_cores(network: Network, target: Target) -> int:
                math.ceil(bits / target.synaptic_memory_bits_per_core))
 
 
-def _outputs_index(blocks: list[Block], split: dict[str, int]) -> dict[str, tuple[list[int], list[Block]]]:
+def _outputs_index(blocks: list[Block]) -> dict[str, tuple[list[int], list[Block]]]:
     """For each message source name, its blocks sorted by first neuron (for range lookups)."""
     index: dict[str, list[Block]] = {}
     for b in blocks:
@@ -294,22 +298,20 @@ def _rate(network: Network, name: str) -> float:
     """Messages per neuron per token sent by a message source."""
     if "#p" in name:  # a partial sum: one graded message per neuron per step
         return float(network.timesteps)
-    return network.layer(name).messages_per_token if name in network._by_name else 1.0
+    layer = network.get(name)
+    return layer.messages_per_token if layer is not None else 1.0
 
 
-def measure_traffic(network: Network, blocks: list[Block], split: dict[str, int],
-                    cores: int) -> tuple[dict[str, float], list[float]]:
-    """Messages per token crossing cores, chips and the host boundary, and into each core."""
-    outputs = _outputs_index(blocks, split)
+def measure_traffic(network: Network, blocks: list[Block]) -> dict[str, float]:
+    """Messages per token crossing cores, chips and the host boundary."""
+    outputs = _outputs_index(blocks)
     totals = {"inter_core": 0.0, "inter_chip": 0.0, "host_to_chip": 0.0, "chip_to_host": 0.0,
               "within_core": 0.0}
-    into_core = np.zeros(cores)
     for b in blocks:
         for source, lo, hi in b.inputs:
             rate = _rate(network, source)
             if source not in outputs:      # host layer or one-hot input
                 totals["host_to_chip"] += (hi - lo) * rate
-                into_core[b.core] += (hi - lo) * rate
                 continue
             starts, source_blocks = outputs[source]
             i = max(0, bisect.bisect_right(starts, lo) - 1)
@@ -322,7 +324,6 @@ def measure_traffic(network: Network, blocks: list[Block], split: dict[str, int]
                         totals["within_core"] += messages
                     else:
                         totals["inter_core"] += messages
-                        into_core[b.core] += messages
                         if s.chip != b.chip:
                             totals["inter_chip"] += messages
                 i += 1
@@ -330,7 +331,7 @@ def measure_traffic(network: Network, blocks: list[Block], split: dict[str, int]
         if layer.host:
             totals["chip_to_host"] += sum(network.layer(s).neurons * network.layer(s).messages_per_token
                                           for s in layer.inputs if not network.layer(s).host)
-    return totals, into_core.tolist()
+    return totals
 
 
 def _target_that_fits(failed: Target, cores: int) -> str:
@@ -360,8 +361,7 @@ def partition(network: Network, target: Target) -> Placement:
                          f"cores short; the first layer left over is {first_out}); "
                          f"{_target_that_fits(target, cores)} would fit")
     started = time.perf_counter()
-    traffic, core_traffic = measure_traffic(network, placed, split, cores)
+    traffic = measure_traffic(network, placed)
     seconds["traffic"] = time.perf_counter() - started
     return Placement(target.name, network.source, placed, cores, chips, lower_bound_cores(network, target),
-                     [layer.name for layer in network.layers if layer.host], split, traffic,
-                     core_traffic, seconds)
+                     [layer.name for layer in network.layers if layer.host], split, traffic, seconds)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -92,14 +92,22 @@ def _weights(op) -> list[torch.Tensor]:
     return []
 
 
+def _weight_on_grid(w: torch.Tensor, fmt: LayerFormat, target: Target) -> torch.Tensor:
+    """Float-unit weights as mantissa * 2**weight_exp, in state units."""
+    return _round_to(w * 2.0 ** fmt.unit_log2, 2.0 ** fmt.weight_exp, 2 ** (target.weight_mantissa_bits - 1) - 1)
+
+
+def _bias_on_grid(b: torch.Tensor, fmt: LayerFormat, target: Target) -> torch.Tensor:
+    """Float-unit biases as mantissa * 2**bias_exp, in state units."""
+    return _round_to(b * 2.0 ** fmt.unit_log2, 2.0 ** fmt.bias_exp, 2 ** (target.bias_mantissa_bits - 1) - 1)
+
+
 def _quantise_readout(op: Dense, target: Target):
     """Weights and bias of a graded readout on the fixed-point grid, in float units."""
     fmt = layer_format([op.weight], torch.zeros(1), op.bias, target)
     unit = 2.0 ** fmt.unit_log2
-    mantissa_max = 2 ** (target.weight_mantissa_bits - 1) - 1
-    weight = _round_to(op.weight * unit, 2.0 ** fmt.weight_exp, mantissa_max) / unit
-    bias = _round_to(op.bias * unit, 2.0 ** fmt.bias_exp, 2 ** (target.bias_mantissa_bits - 1) - 1) / unit
-    return Dense(weight, bias, None), fmt
+    return Dense(_weight_on_grid(op.weight, fmt, target) / unit, _bias_on_grid(op.bias, fmt, target) / unit,
+                 None), fmt
 
 
 def _quantise_op(op, target: Target):
@@ -111,13 +119,10 @@ def _quantise_op(op, target: Target):
         fmt = LayerFormat(0, ALIGN_BITS, 0, 1, 2 ** (target.threshold_bits + ALIGN_BITS) - 1)
         return SSA(op.n_head, op.head_dim, 2.0 ** ALIGN_BITS, _quantise_neuron(op.neuron, fmt, target, unit),
                    op.causal, op.kv_capacity), fmt
-    bias = op.bias
-    fmt = layer_format(_weights(op), op.neuron.threshold, bias, target)
-    unit = 2.0 ** fmt.unit_log2
-    mantissa_max = 2 ** (target.weight_mantissa_bits - 1) - 1
-    q = lambda w: _round_to(w * unit, 2.0 ** fmt.weight_exp, mantissa_max)   # noqa: E731
-    q_bias = _round_to(bias * unit, 2.0 ** fmt.bias_exp, 2 ** (target.bias_mantissa_bits - 1) - 1)
-    neuron = _quantise_neuron(op.neuron, fmt, target, unit)
+    fmt = layer_format(_weights(op), op.neuron.threshold, op.bias, target)
+    q = lambda w: _weight_on_grid(w, fmt, target)   # noqa: E731
+    q_bias = _bias_on_grid(op.bias, fmt, target)
+    neuron = _quantise_neuron(op.neuron, fmt, target, 2.0 ** fmt.unit_log2)
     if isinstance(op, Dense):
         return Dense(q(op.weight), q_bias, neuron), fmt
     if isinstance(op, Add):
@@ -140,7 +145,7 @@ def quantize(spiking: SpikingGraph, target: Target) -> SpikingGraph:
         if quantisable(spiking, name):
             op, fmt = _quantise_op(spiking.op(name), target)
             quantised.graph.nodes[name]["op"] = op
-            formats[name] = fmt.__dict__
+            formats[name] = asdict(fmt)
     quantised.meta["quantization"] = {"target": target.name, "layers": formats}
     return quantised
 
@@ -177,9 +182,7 @@ def quantisation_error(float_graph: SpikingGraph, quantised: SpikingGraph, token
     rows = []
     for name, fmt in quantised.meta["quantization"]["layers"].items():
         float_op, quant_op = float_graph.op(name), quantised.op(name)
-        a = decode_output(float_op, reference[name]).flatten()
-        b = decode_output(quant_op, fixed[name]).flatten()
-        cosine = _cosine(a, b)
+        cosine = _cosine(decode_output(float_op, reference[name]), decode_output(quant_op, fixed[name]))
         spiking = getattr(quant_op, "neuron", None) is not None
         equal = float((reference[name].sum(2) == fixed[name].sum(2)).float().mean()) if spiking else math.nan
         rows.append(LayerError(name, _weight_error(float_op, quant_op, 2.0 ** fmt["unit_log2"]), cosine, equal,

@@ -107,7 +107,8 @@ def _check_coverage(layer: LayerSpec, blocks: list, problems: list[str]) -> None
 def _check_messages(network: Network, target: Target, problems: list[str]) -> None:
     for layer in network.chip_layers():
         for source in layer.inputs:
-            bits = network.layer(source).message_bits if source in network._by_name else 1
+            sender = network.get(source)
+            bits = sender.message_bits if sender is not None else 1
             if bits > 1 and target.graded_payload_bits == 0:
                 problems.append(f"{layer.name}: receives {bits}-bit graded messages from {source}, but "
                                 f"{target.name} has binary spikes only (use a loihi2 target)")
@@ -118,9 +119,7 @@ def _check_messages(network: Network, target: Target, problems: list[str]) -> No
 
 def _layer_of_block(network: Network, name: str) -> LayerSpec | None:
     """The layer a block computes (an accumulator adds its base layer's partial sums)."""
-    if name.endswith("+acc"):
-        return network._by_name.get(name.removesuffix("+acc"))
-    return network._by_name.get(name)
+    return network.get(name.removesuffix("+acc"))
 
 
 def _accumulator_needs(base: LayerSpec, block, parts: int, weight_bits: int):

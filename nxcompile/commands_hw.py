@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from nxcompile.commands_snn import (add_conversion_arguments, add_model_arguments, build_graph,
-                                    evaluation_token_ids, load_from_args, positive_int, save_figure)
+                                    evaluation_token_ids, load_from_args, non_negative_int, positive_int,
+                                    save_figure)
 from nxcompile.errors import NxError
 
 RESOURCES = ("neurons", "synaptic memory", "input axons")
@@ -19,12 +20,10 @@ def cmd_targets(args: argparse.Namespace) -> int:
     from nxcompile.compiler.targets import TARGETS
 
     rows = {name: target.describe() for name, target in TARGETS.items()}
-    fields = [f for f in next(iter(rows.values())) if f not in ("name", "source")]
+    fields = [f for f in next(iter(rows.values())) if f not in ("name", "source", "description")]
     print(f"{'':32}" + "".join(f"{name:>22}" for name in rows))
     for field in fields:
         values = [rows[name][field] for name in rows]
-        if field == "description":
-            continue
         print(f"{field:32}" + "".join(f"{_cell(v):>22}" for v in values))
     print()
     for name, target in TARGETS.items():
@@ -88,9 +87,7 @@ def place_and_validate(network, target, seconds: dict[str, float]):
 
 
 def _utilisation_table(placement, usage: np.ndarray) -> list[str]:
-    chips = np.array([0] * placement.cores_used)
-    for b in placement.blocks:
-        chips[b.core] = b.chip
+    chips = placement.chip_of_core()
     lines = [f"{'chip':>5} {'cores':>6}  " + "  ".join(f"{r + ' % (min/mean/max)':>34}" for r in RESOURCES)]
     for chip in range(placement.chips_used):
         u = usage[chips == chip] * 100
@@ -126,7 +123,7 @@ def report(placement, network, target, per_core: bool = False) -> str:
     ]
     if per_core:
         lines += ["", f"{'core':>6} {'chip':>5}  " + "  ".join(f"{r + ' %':>18}" for r in RESOURCES)]
-        chips = {b.core: b.chip for b in placement.blocks}
+        chips = placement.chip_of_core()
         lines += [f"{core:>6} {chips[core]:>5}  " + "  ".join(f"{100 * x:>18.1f}" for x in row)
                   for core, row in enumerate(usage)]
     return "\n".join(lines)
@@ -139,14 +136,11 @@ def plot_utilisation(placement, target, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     usage = placement.core_usage(target)
-    chips = {b.core: b.chip for b in placement.blocks}
-    first_core = {}
-    for core in sorted(chips):
-        first_core.setdefault(chips[core], core)
+    chips = placement.chip_of_core()
+    first_core = np.searchsorted(chips, np.arange(placement.chips_used))   # cores are numbered chip by chip
     grid = np.full((3, placement.chips_used, target.cores_per_chip), np.nan)
     for core, row in enumerate(usage):
-        chip = chips[core]
-        grid[:, chip, core - first_core[chip]] = row * 100
+        grid[:, chips[core], core - first_core[chips[core]]] = row * 100
     figure, axes = plt.subplots(3, 1, figsize=(10, 4 + 0.9 * min(placement.chips_used, 40)), squeeze=False)
     for i, resource in enumerate(RESOURCES):
         ax = axes[i, 0]
@@ -194,9 +188,8 @@ def add_partition_parser(commands) -> None:
         handler=cmd_targets)
     parser = _model_stage_parser(commands, "partition", "place a model (or a lava-dl .net file) on a target",
                                  "text for measuring spike rates")
-    parser.add_argument("--rate-tokens", type=int, default=64,
+    parser.add_argument("--rate-tokens", type=non_negative_int, default=64,
                         help="held-out tokens whose spike rates weight the traffic (0: estimate)")
-    parser.add_argument("--max-tokens", type=positive_int, default=4096, help=argparse.SUPPRESS)
     parser.add_argument("--plot", type=Path, default=None, help="utilisation heat-map (PNG)")
     parser.add_argument("--output", "-o", type=Path, default=None, help="write the placement (JSON)")
     parser.add_argument("--per-core", action="store_true", help="list every core's utilisation")

@@ -10,20 +10,29 @@ import torch
 from tqdm import tqdm
 
 from nxcompile.errors import UsageError
+from nxcompile.files import write_atomically
 
 DEFAULT_CONTEXT = 256
 CALIBRATION_WINDOWS = 8
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, least: int) -> int:
     """argparse type for counts: a clear message instead of a traceback."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,13 +187,9 @@ def save_figure(fig, path: Path) -> None:
     """PNG written to a temporary name and renamed: never half a plot."""
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(path.name + ".tmp.png")
     try:
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write the plot {path} ({exc}); choose a writable --plot path") from exc
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110), "choose a writable --plot path",
+                         suffix=".tmp.png")      # matplotlib reads the format from the suffix
     finally:
         plt.close(fig)
 

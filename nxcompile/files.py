@@ -1,0 +1,21 @@
+"""Writing outputs so that no reader, and no interrupted run, ever leaves half a file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from nxcompile.errors import UsageError
+
+
+def write_atomically(path: Path, write: Callable[[Path], None], hint: str,
+                     errors: tuple[type[BaseException], ...] = (OSError,), suffix: str = ".tmp") -> None:
+    """`write` fills a temporary file beside `path`, which is then renamed onto it.
+    On failure the temporary file is removed and one line says what to do (`hint`)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + suffix)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except errors as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path} ({exc}); {hint}") from exc
