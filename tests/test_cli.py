@@ -199,3 +199,10 @@ def test_quantize_prints_error_per_layer_and_writes_the_graph(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "h0.attn.q" in result.stdout and "mantissa bits" in result.stdout and "graded" in result.stdout
     assert out.stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("content", [b"", b"not an hdf5 file at all" * 50])
+def test_partition_of_a_corrupt_net_file_is_one_line(tmp_path, content):
+    path = tmp_path / "broken.net"
+    path.write_bytes(content)
+    assert_one_line_error(nxcompile("partition", str(path)), 2, "is not a readable lava-dl .net network")
