@@ -1,5 +1,6 @@
 """Partitioner quality and cost at GPT-2 scale: cores used over the lower bound,
-compile time and peak memory, on one Loihi 2 chip, Kapoho Point and Hala Point.
+messages per token crossing chips before and after the rate-weighted
+refinement, compile time and peak memory, on one Loihi 2 chip, Kapoho Point and Hala Point.
 
     python bench/partition_scale.py [--models random:gpt2-small,random:gpt2-xl] [-T 8]
 
@@ -42,7 +43,8 @@ def compile_on(network, target) -> dict:
     fits = target.chips is None or placement.chips_used <= target.chips
     return {"cores": placement.cores_used, "chips": placement.chips_used, "bound": placement.lower_bound_cores,
             "seconds": seconds, "peak_mb": peak / 2**20, "fits": fits,
-            "accumulators": placement.accumulator_neurons(), "inter_chip": placement.traffic["inter_chip"]}
+            "accumulators": placement.accumulator_neurons(), "inter_chip": placement.traffic["inter_chip"],
+            "inter_chip_before": placement.traffic["inter_chip_before_refinement"]}
 
 
 def main() -> None:
@@ -52,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"{'model':20} {'target':22} {'fits':>5} {'cores':>8} {'chips':>6} {'bound':>8} {'ratio':>6} "
-          f"{'acc. neurons':>12} {'compile s':>10} {'peak MiB':>9}")
+          f"{'acc. neurons':>12} {'chip msgs/token (seq. -> refined)':>34} {'compile s':>10} {'peak MiB':>9}")
     for spec in args.models.split(","):
         started = time.perf_counter()
         loaded = load_model(spec)
@@ -66,6 +68,7 @@ def main() -> None:
             r = compile_on(network, TARGETS[name])
             print(f"{spec:20} {name:22} {'yes' if r['fits'] else 'no':>5} {r['cores']:>8,} {r['chips']:>6} "
                   f"{r['bound']:>8,} {r['cores'] / r['bound']:>6.3f} {r['accumulators']:>12,} "
+                  f"{r['inter_chip_before']:>15,.0f} -> {r['inter_chip']:>15,.0f} "
                   f"{r['seconds']:>10.2f} {r['peak_mb']:>9.1f}", flush=True)
         print(f"{spec:20} (load + convert {convert_seconds:.1f} s, estimated spike rates; "
               f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB)")

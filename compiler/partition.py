@@ -10,8 +10,13 @@
    current chip, a new core when none has room, a new chip when the chip is
    full. Consecutive layers therefore share a chip, which keeps spikes between
    chips to the layer boundaries that a chip boundary must cut.
-3. Measure. Spike traffic per token between cores, between chips and to and
-   from the host, from each source layer's measured or estimated message rate.
+3. Refine. Messages per token between every pair of cores are traced from each
+   source layer's measured or estimated message rate; whole cores then swap
+   between chips (Kernighan-Lin, pair of chips by pair of chips) wherever that
+   cuts the rate-weighted traffic crossing chips. A swap moves a core's
+   contents as they are, so every core still fits.
+4. Measure. Traffic per token between cores, between chips (before and after
+   refinement) and to and from the host.
 
 Deterministic: no randomness, and ties go to the lowest core index.
 """
@@ -81,10 +86,7 @@ class Placement:
 
     def chip_of_core(self) -> np.ndarray:
         """The chip each used core sits on."""
-        chips = np.zeros(self.cores_used, dtype=np.int64)
-        for b in self.blocks:
-            chips[b.core] = b.chip
-        return chips
+        return _chip_array(self.blocks, self.cores_used)
 
     def accumulator_neurons(self) -> int:
         return sum(b.stop - b.start for b in self.blocks if b.role == "accumulator")
@@ -302,16 +304,26 @@ def _rate(network: Network, name: str) -> float:
     return layer.messages_per_token if layer is not None else 1.0
 
 
-def measure_traffic(network: Network, blocks: list[Block]) -> dict[str, float]:
-    """Messages per token crossing cores, chips and the host boundary."""
+@dataclass
+class CoreFlows:
+    """Messages per token between cores: `pairs[i] = (source core, destination core)`
+    carries `messages[i]`, plus what enters from and leaves to the host."""
+    pairs: np.ndarray          # [n, 2] int64
+    messages: np.ndarray       # [n] float64
+    host_to_chip: float
+    chip_to_host: float
+
+
+def core_flows(network: Network, blocks: list[Block]) -> CoreFlows:
+    """Every block's inputs traced to the blocks that send them, summed per core pair."""
     outputs = _outputs_index(blocks)
-    totals = {"inter_core": 0.0, "inter_chip": 0.0, "host_to_chip": 0.0, "chip_to_host": 0.0,
-              "within_core": 0.0}
+    flows: dict[tuple[int, int], float] = {}
+    host_to_chip = 0.0
     for b in blocks:
         for source, lo, hi in b.inputs:
             rate = _rate(network, source)
             if source not in outputs:      # host layer or one-hot input
-                totals["host_to_chip"] += (hi - lo) * rate
+                host_to_chip += (hi - lo) * rate
                 continue
             starts, source_blocks = outputs[source]
             i = max(0, bisect.bisect_right(starts, lo) - 1)
@@ -319,19 +331,95 @@ def measure_traffic(network: Network, blocks: list[Block]) -> dict[str, float]:
                 s = source_blocks[i]
                 overlap = min(hi, s.stop) - max(lo, s.start)
                 if overlap > 0:
-                    messages = overlap * rate
-                    if s.core == b.core:
-                        totals["within_core"] += messages
-                    else:
-                        totals["inter_core"] += messages
-                        if s.chip != b.chip:
-                            totals["inter_chip"] += messages
+                    key = (s.core, b.core)
+                    flows[key] = flows.get(key, 0.0) + overlap * rate
                 i += 1
-    for layer in network.layers:
-        if layer.host:
-            totals["chip_to_host"] += sum(network.layer(s).neurons * network.layer(s).messages_per_token
-                                          for s in layer.inputs if not network.layer(s).host)
-    return totals
+    chip_to_host = sum(network.layer(s).neurons * network.layer(s).messages_per_token
+                       for layer in network.layers if layer.host
+                       for s in layer.inputs if not network.layer(s).host)
+    pairs = np.array(sorted(flows), dtype=np.int64).reshape(-1, 2)
+    messages = np.array([flows[tuple(p)] for p in pairs.tolist()], dtype=np.float64)
+    return CoreFlows(pairs, messages, host_to_chip, chip_to_host)
+
+
+def traffic_totals(flows: CoreFlows, chip_of_core: np.ndarray) -> dict[str, float]:
+    """Messages per token crossing cores, chips and the host boundary."""
+    src, dst = flows.pairs[:, 0], flows.pairs[:, 1]
+    other_core = src != dst
+    other_chip = chip_of_core[src] != chip_of_core[dst]
+    return {"inter_core": float(flows.messages[other_core].sum()),
+            "inter_chip": float(flows.messages[other_chip].sum()),
+            "host_to_chip": flows.host_to_chip, "chip_to_host": flows.chip_to_host,
+            "within_core": float(flows.messages[~other_core].sum())}
+
+
+def _best_swaps(weights: np.ndarray, on_a: np.ndarray, max_swaps: int) -> np.ndarray:
+    """Kernighan-Lin swaps between two chips' cores: `weights` [n, n] symmetric
+    traffic among them, `on_a` which cores sit on chip A. Swaps the pair that
+    cuts the most traffic while any swap cuts some (both chips keep their core
+    counts, so every core's contents still fit); returns the new `on_a`."""
+    on_a = on_a.copy()
+    for _ in range(max_swaps):
+        to_a = weights[:, on_a].sum(axis=1)
+        to_b = weights[:, ~on_a].sum(axis=1)
+        gain_of_moving = np.where(on_a, to_b - to_a, to_a - to_b)
+        a, b = np.flatnonzero(on_a), np.flatnonzero(~on_a)
+        gains = gain_of_moving[a][:, None] + gain_of_moving[b][None, :] - 2 * weights[np.ix_(a, b)]
+        best = int(np.argmax(gains))          # ties: the lowest core indices
+        if gains.size == 0 or gains.flat[best] <= 1e-9 * max(1.0, float(weights.sum())):
+            break
+        i, j = divmod(best, len(b))
+        on_a[a[i]], on_a[b[j]] = False, True
+    return on_a
+
+
+def refine_chips(flows: CoreFlows, chip_of_core: np.ndarray, sweeps: int = 3) -> np.ndarray:
+    """Moves cores (with everything on them) between chips to cut the rate-weighted
+    traffic that crosses chips: pairwise Kernighan-Lin over every pair of chips
+    that exchange messages, heaviest pair first, for a few sweeps. Core counts per
+    chip never change, so the placement stays valid."""
+    chips = chip_of_core.copy()
+    src, dst = flows.pairs[:, 0], flows.pairs[:, 1]
+    for _ in range(sweeps):
+        crossing = chips[src] != chips[dst]
+        if not crossing.any():
+            break
+        before = float(flows.messages[crossing].sum())
+        pair_traffic: dict[tuple[int, int], float] = {}
+        for a, b, m in zip(chips[src][crossing].tolist(), chips[dst][crossing].tolist(),
+                           flows.messages[crossing].tolist()):
+            key = (min(a, b), max(a, b))
+            pair_traffic[key] = pair_traffic.get(key, 0.0) + m
+        for chip_a, chip_b in sorted(pair_traffic, key=lambda k: (-pair_traffic[k], k)):
+            cores = np.flatnonzero((chips == chip_a) | (chips == chip_b))
+            local = np.full(len(chips), -1)
+            local[cores] = np.arange(len(cores))
+            inside = (local[src] >= 0) & (local[dst] >= 0)
+            weights = np.zeros((len(cores), len(cores)))
+            np.add.at(weights, (local[src[inside]], local[dst[inside]]), flows.messages[inside])
+            weights = weights + weights.T
+            np.fill_diagonal(weights, 0.0)
+            on_a = _best_swaps(weights, chips[cores] == chip_a, len(cores) // 2)
+            chips[cores] = np.where(on_a, chip_a, chip_b)
+        after = float(flows.messages[chips[src] != chips[dst]].sum())
+        if after > before * (1 - 1e-3):
+            break
+    return chips
+
+
+def _renumber_cores(blocks: list[Block], chip_of_core: np.ndarray) -> list[Block]:
+    """Blocks on their refined chips, with cores numbered chip by chip again."""
+    order = np.lexsort((np.arange(len(chip_of_core)), chip_of_core))
+    new_index = np.empty_like(order)
+    new_index[order] = np.arange(len(order))
+    return [replace(b, core=int(new_index[b.core]), chip=int(chip_of_core[b.core])) for b in blocks]
+
+
+def _chip_array(blocks: list[Block], cores: int) -> np.ndarray:
+    chips = np.zeros(cores, dtype=np.int64)
+    for b in blocks:
+        chips[b.core] = b.chip
+    return chips
 
 
 def _target_that_fits(failed: Target, cores: int) -> str:
@@ -361,7 +449,12 @@ def partition(network: Network, target: Target) -> Placement:
                          f"cores short; the first layer left over is {first_out}); "
                          f"{_target_that_fits(target, cores)} would fit")
     started = time.perf_counter()
-    traffic = measure_traffic(network, placed)
-    seconds["traffic"] = time.perf_counter() - started
+    flows = core_flows(network, placed)
+    sequential = traffic_totals(flows, _chip_array(placed, cores))
+    refined = refine_chips(flows, _chip_array(placed, cores)) if chips > 1 else _chip_array(placed, cores)
+    placed = _renumber_cores(placed, refined)
+    traffic = traffic_totals(core_flows(network, placed), _chip_array(placed, cores))
+    traffic["inter_chip_before_refinement"] = sequential["inter_chip"]
+    seconds["refine chips"] = time.perf_counter() - started
     return Placement(target.name, network.source, placed, cores, chips, lower_bound_cores(network, target),
                      [layer.name for layer in network.layers if layer.host], split, traffic, seconds)

@@ -116,10 +116,10 @@ def report(placement, network, target, per_core: bool = False) -> str:
         *_utilisation_table(placement, usage),
         "",
         f"traffic per token ({rates} spike rates; messages = spikes or graded payloads)",
-        *(f"  {key.replace('_', ' '):14} {value:>16,.0f}" for key, value in placement.traffic.items()),
+        *(f"  {key.replace('_', ' '):28} {value:>16,.0f}" for key, value in placement.traffic.items()),
         "",
         "time per stage",
-        *(f"  {stage:22} {sec:8.2f} s" for stage, sec in placement.seconds.items()),
+        *(f"  {stage:28} {sec:8.2f} s" for stage, sec in placement.seconds.items()),
     ]
     if per_core:
         lines += ["", f"{'core':>6} {'chip':>5}  " + "  ".join(f"{r + ' %':>18}" for r in RESOURCES)]

@@ -13,6 +13,7 @@ The time semantics are those of docs/time-semantics.md and `compiler.graph`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -22,29 +23,40 @@ from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm,
                                       SpikingGraph, out_kind)
 
 
-def fire(neuron: NeuronModel, current: torch.Tensor, timesteps: int | None) -> torch.Tensor:
-    """Spikes of a population driven by `current` [B, S, T, N] (see NeuronModel)."""
-    theta = neuron.threshold.to(current.dtype)
+SpikeFunction = Callable[[NeuronModel, torch.Tensor], torch.Tensor]
+
+
+def spike_levels(neuron: NeuronModel, v_over_threshold: torch.Tensor) -> torch.Tensor:
+    """How many thresholds' worth of voltage a neuron sends (0/1, -1/0/+1 or a graded payload)."""
     top = float(neuron.payload_max)
-    bottom = -top if neuron.signed else 0.0
+    level = torch.trunc if neuron.signed else torch.floor
+    return level(v_over_threshold).clamp_(-top if neuron.signed else 0.0, top)
+
+
+def fire(neuron: NeuronModel, current: torch.Tensor, timesteps: int | None,
+         spike: SpikeFunction = spike_levels) -> torch.Tensor:
+    """Spikes of a population driven by `current` [B, S, T, N] (see NeuronModel).
+    `spike` maps v / threshold to the spike sent; fine-tuning swaps in a
+    surrogate-gradient twin of `spike_levels`."""
+    theta = neuron.threshold.to(current.dtype)
     if timesteps is None:
-        return torch.clamp(current / theta, bottom, top)
+        top = float(neuron.payload_max)
+        return torch.clamp(current / theta, -top if neuron.signed else 0.0, top)
     current = current.expand(-1, -1, timesteps, -1)  # a constant (graded) drive repeats each step
     v = torch.full_like(current[:, :, 0], neuron.v_init) * theta
-    spikes = torch.empty_like(current)
+    steps = []
     decay = 1.0 - neuron.leak
-    level = torch.trunc if neuron.signed else torch.floor
     for t in range(current.shape[2]):
         v = v * decay + current[:, :, t]
-        s = level(v / theta).clamp_(bottom, top)
+        s = spike(neuron, v / theta)
         v = v - s * theta
-        spikes[:, :, t] = s
-    return spikes
+        steps.append(s)
+    return torch.stack(steps, dim=2)
 
 
 def _embed(op: Embed, inputs, ctx) -> torch.Tensor:
     ids = ctx["token_ids"]
-    return op.wte[ids] + op.wpe[torch.arange(ids.shape[1])][None]
+    return op.wte[ids] + op.wpe[torch.arange(ids.shape[1], device=op.wpe.device)][None]
 
 
 def as_train(x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +94,7 @@ def _dense(op: Dense, inputs, ctx) -> torch.Tensor:
     current = _dense_current(op, inputs, ctx)
     if op.neuron is None:
         return current.mean(dim=2)
-    return fire(op.neuron, current, ctx["timesteps"])
+    return fire(op.neuron, current, ctx["timesteps"], ctx["spike"])
 
 
 def ssa_current(op: SSA, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -94,7 +106,7 @@ def ssa_current(op: SSA, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> t
 
     scores = heads(q) @ heads(k).transpose(-1, -2)
     if op.causal:
-        scores = scores.masked_fill(~torch.ones(s, s, dtype=torch.bool).tril(), 0.0)
+        scores = scores.masked_fill(~torch.ones(s, s, dtype=torch.bool, device=q.device).tril(), 0.0)
     out = (scores @ heads(v)) * op.scale
     return out.permute(0, 3, 2, 1, 4).reshape(b, s, t, op.n_head * op.head_dim)
 
@@ -105,7 +117,7 @@ def _ssa_current(op: SSA, inputs, ctx) -> torch.Tensor:
 
 def _spiking(current_of):
     """An executor for a population: its input current, then `fire`."""
-    return lambda op, inputs, ctx: fire(op.neuron, current_of(op, inputs, ctx), ctx["timesteps"])
+    return lambda op, inputs, ctx: fire(op.neuron, current_of(op, inputs, ctx), ctx["timesteps"], ctx["spike"])
 
 
 def _add_current(op: Add, inputs, ctx) -> torch.Tensor:
@@ -115,7 +127,7 @@ def _add_current(op: Add, inputs, ctx) -> torch.Tensor:
 def _add(op: Add, inputs, ctx) -> torch.Tensor:
     if op.neuron is None:
         return inputs["a"] + inputs["b"]
-    return fire(op.neuron, _add_current(op, inputs, ctx), ctx["timesteps"])
+    return fire(op.neuron, _add_current(op, inputs, ctx), ctx["timesteps"], ctx["spike"])
 
 
 # Input current of each op that drives a neuron population (the converter
@@ -128,13 +140,14 @@ EXECUTORS = {Embed: _embed, LayerNorm: _layer_norm, Encode: _spiking(_encode_cur
 def execute_node(op, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor,
                  timesteps: int | None) -> torch.Tensor:
     """One node's output from its inputs."""
-    return EXECUTORS[type(op)](op, inputs, {"token_ids": token_ids, "timesteps": timesteps})
+    return EXECUTORS[type(op)](op, inputs, {"token_ids": token_ids, "timesteps": timesteps, "spike": spike_levels})
 
 
 def node_current(op, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor,
                  timesteps: int | None) -> torch.Tensor:
     """The input current of a neuron-bearing node, before its neurons fire."""
-    return CURRENTS[type(op)](op, inputs, {"token_ids": token_ids, "timesteps": timesteps})
+    return CURRENTS[type(op)](op, inputs, {"token_ids": token_ids, "timesteps": timesteps,
+                                           "spike": spike_levels})
 
 
 @dataclass
@@ -149,30 +162,36 @@ class RunResult:
     values: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-@torch.no_grad()
 def run(spiking: SpikingGraph, token_ids: torch.Tensor, timesteps: int | None,
-        keep_values: bool = False) -> RunResult:
+        keep_values: bool = False, *, ops: dict | None = None, spike: SpikeFunction | None = None) -> RunResult:
     """Execute the whole graph on token ids [B, S].
 
     `hidden[b]` is the residual stream after block b (the output of its last Add),
     the twin of the ANN's block output. Spike counts are |s| summed over batch,
     sequence, time and neurons (rate mode reports rates only).
+    Fine-tuning passes `ops` (nodes replaced by trainable twins) and a
+    surrogate-gradient `spike`; only then does the run track gradients.
     """
     if timesteps is not None and timesteps <= 0:
         raise ValueError(f"timesteps must be > 0, got {timesteps}")
+    with torch.set_grad_enabled(spike is not None):
+        return _run(spiking, token_ids, timesteps, keep_values, ops or {}, spike or spike_levels)
+
+
+def _run(spiking, token_ids, timesteps, keep_values, ops, spike) -> RunResult:
     started = time.perf_counter()
     values: dict[str, torch.Tensor] = {}
     rate, count, hidden = {}, {}, {}
-    ctx = {"token_ids": token_ids, "timesteps": timesteps}
+    ctx = {"token_ids": token_ids, "timesteps": timesteps, "spike": spike}
     graph = spiking.graph
     block_of_output = {name: b for b, name in enumerate(spiking.meta["block_outputs"])}
     for name in spiking.order():
-        op = graph.nodes[name]["op"]
+        op = ops.get(name, graph.nodes[name]["op"])
         inputs = {port: values[source] for port, source in spiking.inputs(name).items()}
         out = EXECUTORS[type(op)](op, inputs, ctx)
         values[name] = out
         if out_kind(op) != "graded":
-            magnitude = out.abs()
+            magnitude = out.detach().abs()
             rate[name] = float(magnitude.mean())
             count[name] = float(magnitude.sum()) if timesteps is not None else float("nan")
         if name in block_of_output:
