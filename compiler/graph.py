@@ -200,10 +200,13 @@ class SpikingGraph:
             block: int | None = None) -> str:
         self.graph.add_node(name, op=op, host=host, block=block)
         for port, source in (inputs or {}).items():
-            source_op = self.graph.nodes[source]["op"]
-            self.graph.add_edge(source, name, port=port, shape=(source_op.out_features,),
-                                kind=out_kind(source_op))
+            self.connect(source, name, port)
         return name
+
+    def connect(self, source: str, target: str, port: str) -> None:
+        """An edge from an existing node, labelled with what it carries."""
+        source_op = self.graph.nodes[source]["op"]
+        self.graph.add_edge(source, target, port=port, shape=(source_op.out_features,), kind=out_kind(source_op))
 
     def op(self, name: str):
         return self.graph.nodes[name]["op"]
@@ -274,7 +277,5 @@ def load_graph(path: Path) -> SpikingGraph:
         op = _unflatten_op(OP_TYPES[node["type"]], node["fields"], tensors)
         spiking.graph.add_node(node["name"], op=op, host=node["host"], block=node["block"])
     for edge in structure["edges"]:
-        source_op = spiking.op(edge["source"])
-        spiking.graph.add_edge(edge["source"], edge["target"], port=edge["port"],
-                               shape=(source_op.out_features,), kind=out_kind(source_op))
+        spiking.connect(edge["source"], edge["target"], edge["port"])
     return spiking

@@ -1,0 +1,175 @@
+"""Export: a quantised spiking graph (and its placement) -> one lava-dl `.net` HDF5 file, and back.
+
+Layout (DESIGN.md "The `.net` file"):
+  layer/<i>            one group per node, in topological order, as netx numbers them.
+    type               netx's `dense` for a Dense layer of binary CUBA-like neurons (plus
+                       `weight`, `bias`, `shape` and `neuron/{type, iDecay, vDecay, vThMant,
+                       refDelay, wgtExp}` exactly where netx reads them); an extension type
+                       (`embed`, `layernorm`, `encode`, `readout`, `ssa`, `add`) otherwise.
+    nx/                the op's own fields, every tensor as a dataset, a neuron as a subgroup:
+                       what nxcompile reads back (netx ignores it).
+    nx_name, nx_inputs (JSON port -> source node: the DAG), nx_host, nx_block
+  simulation/{Ts, tSample}   netx's fields; tSample = T, the steps per token.
+  nxcompile            attributes format and version; datasets `meta` (model, method,
+                       options, quantisation formats) and `placement`, as JSON.
+
+Tensors are written as float32 (integers on the fixed-point grid stay exact) and
+HDF5 object times are off, so the same graph gives byte-identical files. Written
+to a temporary name and renamed: never half a file. Reading is data only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import h5py
+import networkx as nx
+import numpy as np
+import torch
+
+from nxcompile.compiler.graph import OP_TYPES, SSA, Add, Dense, Embed, Encode, LayerNorm, NeuronModel, SpikingGraph
+from nxcompile.errors import UsageError
+from nxcompile.files import write_atomically
+
+FORMAT = "nxcompile-net"
+VERSION = 1
+EXTENSION_TYPES = {Embed: "embed", LayerNorm: "layernorm", Encode: "encode", SSA: "ssa", Add: "add"}
+TYPE_OPS = {"dense": Dense, "readout": Dense, **{name: cls for cls, name in EXTENSION_TYPES.items()}}
+DECAY_UNITS = 4096          # lava-dl CUBA decays are 12-bit: 4096 = everything decays
+
+
+class NetFileError(UsageError):
+    """A `.net` file that nxcompile cannot read as its own."""
+
+
+def layer_type(op) -> str:
+    """netx's `dense` where netx can build the layer; an extension type otherwise."""
+    if isinstance(op, Dense):
+        binary = op.neuron is not None and op.neuron.kind == "binary"
+        return "dense" if binary else "readout"
+    return EXTENSION_TYPES[type(op)]
+
+
+def _dataset(group: h5py.Group, name: str, value) -> None:
+    group.create_dataset(name, data=value, track_times=False)
+
+
+def _write_fields(group: h5py.Group, op) -> None:
+    for f in dataclasses.fields(op):
+        value = getattr(op, f.name)
+        if value is None:              # e.g. a readout's absent neuron: the default on reading
+            continue
+        if isinstance(value, NeuronModel):
+            _write_fields(group.create_group(f.name, track_order=True), value)
+        elif isinstance(value, torch.Tensor):
+            _dataset(group, f.name, value.detach().cpu().numpy().astype(np.float32))
+        else:
+            _dataset(group, f.name, value)
+
+
+def _write_netx_dense(group: h5py.Group, op: Dense) -> None:
+    """The fields lava-dl netx's `create_dense` reads, in its units."""
+    _dataset(group, "weight", op.weight.detach().cpu().numpy().astype(np.float32))
+    _dataset(group, "bias", op.bias.detach().cpu().numpy().astype(np.float32))
+    _dataset(group, "shape", np.array([op.out_features], dtype=np.int64))
+    neuron = group.create_group("neuron", track_order=True)
+    _dataset(neuron, "type", "CUBA")
+    _dataset(neuron, "iDecay", np.int64(DECAY_UNITS))             # no current carried between steps
+    _dataset(neuron, "vDecay", np.int64(round(op.neuron.leak * DECAY_UNITS)))
+    _dataset(neuron, "vThMant", np.int64(round(float(op.neuron.threshold.max()))))
+    _dataset(neuron, "refDelay", np.int64(1))
+    _dataset(neuron, "wgtExp", np.int64(0))
+
+
+def _write(handle: h5py.File, spiking: SpikingGraph, placement: dict | None) -> None:
+    layers = handle.create_group("layer", track_order=True)
+    for i, name in enumerate(spiking.order()):
+        node = spiking.graph.nodes[name]
+        op = node["op"]
+        group = layers.create_group(str(i), track_order=True)
+        kind = layer_type(op)
+        _dataset(group, "type", np.array([kind.encode()], dtype="S10"))
+        if kind == "dense":
+            _write_netx_dense(group, op)
+        _write_fields(group.create_group("nx", track_order=True), op)
+        _dataset(group, "nx_name", name)
+        _dataset(group, "nx_inputs", json.dumps(spiking.inputs(name), sort_keys=True))
+        _dataset(group, "nx_host", bool(node["host"]))
+        _dataset(group, "nx_block", -1 if node["block"] is None else int(node["block"]))
+    simulation = handle.create_group("simulation", track_order=True)
+    _dataset(simulation, "Ts", np.int64(1))
+    _dataset(simulation, "tSample", np.int64(spiking.meta.get("options", {}).get("timesteps", 1)))
+    root = handle.create_group("nxcompile", track_order=True)
+    root.attrs["format"] = FORMAT
+    root.attrs["version"] = VERSION
+    # Datasets, not attributes: HDF5 caps an attribute at 64 KiB and a placement can be megabytes.
+    _dataset(root, "meta", json.dumps(spiking.meta, sort_keys=True))
+    _dataset(root, "placement", json.dumps(placement, sort_keys=True) if placement is not None else "")
+
+
+def export_net(spiking: SpikingGraph, path: Path, placement: dict | None = None) -> None:
+    """Write the graph (and a placement as plain data) to `path`, atomically."""
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w", track_order=True) as handle:
+            _write(handle, spiking, placement)
+
+    write_atomically(path, write, "choose a writable path with free space", errors=(OSError, ValueError))
+
+
+def _read_fields(group: h5py.Group, cls):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in group:
+            continue
+        item = group[f.name]
+        if isinstance(item, h5py.Group):
+            kwargs[f.name] = _read_fields(item, NeuronModel)
+        elif item.shape == () and item.dtype.kind in "iub":
+            kwargs[f.name] = item[()].item()
+        elif item.shape == () and item.dtype.kind == "f":
+            kwargs[f.name] = float(item[()])
+        else:
+            kwargs[f.name] = torch.from_numpy(np.array(item[()], dtype=np.float32))
+    return cls(**kwargs)
+
+
+def _text(item) -> str:
+    value = item[()]
+    if isinstance(value, np.ndarray):
+        value = value.flat[0]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def load_net(path: Path) -> tuple[SpikingGraph, dict | None]:
+    """The graph and placement an nxcompile `.net` file holds; one clear error otherwise."""
+    try:
+        with h5py.File(path, "r") as handle:
+            root = handle.get("nxcompile")
+            if root is None or root.attrs.get("format") != FORMAT:
+                raise NetFileError(f"{path} is a .net file but not one nxcompile wrote (no nxcompile group); "
+                                   f"`nxcompile partition` and `nxcompile inspect` read foreign netx files")
+            if int(root.attrs["version"]) > VERSION:
+                raise NetFileError(f"{path} was written by a newer nxcompile (format {root.attrs['version']})")
+            meta, placement = json.loads(_text(root["meta"])), _text(root["placement"])
+            spiking = SpikingGraph(nx.DiGraph(), meta)
+            layers = handle["layer"]
+            edges = []
+            for i in range(len(layers)):
+                group = layers[str(i)]
+                kind = _text(group["type"])
+                if kind not in TYPE_OPS:
+                    raise NetFileError(f"{path}: layer {i} has unknown type {kind!r}")
+                name = _text(group["nx_name"])
+                block = int(group["nx_block"][()])
+                spiking.graph.add_node(name, op=_read_fields(group["nx"], TYPE_OPS[kind]),
+                                       host=bool(group["nx_host"][()]), block=None if block < 0 else block)
+                edges += [(source, name, port) for port, source in json.loads(_text(group["nx_inputs"])).items()]
+            for source, target, port in edges:
+                spiking.connect(source, target, port)
+    except NetFileError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise NetFileError(f"{path} is not a readable nxcompile .net file ({type(exc).__name__}: {exc}); "
+                           f"export it again") from None
+    return spiking, (json.loads(placement) if placement else None)
