@@ -29,6 +29,7 @@ weights fine-tuned against this quantiser pass through unchanged.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -128,6 +129,24 @@ def _quantise_op(op, target: Target):
     if isinstance(op, Add):
         return Add(op.features, neuron, q(op.scale_a), q(op.scale_b), q_bias), fmt
     return Encode(neuron, q(op.gain), q_bias), fmt
+
+
+def on_grid(op, target: Target):
+    """`op` as its fixed-point twin computes it, in float units: every weight, bias and
+    threshold moved onto the target's grid and divided back by the layer's unit.
+    Fine-tuning trains through this, so the weights it saves are the ones the
+    quantiser deploys (quantising them again changes nothing)."""
+    quantised, fmt = _quantise_op(op, target)
+    if isinstance(op, Dense) and op.neuron is None:
+        return quantised
+    unit = 2.0 ** fmt.unit_log2 if not isinstance(op, SSA) else 2.0 ** ALIGN_BITS / op.scale
+    neuron = dataclasses.replace(quantised.neuron, threshold=quantised.neuron.threshold / unit,
+                                 value=op.neuron.spike_value.clone())
+    if isinstance(op, SSA):
+        return dataclasses.replace(op, neuron=neuron)
+    scaled = {f.name: getattr(quantised, f.name) / unit for f in dataclasses.fields(quantised)
+              if isinstance(getattr(quantised, f.name), torch.Tensor)}
+    return dataclasses.replace(quantised, neuron=neuron, **scaled)
 
 
 def quantisable(spiking: SpikingGraph, name: str) -> bool:

@@ -19,7 +19,9 @@ from nxcompile.commands_snn import (DEFAULT_CONTEXT, add_conversion_arguments,
                                     add_model_arguments, cmd_convert, cmd_eval, context_of,
                                     describe_method,
                                     evaluation_token_ids, load_from_args, positive_int)
+from nxcompile.commands_finetune import add_finetune_parser
 from nxcompile.commands_hw import add_partition_parser, add_quantize_parser
+from nxcompile.commands_net import add_net_parsers
 from nxcompile.errors import NxError, UsageError
 
 PIPELINE_COMMAND = "pipeline"
@@ -133,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_partition_parser(commands)
     add_quantize_parser(commands)
+    add_finetune_parser(commands)
+    add_net_parsers(commands)
 
     convert = commands.add_parser("convert", help="GPT-2 -> spiking graph file")
     add_model_arguments(convert)

@@ -70,9 +70,12 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
                              "final_norm, lm_head")
     parser.add_argument("--context", type=positive_int, default=DEFAULT_CONTEXT,
                         help=f"tokens per scored window (default {DEFAULT_CONTEXT}, capped by the model)")
+    parser.add_argument("--graph", type=Path, default=None,
+                        help="a spiking graph file (from `convert` or `finetune`) to use instead of "
+                             "converting the model")
 
 
-def _token_ids(tokenizer, text: str) -> torch.Tensor:
+def text_token_ids(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
 
 
@@ -81,19 +84,35 @@ def context_of(args, loaded) -> int:
 
 
 def build_graph(args, loaded):
-    """Convert `loaded` with the CLI's options, calibrated on the training split."""
+    """Convert `loaded` with the CLI's options, calibrated on the training split
+    (or read the --graph file made from the same model)."""
     from nxcompile.compiler.convert import ConversionOptions, convert
     from nxcompile.models.corpus import load_corpus
     from nxcompile.models.perplexity import windows
 
+    if getattr(args, "graph", None) is not None:
+        return _read_graph(args.graph, loaded.name)
+
     options = ConversionOptions(method=args.method, timesteps=args.timesteps, neuron=args.neuron,
                                 gelu=args.gelu, host=tuple(h for h in args.host.split(",") if h),
                                 embedding=args.embedding, norm=args.norm, residual=args.residual)
-    train_ids = _token_ids(loaded.tokenizer, load_corpus().train[:200_000])
+    train_ids = text_token_ids(loaded.tokenizer, load_corpus().train[:200_000])
     calibration = windows(train_ids, context_of(args, loaded))[:CALIBRATION_WINDOWS]
     print(f"converting {loaded.name} ({args.method}), calibrating on "
           f"{calibration.numel()} training tokens", file=sys.stderr)
     return convert(loaded.model, options, calibration, model_name=loaded.name)
+
+
+def _read_graph(path: Path, model_name: str):
+    from nxcompile.compiler.graph import load_graph
+
+    spiking = load_graph(path)
+    if spiking.meta.get("model") != model_name:
+        raise UsageError(f"{path} was made from {spiking.meta.get('model')!r}, not {model_name!r}; "
+                         f"name that model or convert {model_name} again")
+    tuned = " (fine-tuned)" if "finetune" in spiking.meta else ""
+    print(f"graph: {path}{tuned}, method {spiking.meta['options']['method']}", file=sys.stderr)
+    return spiking
 
 
 def cmd_convert(args) -> int:
@@ -108,6 +127,8 @@ def cmd_convert(args) -> int:
 
 
 def describe_method(args) -> str:
+    if getattr(args, "graph", None) is not None:
+        return f"graph {args.graph}"
     if args.method != "spikedecoder":
         return f"method {args.method}"
     return (f"method spikedecoder (embedding {args.embedding}, norm {args.norm}, "
@@ -140,7 +161,7 @@ def evaluation_token_ids(args, loaded) -> torch.Tensor:
     """The --text file (default: the held-out plays) in the model's tokens."""
     from nxcompile.models.corpus import evaluation_text
 
-    ids = _token_ids(loaded.tokenizer, evaluation_text(args.text))
+    ids = text_token_ids(loaded.tokenizer, evaluation_text(args.text))
     if len(ids) < 2:
         raise UsageError("the evaluation text tokenizes to fewer than 2 tokens; give a longer --text")
     return ids

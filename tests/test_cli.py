@@ -206,3 +206,53 @@ def test_partition_of_a_corrupt_net_file_is_one_line(tmp_path, content):
     path = tmp_path / "broken.net"
     path.write_bytes(content)
     assert_one_line_error(nxcompile("partition", str(path)), 2, "is not a readable lava-dl .net network")
+
+
+def test_finetune_writes_a_resumable_checkpoint_the_compiler_reads(tmp_path):
+    out = tmp_path / "tuned.safetensors"
+    common = ("finetune", "gpt2-tiny", "--train-context", "32", "--eval-tokens", "0", "-o", str(out))
+    first = nxcompile(*common, "--steps", "1")
+    assert first.returncode == 0, first.stderr
+    assert "finetune" in first.stderr and out.exists()
+    resumed = nxcompile(*common, "--steps", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "(2 steps" in resumed.stdout
+    quantised = nxcompile("quantize", "gpt2-tiny", "--graph", str(out), "--error-tokens", "16")
+    assert quantised.returncode == 0, quantised.stderr
+    assert "(fine-tuned)" in quantised.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--device", "tpu"), "unknown --device"),
+    (("--resume",), "not an nxcompile fine-tuning state"),
+    (("--train-text", "/nonexistent/text.txt"), "cannot read --train-text"),
+])
+def test_finetune_bad_input_is_one_line(args, needle, tmp_path):
+    out = tmp_path / "tuned.safetensors"
+    (tmp_path / "tuned.safetensors.train-state.pt").write_bytes(b"garbage")
+    assert_one_line_error(nxcompile("finetune", "gpt2-tiny", "--steps", "1", "-o", str(out), *args), 2, needle)
+    assert not out.exists()
+
+
+def test_a_graph_from_another_model_is_refused(tmp_path):
+    out = tmp_path / "g.safetensors"
+    assert nxcompile("convert", "random:gpt2-tiny", "-o", str(out)).returncode == 0
+    assert_one_line_error(nxcompile("eval", "gpt2-tiny", "--graph", str(out)), 2, "was made from")
+
+
+def test_export_writes_a_net_file_that_inspect_describes(tmp_path, shared_netx):
+    out = tmp_path / "tiny.net"
+    result = nxcompile("export", "gpt2-tiny", "--target", "loihi2", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    described = nxcompile("inspect", str(out))
+    assert described.returncode == 0, described.stderr
+    for needle in ("model gpt2-tiny", "h0.attn.ssa", "ssa", "dense", "placement:", "cores on 1 chip"):
+        assert needle in described.stdout
+    foreign = nxcompile("inspect", str(shared_netx / "pilotnet_sdnn" / "network.net"))
+    assert foreign.returncode == 0 and "not written by nxcompile" in foreign.stdout
+
+
+def test_inspect_of_a_file_that_is_not_hdf5_is_one_line(tmp_path):
+    path = tmp_path / "x.net"
+    path.write_text("hello")
+    assert_one_line_error(nxcompile("inspect", str(path)), 2, "not an HDF5 .net file")

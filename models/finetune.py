@@ -1,0 +1,283 @@
+"""Fine-tuning a converted GPT-2 with lava-dl slayer's surrogate gradients (NeurTransformer step 3).
+
+The spiking graph runs in the reference executor with every neuron's spike
+replaced by lava-dl slayer's spike function (`slayer.spike.Spike`: a Heaviside
+step forward, slayer's exponential surrogate backward). Our neurons reset by
+subtraction and restart each token at v_init, which slayer's CUBA classes do
+not do, so the dynamics stay ours and slayer supplies the spike and its
+gradient; with a threshold of one on v / theta the threshold trains too.
+
+What trains: scope `ssa` (the method's step 3) takes each block's Q, K and V
+populations (weights, biases, thresholds), the SSA neurons' thresholds and the
+attention output projection; scope `all` takes every on-chip population and
+readout. The rest (embedding, LayerNorms, LM head) stays frozen.
+
+Quantisation-aware: every forward pass uses `compiler.quantize.on_grid` of the
+trainable ops, with the straight-through estimator for the rounding, so the
+loss is that of the fixed-point network the target runs, and the saved graph
+holds exactly the on-grid values the quantiser will find again.
+
+Loss = next-token cross-entropy + KL(ANN logits || SNN logits) + the mean over
+blocks of (1 - cosine) between the ANN's and the SNN's residual streams.
+Deterministic for a seed: step s draws its windows from a generator seeded
+with (seed, s), so a resumed run draws what an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lava.lib.dl.slayer.spike.spike import Spike
+
+from nxcompile.compiler.graph import SSA, Add, Dense, Encode, NeuronModel, SpikingGraph
+from nxcompile.compiler.quantize import on_grid, quantisable
+from nxcompile.compiler.targets import Target
+from nxcompile.errors import UsageError
+from nxcompile.files import write_atomically
+from nxcompile.sim import reference
+from nxcompile.sim.evaluate import ann_forward
+
+SCOPES = ("ssa", "all")
+# slayer's surrogate on v / theta: derivative scale_rho / (2 tau_rho) * exp(-|v/theta - 1| / tau_rho),
+# slayer's own defaults (tau_grad = scale_grad = 1 in its neuron classes).
+TAU_RHO = 1.0
+SCALE_RHO = 1.0
+# Tensor fields each op type trains, as paths into the op.
+TRAINABLE_FIELDS = {Dense: ("weight", "bias", "neuron.threshold"), SSA: ("neuron.threshold",),
+                    Encode: ("gain", "bias", "neuron.threshold"),
+                    Add: ("scale_a", "scale_b", "bias", "neuron.threshold")}
+MIN_THRESHOLD = 1e-6
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    steps: int = 200
+    learning_rate: float = 3e-4
+    batch_size: int = 8
+    context: int = 64
+    timesteps: int = 8
+    scope: str = "ssa"
+    seed: int = 0
+    kl_weight: float = 1.0
+    hidden_weight: float = 1.0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        checks = [(self.steps >= 0, "steps must be >= 0"),
+                  (self.learning_rate > 0, "the learning rate must be > 0"),
+                  (self.batch_size > 0 and self.context > 1 and self.timesteps > 0,
+                   "batch size, context (> 1) and timesteps must be positive"),
+                  (self.scope in SCOPES, f"unknown scope {self.scope!r}; choose {SCOPES}")]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+def slayer_spike(neuron: NeuronModel, v_over_threshold: torch.Tensor) -> torch.Tensor:
+    """The spike a neuron sends, through slayer's surrogate-gradient spike function.
+    Binary: H(v/theta - 1); ternary: H(v/theta - 1) - H(-v/theta - 1) (identical to
+    `reference.spike_levels`). Graded payloads have no surrogate here: they
+    send their exact levels and pass no gradient."""
+    if neuron.payload_max > 1:
+        return reference.spike_levels(neuron, v_over_threshold.detach())
+    spike = Spike.apply
+    up = spike(v_over_threshold, 1.0, TAU_RHO, SCALE_RHO, False, 0, 1)
+    return up - spike(-v_over_threshold, 1.0, TAU_RHO, SCALE_RHO, False, 0, 1) if neuron.signed else up
+
+
+def _get(op, path: str):
+    for part in path.split("."):
+        op = getattr(op, part) if op is not None else None
+    return op
+
+
+def _set(op, path: str, value):
+    head, _, rest = path.partition(".")
+    return dataclasses.replace(op, **{head: _set(getattr(op, head), rest, value) if rest else value})
+
+
+def trainable_nodes(spiking: SpikingGraph, scope: str) -> list[str]:
+    """The nodes a scope trains: ssa = each block's Q/K/V, SSA and attention output projection."""
+    names = []
+    for name in spiking.order():
+        node = spiking.graph.nodes[name]
+        if node["host"] or type(node["op"]) not in TRAINABLE_FIELDS:
+            continue
+        if scope == "all" or (".attn." in name and isinstance(node["op"], (Dense, SSA))):
+            names.append(name)
+    return names
+
+
+class TrainableGraph(torch.nn.Module):
+    """The trainable tensors of a spiking graph as parameters, and the on-grid ops they make."""
+
+    def __init__(self, spiking: SpikingGraph, names: list[str], target: Target):
+        super().__init__()
+        self.spiking, self.target, self.names = spiking, target, names
+        self.fields = {name: [p for p in TRAINABLE_FIELDS[type(spiking.op(name))]
+                              if _get(spiking.op(name), p) is not None] for name in names}
+        self.params = torch.nn.ParameterDict()
+        for name in names:
+            op = spiking.op(name)
+            neuron = getattr(op, "neuron", None)
+            if neuron is not None and neuron.payload_max > 1:
+                raise UsageError(f"{name} sends graded spikes, which have no surrogate gradient; "
+                                 f"convert with --neuron if or lif to fine-tune")
+            for path in self.fields[name]:
+                self.params[self._key(name, path)] = torch.nn.Parameter(_get(op, path).detach().clone())
+        # Frozen on-chip nodes run on the grid too: the loss is the deployed network's.
+        self.frozen = {name: on_grid(spiking.op(name), target) for name in spiking.order()
+                       if quantisable(spiking, name) and name not in names}
+
+    @staticmethod
+    def _key(name: str, path: str) -> str:
+        return f"{name}/{path}".replace(".", ":")
+
+    def _float_op(self, name: str, detached: bool):
+        """The op with its current parameters (a neuron keeps the value its spikes stood for)."""
+        op = self.spiking.op(name)
+        if getattr(op, "neuron", None) is not None and not op.neuron.value.numel():
+            op = _set(op, "neuron.value", op.neuron.spike_value.clone())
+        for path in self.fields[name]:
+            value = self.params[self._key(name, path)]
+            value = value.clamp(min=MIN_THRESHOLD) if path.endswith("threshold") else value
+            op = _set(op, path, value.detach() if detached else value)
+        return op
+
+    def grid_op(self, name: str):
+        """The op on the target's grid; gradients pass the rounding straight through."""
+        with torch.no_grad():
+            fixed = on_grid(self._float_op(name, detached=True), self.target)
+        op = self._float_op(name, detached=False)
+        for path in self.fields[name]:
+            trained = _get(op, path)
+            op = _set(op, path, trained + (_get(fixed, path) - trained).detach())
+        return op
+
+    def grid_ops(self) -> dict:
+        return self.frozen | {name: self.grid_op(name) for name in self.names}
+
+    def deployable(self) -> SpikingGraph:
+        """A copy of the graph with the trained ops on the grid: the checkpoint the compiler reads."""
+        graph = self.spiking.graph.copy()
+        for name, op in self.frozen.items():
+            graph.nodes[name]["op"] = op
+        with torch.no_grad():
+            for name in self.names:
+                graph.nodes[name]["op"] = on_grid(self._float_op(name, detached=True), self.target)
+        return SpikingGraph(graph, json.loads(json.dumps(self.spiking.meta)))
+
+
+def distillation_loss(run: reference.RunResult, ids: torch.Tensor, ann_logits: torch.Tensor,
+                      ann_hidden: list[torch.Tensor], options: FinetuneOptions) -> dict[str, torch.Tensor]:
+    """Next-token cross-entropy, KL to the ANN's logits and (1 - cos) to its residual streams."""
+    logits = run.logits
+    lm = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    kl = F.kl_div(F.log_softmax(logits, -1).flatten(0, 1), F.log_softmax(ann_logits, -1).flatten(0, 1),
+                  log_target=True, reduction="batchmean")
+    hidden = torch.stack([1 - F.cosine_similarity(run.hidden[b], h, dim=-1).mean()
+                          for b, h in enumerate(ann_hidden)]).mean()
+    total = lm + options.kl_weight * kl + options.hidden_weight * hidden
+    return {"loss": total, "lm": lm, "kl": kl, "hidden": hidden}
+
+
+def batch_for_step(train_windows: torch.Tensor, step: int, options: FinetuneOptions) -> torch.Tensor:
+    """The windows of one step, the same whether the run was resumed or not."""
+    generator = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
+    pick = torch.randint(0, len(train_windows), (options.batch_size,), generator=generator)
+    return train_windows[pick]
+
+
+@dataclass
+class TrainState:
+    """What resuming needs: the step reached, parameters off the grid, optimiser moments."""
+    step: int
+    params: dict[str, torch.Tensor]
+    optimizer: dict
+    options: dict
+    losses: list[float]
+
+    def save(self, path: Path) -> None:
+        state = dataclasses.asdict(self)
+        write_atomically(path, lambda tmp: torch.save(state, tmp), "choose a writable --output path")
+
+    @staticmethod
+    def load(path: Path) -> TrainState:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)   # data only, never code
+            return TrainState(**state)
+        except Exception as exc:   # torch raises many types for a foreign or corrupt file
+            raise UsageError(f"{path} is not an nxcompile fine-tuning state ({type(exc).__name__}); "
+                             f"delete it or leave out --resume") from exc
+
+
+def state_path(output: Path) -> Path:
+    return output.with_name(output.name + ".train-state.pt")
+
+
+def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: Target,
+             options: FinetuneOptions, resume: TrainState | None = None,
+             on_step: Callable[[int, dict[str, float]], None] | None = None,
+             on_checkpoint: Callable[[TrainableGraph, TrainState], None] | None = None,
+             checkpoint_every: int = 50) -> tuple[TrainableGraph, TrainState]:
+    """Train the scope's tensors of `spiking` against `model` (the ANN) on `train_windows` [N, context].
+    `on_step` hears each step's losses (a progress bar); `on_checkpoint` gets the graph and the
+    resumable state every `checkpoint_every` steps and at the end."""
+    if resume is not None and resume.options != dataclasses.asdict(options) | {"steps": resume.options["steps"],
+                                                                             "device": resume.options["device"]}:
+        raise UsageError("the saved fine-tuning state was made with other options; use the same ones, "
+                         "or leave out --resume")
+    torch.manual_seed(options.seed)
+    device = torch.device(options.device)
+    spiking = graph_on(spiking, device)
+    model = model.to(device).eval()
+    trainable = TrainableGraph(spiking, trainable_nodes(spiking, options.scope), target)
+    optimizer = torch.optim.Adam(trainable.parameters(), lr=options.learning_rate)
+    state = TrainState(0, {}, {}, dataclasses.asdict(options), [])
+    if resume is not None:
+        trainable.params.load_state_dict({k: v.to(device) for k, v in resume.params.items()})
+        optimizer.load_state_dict(resume.optimizer)
+        state = dataclasses.replace(resume, options=dataclasses.asdict(options))
+    for step in range(state.step, options.steps):
+        ids = batch_for_step(train_windows, step, options).to(device)
+        ann_logits, ann_hidden = ann_forward(model, ids)
+        run = reference.run(spiking, ids, options.timesteps, ops=trainable.grid_ops(), spike=slayer_spike)
+        losses = distillation_loss(run, ids, ann_logits, ann_hidden, options)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        state.step, state.losses = step + 1, state.losses + [losses["loss"].item()]
+        if on_step is not None:
+            on_step(step + 1, {k: v.item() for k, v in losses.items()})
+        if on_checkpoint is not None and (state.step % checkpoint_every == 0 or state.step == options.steps):
+            on_checkpoint(trainable, _snapshot(trainable, optimizer, state))
+    return trainable, _snapshot(trainable, optimizer, state)
+
+
+def _snapshot(trainable: TrainableGraph, optimizer, state: TrainState) -> TrainState:
+    params = {k: v.detach().cpu().clone() for k, v in trainable.params.items()}
+    return dataclasses.replace(state, params=params, optimizer=optimizer.state_dict())
+
+
+def graph_on(spiking: SpikingGraph, device: torch.device) -> SpikingGraph:
+    """A copy of the graph with every op's tensors on `device`."""
+    graph = spiking.graph.copy()
+    for name in graph.nodes:
+        graph.nodes[name]["op"] = _op_on(graph.nodes[name]["op"], device)
+    return SpikingGraph(graph, spiking.meta)
+
+
+def _op_on(op, device: torch.device):
+    moved = {}
+    for f in dataclasses.fields(op):
+        value = getattr(op, f.name)
+        if isinstance(value, torch.Tensor):
+            moved[f.name] = value.to(device)
+        elif isinstance(value, NeuronModel):
+            moved[f.name] = _op_on(value, device)
+    return dataclasses.replace(op, **moved)

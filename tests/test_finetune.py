@@ -1,0 +1,147 @@
+"""Fine-tuning: slayer's spike in our neurons, quantisation-aware, deterministic, resumable."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from nxcompile.compiler.convert import ConversionOptions, convert
+from nxcompile.compiler.graph import NeuronModel, load_graph, save_graph
+from nxcompile.compiler.quantize import on_grid, quantisable, quantize
+from nxcompile.compiler.targets import TARGETS
+from nxcompile.models.finetune import (FinetuneOptions, TrainableGraph, TrainState, finetune, slayer_spike,
+                                       trainable_nodes)
+from nxcompile.sim import reference
+from tests.test_convert_reference import small_gpt2, token_batch
+
+LOIHI2 = TARGETS["loihi2"]
+OPTIONS = FinetuneOptions(steps=3, learning_rate=1e-2, batch_size=2, context=16, timesteps=4)
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = small_gpt2(n_layer=1, n_embd=32, n_head=2)
+    graph = convert(model, ConversionOptions(timesteps=4), token_batch(2, 32, 200))
+    return model, graph, token_batch(12, 16, 200, seed=7)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_slayer_spike_sends_what_the_reference_neuron_sends_and_passes_a_gradient(signed):
+    neuron = NeuronModel(threshold=torch.ones(1), signed=signed)
+    x = torch.linspace(-2.5, 2.5, 101, requires_grad=True)
+    sent = slayer_spike(neuron, x)
+    assert torch.equal(sent.detach(), reference.spike_levels(neuron, x.detach()))
+    sent.sum().backward()
+    assert x.grad.abs().max() > 0 and torch.isfinite(x.grad).all()
+
+
+def test_surrogate_run_is_the_reference_run_forward(small):
+    model, graph, ids = small
+    trainable = TrainableGraph(graph, trainable_nodes(graph, "ssa"), LOIHI2)
+    deployed = trainable.deployable()
+    exact = reference.run(deployed, ids[:2], 4).logits
+    surrogate = reference.run(graph, ids[:2], 4, ops=trainable.grid_ops(), spike=slayer_spike).logits
+    assert surrogate.requires_grad
+    torch.testing.assert_close(surrogate.detach(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_scopes_pick_the_attention_or_every_on_chip_population(small):
+    _, graph, _ = small
+    ssa = trainable_nodes(graph, "ssa")
+    assert sorted(ssa) == ["h0.attn.c_proj", "h0.attn.k", "h0.attn.q", "h0.attn.ssa", "h0.attn.v"]
+    every = trainable_nodes(graph, "all")
+    assert set(ssa) < set(every) and "h0.mlp.c_fc" in every and "embed" not in every
+
+
+def test_training_changes_only_the_scope_and_keeps_every_trained_number_on_the_grid(small):
+    model, graph, ids = small
+    trainable, state = finetune(model, graph, ids, LOIHI2, OPTIONS)
+    assert state.step == 3 and all(torch.isfinite(torch.tensor(state.losses)))
+    tuned = trainable.deployable()
+    first_field = lambda op: op.weight if hasattr(op, "weight") else op.neuron.threshold   # noqa: E731
+    changed = {n for n in trainable_nodes(graph, "ssa")
+               if not torch.equal(first_field(tuned.op(n)), first_field(graph.op(n)))}
+    assert {"h0.attn.q", "h0.attn.c_proj"} <= changed
+    assert torch.equal(tuned.op("lm_head").weight, graph.op("lm_head").weight)
+    for name in tuned.order():                       # the quantiser finds nothing left to round
+        if quantisable(tuned, name):
+            again = on_grid(tuned.op(name), LOIHI2)
+            for field in ("weight", "bias", "gain"):
+                if hasattr(again, field):
+                    assert torch.equal(getattr(again, field), getattr(tuned.op(name), field)), name
+            if getattr(again, "neuron", None) is not None:
+                assert torch.equal(again.neuron.threshold, tuned.op(name).neuron.threshold), name
+
+
+def test_training_is_deterministic_and_a_resumed_run_equals_an_uninterrupted_one(small, tmp_path):
+    model, graph, ids = small
+    _, straight = finetune(model, graph, ids, LOIHI2, OPTIONS)
+    _, again = finetune(model, graph, ids, LOIHI2, OPTIONS)
+    _, first = finetune(model, graph, ids, LOIHI2, dataclasses.replace(OPTIONS, steps=2))
+    first.save(tmp_path / "state.pt")
+    _, resumed = finetune(model, graph, ids, LOIHI2, OPTIONS, resume=TrainState.load(tmp_path / "state.pt"))
+    assert straight.losses == again.losses == resumed.losses
+    for key, value in straight.params.items():
+        assert torch.equal(value, again.params[key]) and torch.equal(value, resumed.params[key]), key
+
+
+def test_fine_tuned_checkpoint_reloads_and_quantises_to_the_trained_integers(small, tmp_path):
+    model, graph, ids = small
+    trainable, _ = finetune(model, graph, ids, LOIHI2, OPTIONS)
+    save_graph(trainable.deployable(), tmp_path / "tuned.safetensors")
+    reloaded = load_graph(tmp_path / "tuned.safetensors")
+    once, twice = quantize(reloaded, LOIHI2), quantize(quantize(reloaded, LOIHI2), LOIHI2)
+    for name in once.meta["quantization"]["layers"]:
+        a, b = once.op(name), twice.op(name)
+        if hasattr(a, "weight"):
+            assert torch.equal(a.weight, b.weight), name
+
+
+def test_a_foreign_state_file_is_one_clear_error(tmp_path):
+    from nxcompile.errors import UsageError
+
+    path = tmp_path / "state.pt"
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(UsageError, match="not an nxcompile fine-tuning state"):
+        TrainState.load(path)
+
+
+@pytest.mark.slow
+def test_fine_tuning_gpt2_tiny_lowers_held_out_perplexity_at_the_same_T():
+    from nxcompile.models.corpus import evaluation_text, load_corpus
+    from nxcompile.models.perplexity import windows
+    from nxcompile.models.zoo import load_model
+    from nxcompile.sim.evaluate import evaluate
+
+    loaded = load_model("gpt2-tiny")
+    tokens = lambda text: torch.tensor(loaded.tokenizer(text)["input_ids"])   # noqa: E731
+    train = windows(tokens(load_corpus().train[:100_000]), 64)
+    graph = convert(loaded.model, ConversionOptions(), train[:4], model_name="gpt2-tiny")
+    held_out = windows(tokens(evaluation_text(None)), 64, 512)
+    options = FinetuneOptions(steps=15, learning_rate=1e-3, batch_size=4, context=64, timesteps=8)
+    trainable, _ = finetune(loaded.model, graph, train, LOIHI2, options)
+    before = evaluate(loaded.model, TrainableGraph(graph, [], LOIHI2).deployable(), held_out, 8)
+    after = evaluate(loaded.model, trainable.deployable(), held_out, 8)
+    assert after.snn_perplexity < 0.9 * before.snn_perplexity
+    assert after.logits_cosine > before.logits_cosine
+
+
+def test_fine_tuned_weights_reach_the_net_file_and_come_back_as_the_same_integers(small, tmp_path):
+    from nxcompile.compiler.export import export_net, load_net
+
+    model, graph, ids = small
+    trainable, _ = finetune(model, graph, ids, LOIHI2, OPTIONS)
+    quantised = quantize(trainable.deployable(), LOIHI2)
+    export_net(quantised, tmp_path / "tuned.net")
+    reloaded, _ = load_net(tmp_path / "tuned.net")
+    for name in trainable_nodes(graph, "ssa"):
+        deployed, back = quantised.op(name), reloaded.op(name)
+        if getattr(deployed, "neuron", None) is not None:
+            assert torch.equal(deployed.neuron.threshold, back.neuron.threshold), name
+            assert torch.equal(back.neuron.threshold, back.neuron.threshold.round()), name
+        if hasattr(deployed, "weight"):
+            assert torch.equal(deployed.weight, back.weight), name
+            mantissa = back.weight * 2.0 ** quantised.meta["quantization"]["layers"][name]["unit_log2"] \
+                if deployed.neuron is None else back.weight / 2 ** quantised.meta["quantization"]["layers"][name]["weight_exp"]
+            assert torch.equal(mantissa, mantissa.round()), name
