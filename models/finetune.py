@@ -106,8 +106,8 @@ def trainable_nodes(spiking: SpikingGraph, scope: str) -> list[str]:
     names = []
     for name in spiking.order():
         node = spiking.graph.nodes[name]
-        if node["host"] or type(node["op"]) not in TRAINABLE_FIELDS:
-            continue
+        if not quantisable(spiking, name) or type(node["op"]) not in TRAINABLE_FIELDS:
+            continue          # host nodes and graded adds: nothing on chip to train
         if scope == "all" or (".attn." in name and isinstance(node["op"], (Dense, SSA))):
             names.append(name)
     return names

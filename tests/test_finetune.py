@@ -52,6 +52,14 @@ def test_scopes_pick_the_attention_or_every_on_chip_population(small):
     assert sorted(ssa) == ["h0.attn.c_proj", "h0.attn.k", "h0.attn.q", "h0.attn.ssa", "h0.attn.v"]
     every = trainable_nodes(graph, "all")
     assert set(ssa) < set(every) and "h0.mlp.c_fc" in every and "embed" not in every
+    assert "h0.attn.add" not in every                 # a graded add has nothing to train
+
+
+def test_scope_all_trains_every_on_chip_population(small):
+    model, graph, ids = small
+    trainable, state = finetune(model, graph, ids, LOIHI2, dataclasses.replace(OPTIONS, steps=1, scope="all"))
+    untrained = TrainableGraph(graph, [], LOIHI2).deployable()     # the same grid, no training
+    assert not torch.equal(trainable.deployable().op("h0.mlp.c_fc").weight, untrained.op("h0.mlp.c_fc").weight)
 
 
 def test_training_changes_only_the_scope_and_keeps_every_trained_number_on_the_grid(small):
