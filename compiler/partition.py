@@ -407,12 +407,12 @@ def refine_chips(flows: CoreFlows, chip_of_core: np.ndarray, sweeps: int = 3) ->
     return chips
 
 
-def _renumber_cores(blocks: list[Block], chip_of_core: np.ndarray) -> list[Block]:
-    """Blocks on their refined chips, with cores numbered chip by chip again."""
+def _chip_by_chip_numbering(chip_of_core: np.ndarray) -> np.ndarray:
+    """New core index of each core, so that cores are numbered chip by chip again."""
     order = np.lexsort((np.arange(len(chip_of_core)), chip_of_core))
     new_index = np.empty_like(order)
     new_index[order] = np.arange(len(order))
-    return [replace(b, core=int(new_index[b.core]), chip=int(chip_of_core[b.core])) for b in blocks]
+    return new_index
 
 
 def _chip_array(blocks: list[Block], cores: int) -> np.ndarray:
@@ -450,11 +450,12 @@ def partition(network: Network, target: Target) -> Placement:
                          f"{_target_that_fits(target, cores)} would fit")
     started = time.perf_counter()
     flows = core_flows(network, placed)
-    sequential = traffic_totals(flows, _chip_array(placed, cores))
-    refined = refine_chips(flows, _chip_array(placed, cores)) if chips > 1 else _chip_array(placed, cores)
-    placed = _renumber_cores(placed, refined)
-    traffic = traffic_totals(core_flows(network, placed), _chip_array(placed, cores))
-    traffic["inter_chip_before_refinement"] = sequential["inter_chip"]
+    first_fit = _chip_array(placed, cores)
+    refined = refine_chips(flows, first_fit)
+    traffic = traffic_totals(flows, refined)
+    traffic["inter_chip_before_refinement"] = traffic_totals(flows, first_fit)["inter_chip"]
+    new_index = _chip_by_chip_numbering(refined)
+    placed = [replace(b, core=int(new_index[b.core]), chip=int(refined[b.core])) for b in placed]
     seconds["refine chips"] = time.perf_counter() - started
     return Placement(target.name, network.source, placed, cores, chips, lower_bound_cores(network, target),
                      [layer.name for layer in network.layers if layer.host], split, traffic, seconds)
