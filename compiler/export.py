@@ -6,8 +6,9 @@ Layout (DESIGN.md "The `.net` file"):
                        `weight`, `bias`, `shape` and `neuron/{type, iDecay, vDecay, vThMant,
                        refDelay, wgtExp}` exactly where netx reads them); an extension type
                        (`embed`, `layernorm`, `encode`, `readout`, `ssa`, `add`) otherwise.
-    nx/                the op's own fields, every tensor as a dataset, a neuron as a subgroup:
-                       what nxcompile reads back (netx ignores it).
+    nx_fields, nx/     the op's own fields as JSON (`graph.flatten_op`, as the graph file
+                       stores them) and its tensors as datasets: what nxcompile reads back
+                       (netx ignores it).
     nx_name, nx_inputs (JSON port -> source node: the DAG), nx_host, nx_block
   simulation/{Ts, tSample}   netx's fields; tSample = T, the steps per token.
   nxcompile            attributes format and version; datasets `meta` (model, method,
@@ -19,7 +20,6 @@ to a temporary name and renamed: never half a file. Reading is data only.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -28,7 +28,9 @@ import networkx as nx
 import numpy as np
 import torch
 
-from nxcompile.compiler.graph import OP_TYPES, SSA, Add, Dense, Embed, Encode, LayerNorm, NeuronModel, SpikingGraph
+from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, SpikingGraph, flatten_op,
+                                      unflatten_op)
+from nxcompile.compiler.layers import netx_value
 from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
 
@@ -55,17 +57,13 @@ def _dataset(group: h5py.Group, name: str, value) -> None:
     group.create_dataset(name, data=value, track_times=False)
 
 
-def _write_fields(group: h5py.Group, op) -> None:
-    for f in dataclasses.fields(op):
-        value = getattr(op, f.name)
-        if value is None:              # e.g. a readout's absent neuron: the default on reading
-            continue
-        if isinstance(value, NeuronModel):
-            _write_fields(group.create_group(f.name, track_order=True), value)
-        elif isinstance(value, torch.Tensor):
-            _dataset(group, f.name, value.detach().cpu().numpy().astype(np.float32))
-        else:
-            _dataset(group, f.name, value)
+def _write_op(group: h5py.Group, op) -> None:
+    """The op's fields as JSON and its tensors as datasets, as the graph file stores them."""
+    tensors: dict[str, torch.Tensor] = {}
+    _dataset(group, "nx_fields", json.dumps(flatten_op("op", op, tensors), sort_keys=True))
+    stored = group.create_group("nx", track_order=True)
+    for key, tensor in tensors.items():
+        _dataset(stored, key, tensor.cpu().numpy().astype(np.float32))
 
 
 def _write_netx_dense(group: h5py.Group, op: Dense) -> None:
@@ -92,7 +90,7 @@ def _write(handle: h5py.File, spiking: SpikingGraph, placement: dict | None) -> 
         _dataset(group, "type", np.array([kind.encode()], dtype="S10"))
         if kind == "dense":
             _write_netx_dense(group, op)
-        _write_fields(group.create_group("nx", track_order=True), op)
+        _write_op(group, op)
         _dataset(group, "nx_name", name)
         _dataset(group, "nx_inputs", json.dumps(spiking.inputs(name), sort_keys=True))
         _dataset(group, "nx_host", bool(node["host"]))
@@ -117,28 +115,9 @@ def export_net(spiking: SpikingGraph, path: Path, placement: dict | None = None)
     write_atomically(path, write, "choose a writable path with free space", errors=(OSError, ValueError))
 
 
-def _read_fields(group: h5py.Group, cls):
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in group:
-            continue
-        item = group[f.name]
-        if isinstance(item, h5py.Group):
-            kwargs[f.name] = _read_fields(item, NeuronModel)
-        elif item.shape == () and item.dtype.kind in "iub":
-            kwargs[f.name] = item[()].item()
-        elif item.shape == () and item.dtype.kind == "f":
-            kwargs[f.name] = float(item[()])
-        else:
-            kwargs[f.name] = torch.from_numpy(np.array(item[()], dtype=np.float32))
-    return cls(**kwargs)
-
-
-def _text(item) -> str:
-    value = item[()]
-    if isinstance(value, np.ndarray):
-        value = value.flat[0]
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _read_op(group: h5py.Group, cls):
+    tensors = {key: torch.from_numpy(np.array(item[()], dtype=np.float32)) for key, item in group["nx"].items()}
+    return unflatten_op(cls, json.loads(netx_value(group, "nx_fields")), tensors)
 
 
 def load_net(path: Path) -> tuple[SpikingGraph, dict | None]:
@@ -151,20 +130,20 @@ def load_net(path: Path) -> tuple[SpikingGraph, dict | None]:
                                    f"`nxcompile partition` and `nxcompile inspect` read foreign netx files")
             if int(root.attrs["version"]) > VERSION:
                 raise NetFileError(f"{path} was written by a newer nxcompile (format {root.attrs['version']})")
-            meta, placement = json.loads(_text(root["meta"])), _text(root["placement"])
+            meta, placement = json.loads(netx_value(root, "meta")), netx_value(root, "placement")
             spiking = SpikingGraph(nx.DiGraph(), meta)
             layers = handle["layer"]
             edges = []
             for i in range(len(layers)):
                 group = layers[str(i)]
-                kind = _text(group["type"])
+                kind = netx_value(group, "type")
                 if kind not in TYPE_OPS:
                     raise NetFileError(f"{path}: layer {i} has unknown type {kind!r}")
-                name = _text(group["nx_name"])
+                name = netx_value(group, "nx_name")
                 block = int(group["nx_block"][()])
-                spiking.graph.add_node(name, op=_read_fields(group["nx"], TYPE_OPS[kind]),
+                spiking.graph.add_node(name, op=_read_op(group, TYPE_OPS[kind]),
                                        host=bool(group["nx_host"][()]), block=None if block < 0 else block)
-                edges += [(source, name, port) for port, source in json.loads(_text(group["nx_inputs"])).items()]
+                edges += [(source, name, port) for port, source in json.loads(netx_value(group, "nx_inputs")).items()]
             for source, target, port in edges:
                 spiking.connect(source, target, port)
     except NetFileError:

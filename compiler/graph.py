@@ -221,8 +221,9 @@ class SpikingGraph:
         return [n for n in self.order() if out_kind(self.op(n)) != "graded"]
 
 
-def _flatten_op(prefix: str, op, tensors: dict[str, torch.Tensor]) -> dict:
-    """Op fields as JSON, with tensors moved into `tensors` under prefixed keys."""
+def flatten_op(prefix: str, op, tensors: dict[str, torch.Tensor]) -> dict:
+    """Op fields as JSON, with tensors moved into `tensors` under prefixed keys
+    (one walk of an op's fields for every file format that stores ops)."""
     fields = {}
     for f in dataclasses.fields(op):
         value = getattr(op, f.name)
@@ -230,19 +231,19 @@ def _flatten_op(prefix: str, op, tensors: dict[str, torch.Tensor]) -> dict:
             tensors[f"{prefix}.{f.name}"] = value.detach().contiguous().cpu()
             fields[f.name] = {"tensor": f"{prefix}.{f.name}"}
         elif isinstance(value, NeuronModel):
-            fields[f.name] = {"neuron": _flatten_op(f"{prefix}.{f.name}", value, tensors)}
+            fields[f.name] = {"neuron": flatten_op(f"{prefix}.{f.name}", value, tensors)}
         else:
             fields[f.name] = value
     return fields
 
 
-def _unflatten_op(cls, fields: dict, tensors: dict[str, torch.Tensor]):
+def unflatten_op(cls, fields: dict, tensors: dict[str, torch.Tensor]):
     kwargs = {}
     for name, value in fields.items():
         if isinstance(value, dict) and "tensor" in value:
             kwargs[name] = tensors[value["tensor"]]
         elif isinstance(value, dict) and "neuron" in value:
-            kwargs[name] = _unflatten_op(NeuronModel, value["neuron"], tensors)
+            kwargs[name] = unflatten_op(NeuronModel, value["neuron"], tensors)
         else:
             kwargs[name] = value
     return cls(**kwargs)
@@ -253,7 +254,7 @@ def save_graph(spiking: SpikingGraph, path: Path) -> None:
     Written to a temporary name and renamed, so a reader never sees half a file."""
     tensors: dict[str, torch.Tensor] = {}
     nodes = [{"name": n, "type": type(d["op"]).__name__, "host": d["host"], "block": d["block"],
-              "fields": _flatten_op(f"n{i}", d["op"], tensors)}
+              "fields": flatten_op(f"n{i}", d["op"], tensors)}
              for i, (n, d) in enumerate((n, spiking.graph.nodes[n]) for n in spiking.order())]
     edges = [{"source": s, "target": t, "port": d["port"]}
              for s, t, d in sorted(spiking.graph.edges(data=True))]
@@ -274,7 +275,7 @@ def load_graph(path: Path) -> SpikingGraph:
         raise UsageError(f"{path} is not a spiking graph saved by nxcompile")
     spiking = SpikingGraph(nx.DiGraph(), structure["meta"])
     for node in structure["nodes"]:
-        op = _unflatten_op(OP_TYPES[node["type"]], node["fields"], tensors)
+        op = unflatten_op(OP_TYPES[node["type"]], node["fields"], tensors)
         spiking.graph.add_node(node["name"], op=op, host=node["host"], block=node["block"])
     for edge in structure["edges"]:
         spiking.connect(edge["source"], edge["target"], edge["port"])

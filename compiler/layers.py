@@ -127,7 +127,8 @@ def network_from_graph(spiking, spike_rates: dict[str, float] | None = None) -> 
 
 # --- lava-dl .net files ------------------------------------------------------
 
-def _attr(group, key, default=None):
+def netx_value(group, key, default=None):
+    """A dataset of a netx group as a Python value (strings decoded), read as data only."""
     if key not in group:
         if default is None:
             raise KeyError(key)
@@ -140,22 +141,22 @@ def _attr(group, key, default=None):
 
 def _netx_message(group) -> tuple[int, float]:
     neuron = group["neuron"] if "neuron" in group else None
-    kind = _attr(neuron, "type", "LOIHI") if neuron is not None else "LOIHI"
+    kind = netx_value(neuron, "type", "LOIHI") if neuron is not None else "LOIHI"
     graded = kind == "SDNN"
     return (GRADED_MESSAGE_BITS if graded else 1), (1.0 if graded else ESTIMATED_SPIKE_RATE)
 
 
 def _pair(group, key) -> tuple[int, int]:
-    value = np.atleast_1d(_attr(group, key)).astype(int)
+    value = np.atleast_1d(netx_value(group, key)).astype(int)
     return (int(value[0]), int(value[-1]))
 
 
 def _shape(group) -> tuple[int, ...]:
-    return tuple(int(v) for v in np.atleast_1d(_attr(group, "shape")))
+    return tuple(int(v) for v in np.atleast_1d(netx_value(group, "shape")))
 
 
 def _netx_layer(index: int, group, previous: LayerSpec | None, previous_shape) -> tuple[LayerSpec | None, tuple]:
-    kind = _attr(group, "type")
+    kind = netx_value(group, "type")
     name = f"layer{index}:{kind}"
     inputs = (previous.name,) if previous is not None else ()
     bits, per_token = _netx_message(group)
