@@ -111,12 +111,17 @@ def _quantise_readout(op: Dense, target: Target):
                  None), fmt
 
 
+def _ssa_unit(op: SSA) -> float:
+    """State units per float unit of an SSA population: its scale becomes 2**ALIGN_BITS."""
+    return 2.0 ** ALIGN_BITS / op.scale
+
+
 def _quantise_op(op, target: Target):
     """The fixed-point twin of one population op, and its format."""
     if isinstance(op, Dense) and op.neuron is None:
         return _quantise_readout(op, target)
     if isinstance(op, SSA):
-        unit = 2.0 ** ALIGN_BITS / op.scale
+        unit = _ssa_unit(op)
         fmt = LayerFormat(0, ALIGN_BITS, 0, 1, 2 ** (target.threshold_bits + ALIGN_BITS) - 1)
         return SSA(op.n_head, op.head_dim, 2.0 ** ALIGN_BITS, _quantise_neuron(op.neuron, fmt, target, unit),
                    op.causal, op.kv_capacity), fmt
@@ -139,7 +144,7 @@ def on_grid(op, target: Target):
     quantised, fmt = _quantise_op(op, target)
     if isinstance(op, Dense) and op.neuron is None:
         return quantised
-    unit = 2.0 ** fmt.unit_log2 if not isinstance(op, SSA) else 2.0 ** ALIGN_BITS / op.scale
+    unit = _ssa_unit(op) if isinstance(op, SSA) else 2.0 ** fmt.unit_log2
     neuron = dataclasses.replace(quantised.neuron, threshold=quantised.neuron.threshold / unit,
                                  value=op.neuron.spike_value.clone())
     if isinstance(op, SSA):

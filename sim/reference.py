@@ -26,11 +26,16 @@ from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm,
 SpikeFunction = Callable[[NeuronModel, torch.Tensor], torch.Tensor]
 
 
+def payload_range(neuron: NeuronModel) -> tuple[float, float]:
+    """The least and the most a neuron sends in one step."""
+    top = float(neuron.payload_max)
+    return (-top if neuron.signed else 0.0), top
+
+
 def spike_levels(neuron: NeuronModel, v_over_threshold: torch.Tensor) -> torch.Tensor:
     """How many thresholds' worth of voltage a neuron sends (0/1, -1/0/+1 or a graded payload)."""
-    top = float(neuron.payload_max)
     level = torch.trunc if neuron.signed else torch.floor
-    return level(v_over_threshold).clamp_(-top if neuron.signed else 0.0, top)
+    return level(v_over_threshold).clamp_(*payload_range(neuron))
 
 
 def fire(neuron: NeuronModel, current: torch.Tensor, timesteps: int | None,
@@ -40,8 +45,7 @@ def fire(neuron: NeuronModel, current: torch.Tensor, timesteps: int | None,
     surrogate-gradient twin of `spike_levels`."""
     theta = neuron.threshold.to(current.dtype)
     if timesteps is None:
-        top = float(neuron.payload_max)
-        return torch.clamp(current / theta, -top if neuron.signed else 0.0, top)
+        return torch.clamp(current / theta, *payload_range(neuron))
     current = current.expand(-1, -1, timesteps, -1)  # a constant (graded) drive repeats each step
     v = torch.full_like(current[:, :, 0], neuron.v_init) * theta
     steps = []
@@ -137,17 +141,21 @@ EXECUTORS = {Embed: _embed, LayerNorm: _layer_norm, Encode: _spiking(_encode_cur
              Dense: _dense, SSA: _spiking(_ssa_current), Add: _add}
 
 
+def _context(token_ids: torch.Tensor, timesteps: int | None, spike: SpikeFunction = spike_levels) -> dict:
+    """What every executor may read besides its op and inputs."""
+    return {"token_ids": token_ids, "timesteps": timesteps, "spike": spike}
+
+
 def execute_node(op, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor,
                  timesteps: int | None) -> torch.Tensor:
     """One node's output from its inputs."""
-    return EXECUTORS[type(op)](op, inputs, {"token_ids": token_ids, "timesteps": timesteps, "spike": spike_levels})
+    return EXECUTORS[type(op)](op, inputs, _context(token_ids, timesteps))
 
 
 def node_current(op, inputs: dict[str, torch.Tensor], token_ids: torch.Tensor,
                  timesteps: int | None) -> torch.Tensor:
     """The input current of a neuron-bearing node, before its neurons fire."""
-    return CURRENTS[type(op)](op, inputs, {"token_ids": token_ids, "timesteps": timesteps,
-                                           "spike": spike_levels})
+    return CURRENTS[type(op)](op, inputs, _context(token_ids, timesteps))
 
 
 @dataclass
@@ -182,7 +190,7 @@ def _run(spiking, token_ids, timesteps, keep_values, ops, spike) -> RunResult:
     started = time.perf_counter()
     values: dict[str, torch.Tensor] = {}
     rate, count, hidden = {}, {}, {}
-    ctx = {"token_ids": token_ids, "timesteps": timesteps, "spike": spike}
+    ctx = _context(token_ids, timesteps, spike)
     graph = spiking.graph
     block_of_output = {name: b for b, name in enumerate(spiking.meta["block_outputs"])}
     for name in spiking.order():
