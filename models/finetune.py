@@ -227,7 +227,7 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
              checkpoint_every: int = 50) -> tuple[TrainableGraph, TrainState]:
     """Train the scope's tensors of `spiking` against `model` (the ANN) on `train_windows` [N, context].
     `on_step` hears each step's losses (a progress bar); `on_checkpoint` gets the graph and the
-    resumable state every `checkpoint_every` steps and at the end."""
+    resumable state every `checkpoint_every` steps before the last (the caller saves what it returns)."""
     if resume is not None and resume.options != dataclasses.asdict(options) | {"steps": resume.options["steps"],
                                                                              "device": resume.options["device"]}:
         raise UsageError("the saved fine-tuning state was made with other options; use the same ones, "
@@ -254,7 +254,7 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
         state.step, state.losses = step + 1, state.losses + [losses["loss"].item()]
         if on_step is not None:
             on_step(step + 1, {k: v.item() for k, v in losses.items()})
-        if on_checkpoint is not None and (state.step % checkpoint_every == 0 or state.step == options.steps):
+        if on_checkpoint is not None and state.step % checkpoint_every == 0 and state.step < options.steps:
             on_checkpoint(trainable, _snapshot(trainable, optimizer, state))
     return trainable, _snapshot(trainable, optimizer, state)
 

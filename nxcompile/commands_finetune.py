@@ -101,7 +101,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                               seed=args.seed, device=args.device)
     output = args.output or Path(f"finetuned-{args.model.replace(':', '-')}.safetensors")
     resume = TrainState.load(state_path(output)) if args.resume else None
-    if args.resume is False and state_path(output).exists():
+    if not args.resume and state_path(output).exists():
         print(f"note: starting afresh; {state_path(output)} will be overwritten (--resume continues it)",
               file=sys.stderr)
     loaded = load_from_args(args)
