@@ -210,6 +210,11 @@ def _norm_affine(norm, variant: str, value: torch.Tensor) -> tuple[torch.Tensor,
     return gamma * inverse_std, beta - gamma * flat.mean(dim=0) * inverse_std
 
 
+def _width(b: _CalibratingBuilder, name: str) -> int:
+    """How many values a node sends per token (an encoder gets one neuron for each)."""
+    return b.spiking.op(name).out_features
+
+
 def _branch_input(b: _CalibratingBuilder, prefix: str, norm_name: str, norm, x: str,
                   options: ConversionOptions, i: int) -> tuple[str, torch.Tensor, torch.Tensor]:
     """The spikes a block's branch (attention or MLP) reads, after the chosen norm,
@@ -218,12 +223,13 @@ def _branch_input(b: _CalibratingBuilder, prefix: str, norm_name: str, norm, x: 
     scale, offset = _decoding(b, x)
     if options.method == "neurtransformer" or options.norm == "layernorm":
         node = _layer_norm(b, norm_name, norm, x, options, i, scale, offset)
-        enc = b.add(f"{prefix}.encode", Encode(_neuron(options, signed=True)), {"x": node}, block=i)
+        enc = b.add(f"{prefix}.encode", Encode(_width(b, node), _neuron(options, signed=True)), {"x": node},
+                    block=i)
         return enc, b.spike_value(enc), torch.zeros(1)
     value = reference.decode_output(b.spiking.op(x), b.values[x])
     gain, shift = _norm_affine(norm, options.norm, value)
     if _is_graded(b, x):
-        enc = b.add(f"{prefix}.encode", Encode(_neuron(options, signed=True), gain, shift),
+        enc = b.add(f"{prefix}.encode", Encode(_width(b, x), _neuron(options, signed=True), gain, shift),
                     {"x": x}, block=i)
         return enc, b.spike_value(enc), torch.zeros(1)
     return x, scale * gain, offset * gain + shift
@@ -296,12 +302,12 @@ def _embedding_spikes(b: _CalibratingBuilder, embed: str, options: ConversionOpt
     if options.method != "spikedecoder" or options.residual != "spiking" or options.embedding == "graded":
         return embed
     if options.embedding == "rate":
-        return b.add("embed.encode", Encode(_neuron(options, signed=True)), {"x": embed})
+        return b.add("embed.encode", Encode(_width(b, embed), _neuron(options, signed=True)), {"x": embed})
     table = b.spiking.op(embed)
     floor = table.wte.min(dim=0).values + table.wpe.min(dim=0).values
     neuron = _neuron(options)
     neuron.offset = floor.clone()
-    return b.add("embed.encode", Encode(neuron, torch.ones(1), -floor), {"x": embed})
+    return b.add("embed.encode", Encode(_width(b, embed), neuron, torch.ones(1), -floor), {"x": embed})
 
 
 def convert(model: GPT2LMHeadModel, options: ConversionOptions, calibration_ids: torch.Tensor,

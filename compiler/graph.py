@@ -113,14 +113,16 @@ class LayerNorm:
 
 @dataclass
 class Encode:
-    """Graded value -> spikes: I[t] = gain * x + bias for every t of the window, into `neuron`."""
+    """Graded value -> spikes: I[t] = gain * x + bias for every t of the window, into `neuron`
+    (`features` neurons; gain, bias and threshold are one per neuron or one for all)."""
+    features: int
     neuron: NeuronModel
     gain: torch.Tensor = field(default_factory=lambda: torch.ones(1))
     bias: torch.Tensor = field(default_factory=lambda: torch.zeros(1))
 
     @property
     def out_features(self) -> int:
-        return self.neuron.threshold.numel()
+        return self.features
 
 
 @dataclass

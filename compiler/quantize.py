@@ -133,7 +133,7 @@ def _quantise_op(op, target: Target):
         return Dense(q(op.weight), q_bias, neuron), fmt
     if isinstance(op, Add):
         return Add(op.features, neuron, q(op.scale_a), q(op.scale_b), q_bias), fmt
-    return Encode(neuron, q(op.gain), q_bias), fmt
+    return Encode(op.features, neuron, q(op.gain), q_bias), fmt
 
 
 def on_grid(op, target: Target):
