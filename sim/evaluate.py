@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -88,8 +89,10 @@ class _Totals:
 
 @torch.no_grad()
 def evaluate(model: GPT2LMHeadModel, spiking: SpikingGraph, text_windows: torch.Tensor,
-             timesteps: int | None, batch_size: int = 4, progress=None) -> Evaluation:
-    """Score the ANN and the spiking graph at `timesteps` on the same windows."""
+             timesteps: int | None, batch_size: int = 4, progress=None,
+             simulate: Callable[..., reference.RunResult] = reference.run) -> Evaluation:
+    """Score the ANN and the spiking graph at `timesteps` on the same windows. `simulate` is the
+    executor: the float reference, or `sim.fixed_point.run` for what Loihi computes."""
     model.eval()
     totals = _Totals(len(spiking.meta["block_outputs"]))
     rate_sums: dict[str, float] = {}
@@ -100,7 +103,7 @@ def evaluate(model: GPT2LMHeadModel, spiking: SpikingGraph, text_windows: torch.
         started = time.perf_counter()
         ann_logits, ann_hidden = ann_forward(model, ids)
         ann_seconds += time.perf_counter() - started
-        snn = reference.run(spiking, ids, timesteps)
+        snn = simulate(spiking, ids, timesteps)
         snn_seconds += snn.wall_seconds
         totals.add(ids, ann_logits, ann_hidden, snn)
         for name, rate in snn.spike_rate.items():

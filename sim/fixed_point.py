@@ -1,0 +1,324 @@
+"""The integer program of a quantised spiking graph, and the reference simulator's fixed-point mode.
+
+`sim.reference.run` computes in float, on whatever numbers the graph holds. On
+Loihi every on-chip number is an integer, so this module defines, once, the
+integer arithmetic of every on-chip op; the reference's fixed-point mode
+(`run`, below: whole sequences at once, causal attention as a masked batch)
+and the Lava backend (`backends.lava_sim`: one token at a time on Lava's
+message passing, keys and values held in a KV cache) both execute it, and must
+agree bit for bit.
+
+Numbers on chip:
+  spikes          integers per step: 0/1, -1/0/+1 or a graded-spike payload
+  state           the quantiser's state units (weights m * 2**weight_exp,
+                  thresholds, biases): v, currents and thresholds are integers
+  graded values   (residual stream, norms, readouts) 24-bit signed payloads
+                  with GRADED_FRACTION_BITS fraction bits: value = p / 2**F,
+                  saturating at +-2**23 (Loihi 2's graded spike)
+
+Rounding, everywhere: shifts and divisions floor (numpy's >> and //), the
+readout's window average rounds half up; v_init * threshold is floored; a
+leak keeps trunc(|v| * (4096 - dv) / 4096) with v's sign (Lava's CUBA decay).
+Matrix products run in float64, which is exact here (every partial sum stays
+below 2**53), so BLAS does the work.
+Host ops (embedding, final norm, LM head) stay float: a value crossing from
+host to chip is rounded to a payload, one crossing back is divided out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nxcompile.compiler.graph import SSA, Add, Dense, Encode, LayerNorm, NeuronModel, SpikingGraph
+from nxcompile.errors import UsageError
+from nxcompile.sim.reference import RunResult, decode_output, execute_node
+
+GRADED_FRACTION_BITS = 10          # resolution 1/1024, range +-8192
+GRADED_BITS = 24                   # [Lava] Loihi 2 graded s_out payload
+PAYLOAD_LIMIT = 2 ** (GRADED_BITS - 1) - 1
+DECAY_UNITS = 4096                 # [Lava] 12-bit decays
+
+
+@dataclass(frozen=True)
+class IntNeuron:
+    """A population's integer dynamics (see graph.NeuronModel)."""
+    threshold: np.ndarray      # per neuron or one, state units
+    v_init: np.ndarray         # floor(v_init * threshold)
+    keep: int                  # DECAY_UNITS - dv: what a step's leak keeps of v
+    signed: bool
+    payload_max: int
+
+
+@dataclass(frozen=True)
+class IntOp:
+    """One on-chip op as integers. `kind` picks the arithmetic:
+    encode / dense / readout / ssa / add / graded-add / norm."""
+    kind: str
+    neuron: IntNeuron | None = None
+    weight: np.ndarray | None = None          # dense, readout [out, in]; encode gain; add (scale_a, scale_b)
+    bias: np.ndarray | None = None
+    unit_log2: int = 0                        # readout: state units per float unit
+    n_head: int = 0
+    head_dim: int = 0
+    scale: int = 0                            # ssa: state units per count
+    kv_capacity: int = 0
+    norm_weight: np.ndarray | None = None     # norm, payload units
+    norm_bias: np.ndarray | None = None
+    eps: int = 1                              # norm, 2**(2F) units
+    input_scale: np.ndarray | None = None     # norm of a spike train: payload per spike
+    input_offset: np.ndarray | None = None
+
+
+def to_payload(x: np.ndarray) -> np.ndarray:
+    """A float value as a graded payload (round to nearest, saturate)."""
+    return np.clip(np.round(np.asarray(x, dtype=np.float64) * 2.0 ** GRADED_FRACTION_BITS),
+                   -PAYLOAD_LIMIT, PAYLOAD_LIMIT).astype(np.int64)
+
+
+def from_payload(p: np.ndarray) -> np.ndarray:
+    return np.asarray(p, dtype=np.float64) / 2.0 ** GRADED_FRACTION_BITS
+
+
+def saturate(p: np.ndarray) -> np.ndarray:
+    return np.clip(p, -PAYLOAD_LIMIT, PAYLOAD_LIMIT)
+
+
+def _integers(t: torch.Tensor, what: str) -> np.ndarray:
+    """A tensor the quantiser put on an integer grid, as int64; refuses anything else."""
+    a = t.detach().cpu().double().numpy()
+    if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+        raise UsageError(f"{what} is not on the fixed-point grid; quantise the graph for a Loihi target "
+                         f"(`nxcompile export --target loihi2-sim`) before running it in fixed point")
+    return a.astype(np.int64)
+
+
+def _int_neuron(neuron: NeuronModel, name: str) -> IntNeuron:
+    theta = _integers(neuron.threshold, f"{name}: threshold")
+    keep = DECAY_UNITS - round(neuron.leak * DECAY_UNITS)
+    return IntNeuron(theta, np.floor(neuron.v_init * theta).astype(np.int64), keep, neuron.signed,
+                     neuron.payload_max)
+
+
+def _int_op(spiking: SpikingGraph, name: str) -> IntOp:
+    op = spiking.op(name)
+    if isinstance(op, LayerNorm):
+        scale = op.input_scale
+        return IntOp("norm", norm_weight=to_payload(op.weight.double().numpy()),
+                     norm_bias=to_payload(op.bias.double().numpy()),
+                     eps=max(1, round(op.eps * 2.0 ** (2 * GRADED_FRACTION_BITS))),
+                     input_scale=to_payload(scale.double().numpy()) if scale.numel() else None,
+                     input_offset=to_payload(op.input_offset.double().numpy()) if scale.numel() else None)
+    if isinstance(op, Add) and op.neuron is None:
+        return IntOp("graded-add")
+    if isinstance(op, Dense) and op.neuron is None:
+        layers = spiking.meta.get("quantization", {}).get("layers", {})
+        if name not in layers:
+            raise UsageError(f"{name}: readout has no fixed-point format; quantise the graph for a Loihi target "
+                             f"before running it in fixed point")
+        unit = layers[name]["unit_log2"]
+        return IntOp("readout", weight=_integers(op.weight * 2.0 ** unit, f"{name}: weight"),
+                     bias=_integers(op.bias * 2.0 ** unit, f"{name}: bias"), unit_log2=unit)
+    neuron = _int_neuron(op.neuron, name)
+    if isinstance(op, SSA):
+        return IntOp("ssa", neuron, n_head=op.n_head, head_dim=op.head_dim,
+                     scale=int(_integers(torch.tensor([op.scale]), f"{name}: scale")[0]),
+                     kv_capacity=op.kv_capacity)
+    if isinstance(op, Dense):
+        return IntOp("dense", neuron, _integers(op.weight, f"{name}: weight"), _integers(op.bias, f"{name}: bias"))
+    if isinstance(op, Add):
+        scales = torch.stack([op.scale_a.expand(op.features), op.scale_b.expand(op.features)])
+        return IntOp("add", neuron, _integers(scales, f"{name}: scales"), _integers(op.bias, f"{name}: bias"))
+    if isinstance(op, Encode):
+        return IntOp("encode", neuron, _integers(op.gain, f"{name}: gain"), _integers(op.bias, f"{name}: bias"))
+    raise UsageError(f"{name}: a {type(op).__name__} cannot run on chip")
+
+
+def integer_program(spiking: SpikingGraph) -> dict[str, IntOp]:
+    """Every on-chip node as integers (host nodes stay float and are not listed)."""
+    return {name: _int_op(spiking, name) for name in spiking.order() if not spiking.graph.nodes[name]["host"]}
+
+
+# ---- kernels shared by both executors -------------------------------------------------------
+
+def matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x @ weight.T on integers, through float64 BLAS (exact below 2**53)."""
+    return np.rint(x.astype(np.float64) @ weight.T.astype(np.float64)).astype(np.int64)
+
+
+def synaptic_input(x: np.ndarray, graded: bool, weight: np.ndarray) -> np.ndarray:
+    """State-unit current from one input: spikes count as integers, a graded payload
+    carries F fraction bits that the synapse shifts out."""
+    current = matmul(x, weight) if weight.ndim == 2 else x * weight
+    return current >> GRADED_FRACTION_BITS if graded else current
+
+
+def neuron_reset(neuron: IntNeuron, shape: tuple[int, ...]) -> np.ndarray:
+    """v at a window's start."""
+    return np.broadcast_to(neuron.v_init, shape).astype(np.int64).copy()
+
+
+def neuron_step(neuron: IntNeuron, v: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One step of the integrate-and-fire family with reset by subtraction: (spikes, new v)."""
+    if neuron.keep != DECAY_UNITS:
+        v = np.sign(v) * ((np.abs(v) * neuron.keep) >> 12)
+    v = v + current
+    if neuron.signed:
+        s = np.sign(v) * np.minimum(np.abs(v) // neuron.threshold, neuron.payload_max)
+    else:
+        s = np.clip(v // neuron.threshold, 0, neuron.payload_max)
+    return s, v - s * neuron.threshold
+
+
+def readout_payload(op: IntOp, accumulated: np.ndarray, timesteps: int) -> np.ndarray:
+    """A window's summed current (state units) as the graded payload of its mean, rounded half up."""
+    denominator = timesteps << op.unit_log2
+    return saturate((2 * (accumulated << GRADED_FRACTION_BITS) + denominator) // (2 * denominator))
+
+
+def window_payload(op: IntOp, spike_sum: np.ndarray, timesteps: int) -> np.ndarray:
+    """A norm's spike-train input decoded over the window: mean_t(s) * scale + offset, as a payload."""
+    return (2 * spike_sum * op.input_scale + timesteps) // (2 * timesteps) + op.input_offset
+
+
+def isqrt(x: np.ndarray) -> np.ndarray:
+    """floor(sqrt(x)) of non-negative int64, exact (float64 estimate, then corrected)."""
+    r = np.floor(np.sqrt(x.astype(np.float64))).astype(np.int64)
+    r -= (r * r > x)
+    r += ((r + 1) * (r + 1) <= x)
+    return r
+
+
+def layer_norm(op: IntOp, p: np.ndarray) -> np.ndarray:
+    """LayerNorm of payloads over the last axis, in integers:
+    c = x - floor(mean), std = isqrt(floor(mean(c^2)) + eps), y = floor(c * w / std) + b."""
+    n = p.shape[-1]
+    centred = p - p.sum(-1, keepdims=True) // n
+    variance = (centred * centred).sum(-1, keepdims=True) // n
+    return saturate(centred * op.norm_weight // isqrt(variance + op.eps) + op.norm_bias)
+
+
+def ssa_heads(op: IntOp, x: np.ndarray) -> np.ndarray:
+    """[..., H*hd] -> [..., H, hd]."""
+    return x.reshape(x.shape[:-1] + (op.n_head, op.head_dim))
+
+
+# ---- the reference's fixed-point mode: whole sequences ------------------------------------------
+
+def _is_spike_train(x: np.ndarray) -> bool:
+    return x.ndim == 4
+
+
+def _current(op: IntOp, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+    """[B, S, T, N] state-unit input current of a population."""
+    if op.kind == "ssa":
+        return _ssa_current(op, inputs["q"], inputs["k"], inputs["v"])
+    if op.kind == "add":
+        terms = [synaptic_input(inputs[port], not _is_spike_train(inputs[port]), op.weight[i])
+                 for i, port in enumerate("ab")]
+        current = sum(t if t.ndim == 4 else t[:, :, None] for t in terms) + op.bias
+    else:
+        x = inputs["x"]
+        current = synaptic_input(x, not _is_spike_train(x), op.weight)
+        current = (current if current.ndim == 4 else current[:, :, None]) + op.bias
+    return np.broadcast_to(current, current.shape[:2] + (timesteps,) + current.shape[3:])
+
+
+def _ssa_current(op: IntOp, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """scale * sum_{j <= i} (Q_i[t] . K_j[t]) V_j[t], as a causal mask over the whole sequence."""
+    qh, kh, vh = (ssa_heads(op, x).astype(np.float64) for x in (q, k, v))     # [B, S, T, H, hd]
+    scores = np.einsum("bithd,bjthd->bthij", qh, kh)
+    scores *= np.tril(np.ones((q.shape[1], q.shape[1])))
+    out = np.einsum("bthij,bjthd->bithd", scores, vh)
+    return np.rint(out).astype(np.int64).reshape(q.shape) * op.scale
+
+
+def _fire(neuron: IntNeuron, current: np.ndarray) -> np.ndarray:
+    v = neuron_reset(neuron, current[:, :, 0].shape)
+    spikes = np.empty_like(current)
+    for t in range(current.shape[2]):
+        spikes[:, :, t], v = neuron_step(neuron, v, current[:, :, t])
+    return spikes
+
+
+def execute(op: IntOp, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+    """One on-chip op on whole sequences: spike trains [B, S, T, N] or payloads [B, S, N]."""
+    if op.kind == "graded-add":
+        return saturate(inputs["a"] + inputs["b"])
+    if op.kind == "norm":
+        x = inputs["x"]
+        return layer_norm(op, window_payload(op, x.sum(2), timesteps) if _is_spike_train(x) else x)
+    current = _current(op, inputs, timesteps)
+    if op.kind == "readout":
+        return readout_payload(op, current.sum(2), timesteps)
+    return _fire(op.neuron, current)
+
+
+def _from_host(value: torch.Tensor) -> np.ndarray:
+    return to_payload(value.detach().cpu().double().numpy())
+
+
+def to_host(op, value: np.ndarray, timesteps: int) -> torch.Tensor:
+    """What a chip node sends the host, as the float64 value the host computes on: a graded
+    payload divided out, or a spike train's window sum [..., N] decoded (mean * spike value + offset)."""
+    neuron = getattr(op, "neuron", None)
+    if neuron is None:
+        return torch.from_numpy(from_payload(value))
+    return torch.from_numpy(value / timesteps) * neuron.spike_value.double() + neuron.offset.double()
+
+
+def in_float64(op):
+    """A host op computing in float64: after the chip, the host's results then do not depend on
+    how many tokens one matrix product holds (the Lava run feeds one at a time), once rounded
+    back to float32."""
+    return dataclasses.replace(op, **{f.name: getattr(op, f.name).double() for f in dataclasses.fields(op)
+                                      if isinstance(getattr(op, f.name), torch.Tensor)})
+
+
+def run(spiking: SpikingGraph, token_ids: torch.Tensor, timesteps: int, keep_values: bool = False):
+    """The graph on token ids [B, S] in Loihi's integers: the Lava run's twin.
+    Returns a `sim.reference.RunResult` (values: int64 arrays for on-chip nodes)."""
+    if timesteps <= 0:
+        raise UsageError(f"timesteps must be > 0, got {timesteps}")
+    started = time.perf_counter()
+    program = integer_program(spiking)
+    values: dict[str, object] = {}
+    rate, count, hidden = {}, {}, {}
+    block_of_output = {name: b for b, name in enumerate(spiking.meta["block_outputs"])}
+    for name in spiking.order():
+        sources = spiking.inputs(name)
+        if name in program:
+            inputs = {port: values[s] if s in program else _from_host(values[s]) for port, s in sources.items()}
+            out = execute(program[name], inputs, timesteps)
+            if _is_spike_train(out):
+                rate[name] = float(np.abs(out).mean())
+                count[name] = float(np.abs(out).sum())
+        else:
+            inputs = {port: to_host(spiking.op(s), _window_sum(values[s]), timesteps) if s in program else values[s]
+                      for port, s in sources.items()}
+            after_chip = any(x.dtype == torch.float64 for x in inputs.values())
+            out = execute_node(in_float64(spiking.op(name)) if after_chip else spiking.op(name), inputs,
+                               token_ids, timesteps)
+        values[name] = out
+        if name in block_of_output:
+            hidden[block_of_output[name]] = _graded_value(spiking, name, out)
+    logits = values[spiking.meta["logits_node"]].float()
+    return RunResult(logits, rate, count, hidden, timesteps, time.perf_counter() - started,
+                     values if keep_values else {})
+
+
+def _window_sum(value: np.ndarray) -> np.ndarray:
+    return value.sum(2) if _is_spike_train(value) else value
+
+
+def _graded_value(spiking: SpikingGraph, name: str, out) -> torch.Tensor:
+    """A block output as the float value it stands for."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if _is_spike_train(out):
+        return decode_output(spiking.op(name), torch.from_numpy(out).float())
+    return torch.from_numpy(from_payload(out)).float()
+
