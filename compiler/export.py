@@ -12,7 +12,8 @@ Layout (DESIGN.md "The `.net` file"):
     nx_name, nx_inputs (JSON port -> source node: the DAG), nx_host, nx_block
   simulation/{Ts, tSample}   netx's fields; tSample = T, the steps per token.
   nxcompile            attributes format and version; datasets `meta` (model, method,
-                       options, quantisation formats) and `placement`, as JSON.
+                       options, quantisation formats) and `placement`, as JSON, and
+                       `tokenizer` (the model's tokenizer.json; empty when none was given).
 
 Tensors are written as float32 (integers on the fixed-point grid stay exact) and
 HDF5 object times are off, so the same graph gives byte-identical files. Written
@@ -80,7 +81,7 @@ def _write_netx_dense(group: h5py.Group, op: Dense) -> None:
     _dataset(neuron, "wgtExp", np.int64(0))
 
 
-def _write(handle: h5py.File, spiking: SpikingGraph, placement: dict | None) -> None:
+def _write(handle: h5py.File, spiking: SpikingGraph, placement: dict | None, tokenizer: str) -> None:
     layers = handle.create_group("layer", track_order=True)
     for i, name in enumerate(spiking.order()):
         node = spiking.graph.nodes[name]
@@ -104,13 +105,17 @@ def _write(handle: h5py.File, spiking: SpikingGraph, placement: dict | None) -> 
     # Datasets, not attributes: HDF5 caps an attribute at 64 KiB and a placement can be megabytes.
     _dataset(root, "meta", json.dumps(spiking.meta, sort_keys=True))
     _dataset(root, "placement", json.dumps(placement, sort_keys=True) if placement is not None else "")
+    _dataset(root, "tokenizer", tokenizer)
 
 
-def export_net(spiking: SpikingGraph, path: Path, placement: dict | None = None) -> None:
-    """Write the graph (and a placement as plain data) to `path`, atomically."""
+def export_net(spiking: SpikingGraph, path: Path, placement: dict | None = None, tokenizer=None) -> None:
+    """Write the graph (and a placement as plain data) to `path`, atomically. A fast
+    Hugging Face `tokenizer` is stored as its tokenizer.json, so the file alone runs text."""
+    text = tokenizer.backend_tokenizer.to_str() if tokenizer is not None else ""
+
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w", track_order=True) as handle:
-            _write(handle, spiking, placement)
+            _write(handle, spiking, placement, text)
 
     write_atomically(path, write, "choose a writable path with free space", errors=(OSError, ValueError))
 
@@ -152,3 +157,22 @@ def load_net(path: Path) -> tuple[SpikingGraph, dict | None]:
         raise NetFileError(f"{path} is not a readable nxcompile .net file ({type(exc).__name__}: {exc}); "
                            f"export it again") from None
     return spiking, (json.loads(placement) if placement else None)
+
+
+def load_tokenizer(path: Path):
+    """The tokenizer stored in an nxcompile `.net` file (a transformers fast tokenizer)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        with h5py.File(path, "r") as handle:
+            text = netx_value(handle["nxcompile"], "tokenizer", "")
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise NetFileError(f"{path} is not a readable nxcompile .net file ({exc}); export it again") from None
+    if not text:
+        raise NetFileError(f"{path} was exported without a tokenizer; export it again with `nxcompile export`")
+    try:
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as exc:   # the tokenizers library raises plain Exceptions on bad JSON
+        raise NetFileError(f"{path} holds a damaged tokenizer ({exc}); export it again") from None
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)

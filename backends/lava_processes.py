@@ -1,0 +1,255 @@
+"""Lava processes for what lava-dl netx has no layer for, with fixed-point PyLoihiProcessModels.
+
+One process per on-chip node of the spiking graph. Their arithmetic is the
+integer program of `sim.fixed_point` (the reference simulator's fixed-point
+mode executes the same definitions on whole sequences); what these models add
+is Lava's execution: one message per port per step, one token at a time, a
+schedule that says at which step of the token's period each node integrates
+(`Timing`, computed by `backends.lava_sim.schedule`), delay lines where spikes
+of different depths meet, and the SSA's keys and values of earlier tokens kept
+in its `kv_cache` Var, written as the tokens arrive.
+
+Messages are int32: spikes as integers, graded values as 24-bit payloads.
+A population sends zeros outside its window; a graded node holds its last
+value on its port, so a consumer reads it whenever its own schedule says.
+"""
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes, before Lava is imported)
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from nxcompile.sim import fixed_point as fx
+
+MESSAGE = np.int32
+
+
+@dataclass(frozen=True)
+class PortTiming:
+    """When one input's messages are meant for this node.
+    Spikes: `delay` steps in this node's delay line before use (window ops), or the
+    step its window of T arrivals starts (`window_start`, graded ops summing it).
+    Graded: read as held, at this node's own step."""
+    spikes: bool
+    delay: int = 0
+    window_start: int = 0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A node's place in the token's period: its window's first step (spiking ops and
+    readouts) or the step it computes and sends its graded value (norms, graded adds)."""
+    start: int
+    ports: dict[str, PortTiming]
+
+
+class _Layer(AbstractProcess):
+    """An on-chip node: its integer op (`sim.fixed_point.IntOp`), timing and period.
+    `record` holds what it sent in the current token: T rows of spikes, or one
+    row with its graded payload."""
+
+    def __init__(self, *, name: str, op: fx.IntOp, timing: Timing, period: int, timesteps: int,
+                 in_sizes: dict[str, int], out_size: int, record_rows: int, cores: list[int] | None = None):
+        super().__init__(name=name, op=op, timing=timing, period=period, timesteps=timesteps, cores=cores)
+        for port, size in in_sizes.items():
+            setattr(self, port, InPort(shape=(size,)))
+        self.out = OutPort(shape=(out_size,))
+        self.record = Var(shape=(record_rows, out_size), init=np.zeros((record_rows, out_size), dtype=MESSAGE))
+
+
+class Population(_Layer):
+    """Encode, Dense (with neurons) or a readout: one input `x`."""
+
+
+class Norm(_Layer):
+    """LayerNorm on graded payloads (or on a decoded spike window): one input `x`."""
+
+
+class ResidualAdd(_Layer):
+    """The residual connection, graded or into a spiking population: inputs `a`, `b`."""
+
+
+class SpikingSelfAttention(_Layer):
+    """SSA with its KV cache in synaptic memory: inputs `q`, `k`, `v`.
+    kv_cache[0 | 1, token, step] holds the key | value spikes each token sent."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        op, steps = kwargs["op"], kwargs["timesteps"]
+        shape = (2, op.kv_capacity, steps, op.n_head * op.head_dim)
+        self.kv_cache = Var(shape=shape, init=np.zeros(shape, dtype=np.int8))
+
+
+class HostSource(AbstractProcess):
+    """A graded value from the host (the embedding of the current token), held on `out`."""
+
+    def __init__(self, *, name: str, size: int):
+        super().__init__(name=name)
+        self.payload = Var(shape=(size,), init=np.zeros(size, dtype=MESSAGE))
+        self.out = OutPort(shape=(size,))
+
+
+class HostSink(AbstractProcess):
+    """What a chip node sent toward the host in the current token (read after each token): its
+    last graded value, or, given the node's `window` (first step, steps, period), its spikes
+    summed over that window."""
+
+    def __init__(self, *, name: str, size: int, window: tuple[int, int, int] | None = None):
+        super().__init__(name=name, window=window)
+        self.payload = Var(shape=(size,), init=np.zeros(size, dtype=MESSAGE))
+        self.inp = InPort(shape=(size,))
+
+
+def _message_port(direction):
+    return LavaPyType(direction, MESSAGE, precision=fx.GRADED_BITS)
+
+
+@implements(proc=HostSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyHostSourceModel(PyLoihiProcessModel):
+    out: PyOutPort = _message_port(PyOutPort.VEC_DENSE)
+    payload: np.ndarray = LavaPyType(np.ndarray, MESSAGE, precision=fx.GRADED_BITS)
+
+    def run_spk(self) -> None:
+        self.out.send(self.payload)
+
+
+@implements(proc=HostSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyHostSinkModel(PyLoihiProcessModel):
+    inp: PyInPort = _message_port(PyInPort.VEC_DENSE)
+    payload: np.ndarray = LavaPyType(np.ndarray, MESSAGE, precision=fx.GRADED_BITS)
+
+    def run_spk(self) -> None:
+        message = self.inp.recv()
+        window = self.proc_params["window"]
+        if window is None:
+            self.payload[:] = message
+            return
+        start, steps, period = window
+        tau = (self.time_step - 1) % period - start
+        if tau == 0:
+            self.payload[:] = message
+        elif 0 < tau < steps:
+            self.payload += message.astype(MESSAGE)
+
+
+class _LayerModel(PyLoihiProcessModel):
+    """Step logic shared by every on-chip node; subclasses name their input ports."""
+    PORTS: tuple[str, ...] = ()
+    out: PyOutPort = _message_port(PyOutPort.VEC_DENSE)
+    record: np.ndarray = LavaPyType(np.ndarray, MESSAGE, precision=fx.GRADED_BITS)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self.op: fx.IntOp = proc_params["op"]
+        self.timing: Timing = proc_params["timing"]
+        self.period: int = proc_params["period"]
+        self.steps: int = proc_params["timesteps"]
+        self.lines = {port: deque(maxlen=t.delay + 1) for port, t in self.timing.ports.items() if t.spikes}
+        self.sums: dict[str, np.ndarray] = {}
+        self.membrane = self.accumulated = None
+        self.held = None
+
+    def run_spk(self) -> None:
+        local = (self.time_step - 1) % self.period
+        token = (self.time_step - 1) // self.period
+        messages = {port: getattr(self, port).recv().astype(np.int64) for port in self.PORTS}
+        for port, line in self.lines.items():
+            line.append(messages[port])
+        if self.op.kind in ("norm", "graded-add"):
+            self.out.send(self._graded_step(local, messages))
+        else:
+            self.out.send(self._window_step(local - self.timing.start, token, messages))
+
+    def _graded_step(self, local: int, messages: dict[str, np.ndarray]) -> np.ndarray:
+        """Sum spike windows as they pass; at the node's step, compute and hold the value."""
+        for port, t in self.timing.ports.items():
+            if t.spikes and 0 <= local - t.window_start < self.steps:
+                self.sums[port] = messages[port] + (self.sums[port] if local > t.window_start else 0)
+        if local == self.timing.start:
+            x = {port: self.sums[port] if t.spikes else messages[port] for port, t in self.timing.ports.items()}
+            if self.op.kind == "graded-add":
+                self.held = fx.saturate(x["a"] + x["b"])
+            else:
+                spikes = self.timing.ports["x"].spikes
+                self.held = fx.layer_norm(self.op, fx.window_payload(self.op, x["x"], self.steps) if spikes
+                                          else x["x"])
+            self.record[0] = self.held
+        return self.held if self.held is not None else np.zeros(self.out.shape, dtype=np.int64)
+
+    def _input(self, port: str, messages: dict[str, np.ndarray]) -> np.ndarray:
+        """This step's message on `port`: the held value, or the spikes `delay` steps old."""
+        line = self.lines.get(port)
+        if line is None:
+            return messages[port]
+        return line[0] if len(line) == line.maxlen else np.zeros_like(messages[port])
+
+    def _window_step(self, tau: int, token: int, messages: dict[str, np.ndarray]) -> np.ndarray:
+        """Step `tau` of the window: integrate and fire (or accumulate, for a readout)."""
+        readout = self.op.kind == "readout"
+        if not 0 <= tau < self.steps:
+            return self.held if readout and self.held is not None else np.zeros(self.out.shape, dtype=np.int64)
+        if tau == 0:
+            self.accumulated = 0
+            self.membrane = None if readout else fx.neuron_reset(self.op.neuron, self.out.shape)
+        current = self.current(tau, token, {port: self._input(port, messages) for port in self.PORTS})
+        if readout:
+            self.accumulated = self.accumulated + current
+            if tau == self.steps - 1:
+                self.held = fx.readout_payload(self.op, self.accumulated, self.steps)
+                self.record[0] = self.held
+            return self.held if self.held is not None else np.zeros(self.out.shape, dtype=np.int64)
+        spikes, self.membrane = fx.neuron_step(self.op.neuron, self.membrane, current)
+        self.record[tau] = spikes
+        return spikes
+
+    def current(self, tau: int, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
+        """State-unit input current of this step."""
+        t = self.timing.ports
+        if self.op.kind == "add":
+            return sum(fx.synaptic_input(x[p], not t[p].spikes, self.op.weight[i]) for i, p in enumerate("ab")) \
+                + self.op.bias
+        return fx.synaptic_input(x["x"][None], not t["x"].spikes, self.op.weight)[0] + self.op.bias
+
+
+def _model(proc_cls, ports: tuple[str, ...], base=_LayerModel):
+    """The fixed-point model class of one process class, with its input ports declared."""
+    annotations = {port: PyInPort for port in ports}
+    attrs = {port: _message_port(PyInPort.VEC_DENSE) for port in ports}
+    cls = type(f"Py{proc_cls.__name__}Model", (base,),
+               {"PORTS": ports, "__annotations__": annotations, "__module__": __name__, **attrs})
+    return implements(proc=proc_cls, protocol=LoihiProtocol)(requires(CPU)(tag("fixed_pt")(cls)))
+
+
+class _AttentionModel(_LayerModel):
+    kv_cache: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=8)
+
+    def current(self, tau: int, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
+        """Writes this token's K, V spikes into the cache, then attends over every cached token."""
+        self.kv_cache[0, token, tau] = x["k"]
+        self.kv_cache[1, token, tau] = x["v"]
+        keys = fx.ssa_heads(self.op, self.kv_cache[0, :token + 1, tau].astype(np.float64))     # [j, H, hd]
+        values = fx.ssa_heads(self.op, self.kv_cache[1, :token + 1, tau].astype(np.float64))
+        scores = np.einsum("hd,jhd->jh", fx.ssa_heads(self.op, x["q"].astype(np.float64)), keys)
+        out = np.einsum("jh,jhd->hd", scores, values)
+        return np.rint(out).astype(np.int64).reshape(-1) * self.op.scale
+
+
+PyPopulationModel = _model(Population, ("x",))
+PyNormModel = _model(Norm, ("x",))
+PyResidualAddModel = _model(ResidualAdd, ("a", "b"))
+PySpikingSelfAttentionModel = _model(SpikingSelfAttention, ("q", "k", "v"), base=_AttentionModel)

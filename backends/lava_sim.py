@@ -1,0 +1,313 @@
+"""Run an nxcompile `.net` model in Lava: real Lava processes on `Loihi2SimCfg(select_tag='fixed_pt')`.
+
+The file's graph becomes one Lava process per on-chip node (`backends.lava_processes`),
+connected as the graph's edges; host nodes (embedding, final norm, LM head) run
+here, between tokens: each token's embedding is set on a `HostSource`, Lava
+runs the token's period of steps, and the values on the `HostSink`s go through
+the host nodes to the logits. Keys and values stay in the SSA processes'
+KV caches across tokens, so a prompt is fed token by token and generation
+continues from it.
+
+Timing (docs/time-semantics.md "Latency and alignment on hardware"): each
+connection takes one step, so a node's window starts one step after its
+spiking inputs' windows and after its graded inputs are ready; spikes that
+must meet spikes from deeper paths wait in delay lines; a token's period is
+the step its last value reaches the host, plus one.
+"""
+# No `from __future__ import annotations`: Lava executes this file as a loose module while
+# searching for process models, and dataclasses with string annotations fail there.
+import time
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
+from nxcompile.backends.lava_processes import (HostSink, HostSource, Norm, PortTiming, Population, ResidualAdd,
+                                               SpikingSelfAttention, Timing)
+from nxcompile.compiler.graph import SpikingGraph, out_kind
+from nxcompile.errors import UsageError
+from nxcompile.sim import fixed_point as fx
+from nxcompile.sim.reference import execute_node
+
+GRADED_KINDS = ("norm", "graded-add")
+# Lava's Python processes receive, in step t, what was sent in step t (a recv waits for the
+# sender's send of the same step), so a connection adds no latency in loihi2-sim; Loihi
+# hardware adds one step per connection.
+LAVA_HOP = 0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Every on-chip node's timing, the token period, and which host nodes run before and after the chip."""
+    timings: dict[str, Timing]
+    period: int
+    host_before: list[str]
+    host_after: list[str]
+
+
+def _host_split(spiking: SpikingGraph, program: dict) -> tuple[list[str], list[str]]:
+    """Host nodes that feed the chip and host nodes that read it; refuses a host node in between."""
+    before, after = [], []
+    for name in spiking.order():
+        if name in program:
+            continue
+        reads_chip = any(a in program or a in after for a in spiking.graph.predecessors(name))
+        if reads_chip and any(d in program for d in nx.descendants(spiking.graph, name)):
+            raise UsageError(f"host node {name} sits between on-chip nodes; the Lava backend runs the host "
+                             f"only before and after the chip (mark it on-chip when converting)")
+        (after if reads_chip else before).append(name)
+    return before, after
+
+
+def schedule(spiking: SpikingGraph, program: dict[str, fx.IntOp], timesteps: int, hop: int = LAVA_HOP) -> Schedule:
+    """When each on-chip node integrates, in steps from the start of a token's period.
+    A spiking node's first spike is sent at `start` and reaches its consumers `hop`
+    steps later; a graded node's value is sent at `start` and held; host values are
+    sent at step 0."""
+    before, after = _host_split(spiking, program)
+    timings: dict[str, Timing] = {}
+    for name in spiking.order():
+        if name not in program:
+            continue
+        arrivals = {}
+        for port, source in spiking.inputs(name).items():
+            spikes = source in program and out_kind(spiking.op(source)) != "graded"
+            first = _ready_step(program[source].kind, timings[source], timesteps) + hop if source in program else hop
+            arrivals[port] = (spikes, first)
+        timings[name] = _timing(program[name].kind, arrivals, timesteps)
+    last = [_ready_step(program[s].kind, timings[s], timesteps) + hop
+            + (timesteps - 1 if out_kind(spiking.op(s)) != "graded" else 0)     # a spike window, whole
+            for name in after for s in spiking.graph.predecessors(name) if s in program]
+    return Schedule(timings, max(last, default=max(t.start for t in timings.values()) + timesteps) + 1,
+                    before, after)
+
+
+def _timing(kind: str, arrivals: dict[str, tuple[bool, int]], timesteps: int) -> Timing:
+    if kind in GRADED_KINDS:
+        start = max(first + timesteps - 1 if spikes else first for spikes, first in arrivals.values())
+        return Timing(start, {p: PortTiming(spikes, window_start=first) for p, (spikes, first) in arrivals.items()})
+    start = max(first for _, first in arrivals.values())
+    ports = {p: PortTiming(spikes, delay=start - first if spikes else 0) for p, (spikes, first) in arrivals.items()}
+    return Timing(start, ports)
+
+
+def _ready_step(kind: str, timing: Timing, timesteps: int) -> int:
+    return timing.start + timesteps - 1 if kind == "readout" else timing.start
+
+
+PROCESS_OF = {"encode": Population, "dense": Population, "readout": Population, "norm": Norm,
+              "add": ResidualAdd, "graded-add": ResidualAdd, "ssa": SpikingSelfAttention}
+
+
+@dataclass
+class TokenRecord:
+    """What every on-chip node sent during one token: spikes [T, N] or a payload [N]."""
+    sent: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class LavaModel:
+    """A spiking graph built as Lava processes, run token by token.
+
+    Use as a context manager (Lava's runtime is stopped on exit, also on Ctrl-C):
+        with LavaModel(graph) as model:
+            logits = model.feed(token_ids)
+    """
+
+    def __init__(self, spiking: SpikingGraph, timesteps: int | None = None, placement: dict | None = None,
+                 run_config=None, record: bool = False):
+        from lava.magma.core.run_configs import Loihi2SimCfg
+
+        self.spiking = spiking
+        self.timesteps = timesteps or int(spiking.meta.get("options", {}).get("timesteps", 1))
+        self.program = fx.integer_program(spiking)
+        self.plan = schedule(spiking, self.program, self.timesteps)
+        self.host_ops = {name: fx.in_float64(spiking.op(name)) for name in self.plan.host_after}
+        self.run_config = run_config or Loihi2SimCfg(select_tag="fixed_pt")
+        self.record = record
+        self.kv_capacity = min((op.kv_capacity for op in self.program.values() if op.kind == "ssa"), default=None)
+        self.processes, self.sources, self.sinks = self._build(_cores_by_node(placement))
+        self.token_ids: list[int] = []
+        self.steps_run = 0
+        self.lava_seconds = 0.0
+        self.records: list[TokenRecord] = []
+        self.logits: list[torch.Tensor] = []
+        self._started = False
+        self.compile_seconds = 0.0
+
+    # -- building ---------------------------------------------------------------------------------
+    def _build(self, cores: dict[str, list[int]]):
+        spiking, T = self.spiking, self.timesteps
+        processes = {}
+        for name, op in self.program.items():
+            sizes = {port: spiking.op(source).out_features for port, source in spiking.inputs(name).items()}
+            rows = 1 if op.kind in GRADED_KINDS or op.kind == "readout" else T
+            processes[name] = PROCESS_OF[op.kind](
+                name=name, op=op, timing=self.plan.timings[name], period=self.plan.period, timesteps=T,
+                in_sizes=sizes, out_size=spiking.op(name).out_features, record_rows=rows, cores=cores.get(name))
+        sources = {name: HostSource(name=f"host:{name}", size=spiking.op(name).out_features)
+                   for name in self.plan.host_before if any(s in self.program for s in spiking.graph.successors(name))}
+        sinks = {}
+        for name in self.plan.host_after:
+            for source in spiking.graph.predecessors(name):
+                if source in self.program and source not in sinks:
+                    spikes = out_kind(spiking.op(source)) != "graded"
+                    window = (self.plan.timings[source].start + LAVA_HOP, T, self.plan.period) if spikes else None
+                    sinks[source] = HostSink(name=f"host:{source}", size=spiking.op(source).out_features,
+                                             window=window)
+                    processes[source].out.connect(sinks[source].inp)
+        for name in self.program:
+            for port, source in spiking.inputs(name).items():
+                sender = processes[source].out if source in processes else sources[source].out
+                sender.connect(getattr(processes[name], port))
+        return processes, sources, sinks
+
+    # -- running ----------------------------------------------------------------------------------
+    def __enter__(self) -> "LavaModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stops Lava's runtime (its worker processes) if it was started."""
+        if self._started:
+            self._started = False
+            self._anchor.stop()
+
+    @property
+    def _anchor(self):
+        """Any process: Lava compiles, runs and stops the whole connected network through one."""
+        return next(iter(self.processes.values()))
+
+    def start(self) -> None:
+        """Compiles the processes and starts Lava's runtime (its worker processes)."""
+        started = time.perf_counter()
+        self._started = True
+        self._anchor.create_runtime(run_cfg=self.run_config)
+        self.compile_seconds = time.perf_counter() - started
+
+    def _host_before(self) -> dict[str, torch.Tensor]:
+        ids = torch.tensor([self.token_ids])
+        values: dict[str, torch.Tensor] = {}
+        for name in self.plan.host_before:
+            values[name] = execute_node(self.spiking.op(name), {p: values[s] for p, s in
+                                                                self.spiking.inputs(name).items()}, ids,
+                                        self.timesteps)[:, -1:]
+        return values
+
+    def step_token(self, token_id: int) -> torch.Tensor:
+        """Feeds one token (after the ones fed before) and returns its logits [vocab]."""
+        if self.kv_capacity is not None and len(self.token_ids) >= self.kv_capacity:
+            raise UsageError(f"the sequence is longer than the KV cache ({self.kv_capacity} tokens, the model's "
+                             f"context); use a shorter prompt or fewer new tokens")
+        self.token_ids.append(int(token_id))
+        before = self._host_before()
+        payloads = {name: fx.to_payload(before[name][0, 0].double().numpy()).astype(np.int32)
+                    for name in self.sources}
+        if not self._started:       # Lava sets Vars only once it has run: the first token is their initial value
+            for name, source in self.sources.items():
+                source.payload.init = payloads[name]
+            self.start()
+        else:
+            for name, source in self.sources.items():
+                source.payload.set(payloads[name])
+        from lava.magma.core.run_conditions import RunSteps
+
+        started = time.perf_counter()
+        self._anchor.run(condition=RunSteps(num_steps=self.plan.period))
+        self.lava_seconds += time.perf_counter() - started
+        self.steps_run += self.plan.period
+        if self.record:
+            self.records.append(TokenRecord({name: p.record.get().astype(np.int64)
+                                             for name, p in self.processes.items()}))
+        logits = self._host_after(before)[0, 0]
+        self.logits.append(logits)
+        return logits
+
+    def _host_after(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids = torch.tensor([self.token_ids])
+        for source, sink in self.sinks.items():
+            values[source] = fx.to_host(self.spiking.op(source), sink.payload.get()[None, None].astype(np.int64),
+                                        self.timesteps)
+        for name in self.plan.host_after:
+            inputs = {p: values[s] for p, s in self.spiking.inputs(name).items()}
+            values[name] = execute_node(self.host_ops[name], inputs, ids[:, -1:], self.timesteps)
+        return values[self.spiking.meta["logits_node"]].float()
+
+    def feed(self, token_ids: list[int], progress: bool = True) -> torch.Tensor:
+        """Logits [len, vocab] for each token of `token_ids`, fed one by one."""
+        rows = [self.step_token(t) for t in tqdm(token_ids, desc="Lava", unit="token", disable=not progress,
+                                                  leave=False)]
+        return torch.stack(rows)
+
+    def generate_from(self, logits: torch.Tensor, max_new_tokens: int, progress: bool = True) -> list[int]:
+        """Greedy continuation (argmax) from the last fed token's logits, one Lava period per token."""
+        new: list[int] = []
+        for _ in tqdm(range(max_new_tokens), desc="Lava generate", unit="token", disable=not progress, leave=False):
+            new.append(int(logits.argmax()))
+            if len(new) < max_new_tokens:
+                logits = self.step_token(new[-1])
+        return new
+
+    def compare(self, twin) -> list[str]:
+        """Nodes (and "logits") where this run differs from the reference's fixed-point run of the
+        same tokens (`sim.fixed_point.run(..., keep_values=True)` on [1, tokens]); needs record=True."""
+        differing = []
+        for name in self.program:
+            expected = twin.values[name][0]
+            sent = np.stack([r.sent[name] for r in self.records])
+            if not np.array_equal(sent.reshape(expected.shape), expected):
+                differing.append(name)
+        if not torch.equal(torch.stack(self.logits), twin.logits[0]):
+            differing.append("logits")
+        return differing
+
+    @property
+    def tokens_run(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps_run / self.lava_seconds if self.lava_seconds else 0.0
+
+
+def _cores_by_node(placement: dict | None) -> dict[str, list[int]]:
+    """The cores the partitioner gave each node's blocks (passed to the processes for hardware)."""
+    cores: dict[str, list[int]] = {}
+    for block in (placement or {}).get("blocks", []):
+        cores.setdefault(block["layer"], []).append(block["core"])
+    return cores
+
+
+def run_netx(path, spikes_in: np.ndarray, steps: int, run_config=None, skip_layers: int = 0,
+             reset_interval: int | None = None, reset_offset: int = 0) -> np.ndarray:
+    """A foreign lava-dl netx network (standard layers only), built by netx's own builders and
+    run on `spikes_in` [..., time] for `steps`; returns the output layer's messages [..., steps].
+    nxcompile's loader reads the file first, so a damaged or unsupported file fails with one line."""
+    from lava.lib.dl import netx
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc import io
+
+    from nxcompile.compiler.layers import network_from_netx
+
+    network_from_netx(path)
+    net = netx.hdf5.Network(net_config=str(path), skip_layers=skip_layers, reset_interval=reset_interval,
+                            reset_offset=reset_offset)
+    # An input block is fed at its neurons (netx's own tests do so; Lava has no compiler for the block's port).
+    inp = net.in_layer.neuron.a_in if isinstance(net.in_layer, netx.blocks.process.Input) else net.inp
+    if tuple(spikes_in.shape[:-1]) != tuple(inp.shape):
+        raise UsageError(f"the input has shape {spikes_in.shape[:-1]} per step, but {path} expects "
+                         f"{tuple(inp.shape)}")
+    source = io.source.RingBuffer(data=spikes_in)
+    sink = io.sink.RingBuffer(shape=net.out_layer.out.shape, buffer=steps)
+    source.s_out.connect(inp)
+    net.out_layer.out.connect(sink.a_in)
+    try:
+        net.run(condition=RunSteps(num_steps=steps), run_cfg=run_config or Loihi2SimCfg(select_tag="fixed_pt"))
+        return sink.data.get()
+    finally:
+        net.stop()
