@@ -5,7 +5,7 @@ import runpy
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["reference_throughput.py", "spikedecoder_study.py", "partition_scale.py"]
+BENCHMARKS = ["reference_throughput.py", "spikedecoder_study.py", "partition_scale.py", "lava_per_token.py"]
 
 if __name__ == "__main__":
     for script in BENCHMARKS:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from nxcompile.commands_snn import (DEFAULT_CONTEXT, add_conversion_arguments,
                                     add_model_arguments, cmd_convert, cmd_eval, context_of,
-                                    describe_method,
-                                    evaluation_token_ids, load_from_args, positive_int)
+                                    evaluation_token_ids, load_from_args, non_negative_int, positive_int)
 from nxcompile.commands_finetune import add_finetune_parser
 from nxcompile.commands_hw import add_partition_parser, add_quantize_parser
 from nxcompile.commands_net import add_net_parsers
+from nxcompile.commands_pipeline import cmd_pipeline
 from nxcompile.errors import NxError, UsageError
 
 PIPELINE_COMMAND = "pipeline"
@@ -79,32 +79,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from nxcompile.commands_snn import build_graph, run_evaluation
-    from nxcompile.compiler.targets import check_target_name
-
-    target = check_target_name(args.target)
-    loaded = load_from_args(args)
-    spiking = build_graph(args, loaded)
-    ev = run_evaluation(args, loaded, spiking, args.timesteps)
-    sample = _generate(loaded, args.prompt, 24, seed=0)
-    print(f"model        {loaded.name} ({loaded.source})")
-    print(f"method       {describe_method(args)}, T = {args.timesteps}, neuron {args.neuron}, "
-          f"GELU {args.gelu}")
-    print(f"target       {target}")
-    print(f"nodes        {spiking.graph.number_of_nodes()} ({len(spiking.spiking_nodes())} spiking "
-          f"populations)")
-    print(f"perplexity   ANN {ev.ann_perplexity:.2f} | SNN {ev.snn_perplexity:.2f} "
-          f"({100 * ev.perplexity_change:+.1f}%) on {ev.tokens} held-out tokens (reference simulator)")
-    print(f"cosine       logits {ev.logits_cosine:.4f} | hidden, mean over blocks "
-          f"{ev.mean_hidden_cosine:.4f} | top-1 agreement "
-          f"{100 * ev.top1_agreement:.1f}%")
-    print(f"ANN sample   {sample!r}")
-    print("stages run   load, convert, reference simulation (quantisation, partitioning, "
-          "export and the Lava run come with issues #4-#6)")
-    return 0
-
-
 def _add_scoring_arguments(parser: argparse.ArgumentParser, default_max_tokens: int) -> None:
     parser.add_argument("--text", type=Path, default=None,
                         help="text file to score (default: the shipped model's held-out plays)")
@@ -130,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--target", default="loihi2-sim", help="compilation target")
     add_conversion_arguments(pipeline)
     _add_scoring_arguments(pipeline, default_max_tokens=4096)
-    pipeline.add_argument("--prompt", default="To be, or not to be", help="prompt to run")
-    pipeline.set_defaults(handler=_cmd_pipeline)
+    pipeline.add_argument("--prompt", default="HAMLET. To be, or not to be", help="prompt to run in Lava")
+    pipeline.add_argument("--max-new-tokens", type=non_negative_int, default=4,
+                          help="tokens Lava generates after the prompt (default 4)")
+    pipeline.add_argument("--output", "-o", type=Path, default=None,
+                          help="the .net file to write (default MODEL.net here)")
+    pipeline.set_defaults(handler=cmd_pipeline)
 
     add_partition_parser(commands)
     add_quantize_parser(commands)

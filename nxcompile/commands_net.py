@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 from nxcompile.commands_hw import place_and_validate
-from nxcompile.commands_snn import add_conversion_arguments, add_model_arguments, build_graph, load_from_args
+from nxcompile.commands_snn import (add_conversion_arguments, add_model_arguments, build_graph, load_from_args,
+                                   non_negative_int, positive_int)
+from nxcompile.errors import UsageError
 
 
 def add_net_parsers(commands) -> None:
@@ -23,6 +25,24 @@ def add_net_parsers(commands) -> None:
     inspect = commands.add_parser("inspect", help="layers, shapes, neurons and placement of a .net file")
     inspect.add_argument("file", type=Path)
     inspect.set_defaults(handler=cmd_inspect)
+    run = commands.add_parser("run", help="run a .net file in Lava (loihi2-sim) or on Loihi 2")
+    run.add_argument("file", type=Path)
+    run.add_argument("--target", default="loihi2-sim", choices=("loihi2-sim", "loihi2"))
+    run.add_argument("--prompt", default=None, help="text to feed (an nxcompile .net file)")
+    run.add_argument("--max-new-tokens", type=non_negative_int, default=8,
+                     help="tokens to generate after the prompt, greedily (default 8)")
+    run.add_argument("--check", action="store_true",
+                     help="also run the reference simulator's fixed-point mode on the same tokens and "
+                          "check that every layer's spikes and the logits are identical")
+    run.add_argument("--input", type=Path, default=None,
+                     help="a foreign netx file's input spikes (.npy, [..., time])")
+    run.add_argument("--steps", type=positive_int, default=None, help="foreign netx: steps to run")
+    run.add_argument("--skip-layers", type=non_negative_int, default=0, help="foreign netx: input layers to skip")
+    run.add_argument("--reset-interval", type=positive_int, default=None,
+                     help="foreign netx: reset every neuron each N steps (a sample's length)")
+    run.add_argument("--reset-offset", type=int, default=0, help="foreign netx: phase of that reset")
+    run.add_argument("--output", "-o", type=Path, default=None, help="foreign netx: write the output (.npy)")
+    run.set_defaults(handler=cmd_run)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -39,7 +59,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     seconds["convert + quantise"] = time.perf_counter() - started
     placement = place_and_validate(network_from_graph(quantised), target, seconds)
     started = time.perf_counter()
-    export_net(quantised, args.output, dataclasses.asdict(placement))
+    export_net(quantised, args.output, dataclasses.asdict(placement), loaded.tokenizer)
     seconds["write"] = time.perf_counter() - started
     print(f"wrote {args.output}: {quantised.graph.number_of_nodes()} layers, quantised for {target.name}, "
           f"{placement.cores_used} cores on {placement.chips_used} chip(s) "
@@ -48,16 +68,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    import h5py
-
-    from nxcompile.errors import UsageError
-
-    try:
-        with h5py.File(args.file, "r") as handle:
-            ours = "nxcompile" in handle
-    except OSError as exc:
-        raise UsageError(f"{args.file} is not an HDF5 .net file ({exc}); give a file written by lava-dl or "
-                         f"`nxcompile export`") from None
+    ours = _is_ours(args.file)
     print("\n".join(_describe_ours(args.file) if ours else _describe_foreign(args.file)))
     return 0
 
@@ -104,3 +115,92 @@ def _describe_foreign(path: Path) -> list[str]:
               for i, layer in enumerate(network.layers)]
     print("(placement: none; `nxcompile partition FILE.net` places it)", file=sys.stderr)
     return lines
+
+
+def _is_ours(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            return "nxcompile" in handle
+    except OSError as exc:
+        raise UsageError(f"{path} is not an HDF5 .net file ({exc}); give a file written by lava-dl or "
+                         f"`nxcompile export`") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nxcompile.backends.loihi import run_config
+
+    config = run_config(args.target)
+    if _is_ours(args.file):
+        return _run_ours(args, config)
+    return _run_foreign(args, config)
+
+
+def prompt_ids(tokenizer, prompt: str, room: int | None) -> list[int]:
+    """The prompt's token ids; refuses a prompt that is empty as tokens or does not fit."""
+    ids = tokenizer(prompt)["input_ids"]
+    if not ids:
+        raise UsageError("the prompt tokenizes to nothing; give some text with --prompt")
+    if room is not None and len(ids) > room:
+        raise UsageError(f"the prompt is {len(ids)} tokens, but only {room} fit the model's context "
+                         f"with the tokens to generate; shorten it or lower --max-new-tokens")
+    return ids
+
+
+def _run_ours(args: argparse.Namespace, config) -> int:
+    import torch
+
+    from nxcompile.backends.lava_sim import LavaModel
+    from nxcompile.compiler.export import load_net, load_tokenizer
+    from nxcompile.sim import fixed_point
+
+    if args.prompt is None:
+        raise UsageError(f"{args.file} is an nxcompile model: give the text to run with --prompt")
+    spiking, placement = load_net(args.file)
+    tokenizer = load_tokenizer(args.file)
+    with LavaModel(spiking, placement=placement, run_config=config, record=args.check) as model:
+        room = model.kv_capacity - args.max_new_tokens if model.kv_capacity is not None else None
+        ids = prompt_ids(tokenizer, args.prompt, room)
+        logits = model.feed(ids)
+        new = model.generate_from(logits[-1], args.max_new_tokens)
+        print(f"{args.file}: {len(ids)} prompt tokens + {len(new)} generated, {model.plan.period} Lava steps "
+              f"per token (T = {model.timesteps}), {len(model.processes)} on-chip processes")
+        print(f"Lava ({args.target}): compile {model.compile_seconds:.1f} s, {model.steps_per_second:.0f} steps/s, "
+              f"{model.lava_seconds / model.tokens_run:.2f} s per token")
+        print(f"text: {tokenizer.decode(ids + new)!r}")
+        if args.check:
+            twin = fixed_point.run(spiking, torch.tensor([model.token_ids]), model.timesteps, keep_values=True)
+            differing = model.compare(twin)
+            print("reference fixed-point twin: " + ("identical spikes at every layer and identical logits"
+                                                    if not differing else f"DIFFERS at {', '.join(differing[:5])}"))
+            if differing:
+                return 1
+    return 0
+
+
+def _run_foreign(args: argparse.Namespace, config) -> int:
+    import numpy as np
+
+    from nxcompile.backends.lava_sim import run_netx
+    from nxcompile.files import write_atomically
+
+    if args.input is None or args.steps is None:
+        raise UsageError(f"{args.file} is a lava-dl netx network: give its input spikes with --input FILE.npy "
+                         f"and the steps to run with --steps N")
+    try:
+        spikes = np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {args.input} as a .npy array ({exc})") from None
+    output = run_netx(args.file, spikes, args.steps, config, args.skip_layers, args.reset_interval,
+                      args.reset_offset)
+    print(f"{args.file}: ran {args.steps} steps in Lava ({args.target}), output {output.shape}, "
+          f"{int(np.count_nonzero(output))} nonzero messages")
+    if args.output is not None:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:        # a file object: np.save would append .npy to a name
+                np.save(handle, output)
+
+        write_atomically(args.output, write, "choose a writable path")
+        print(f"wrote {args.output}")
+    return 0

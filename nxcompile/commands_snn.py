@@ -167,7 +167,7 @@ def evaluation_token_ids(args, loaded) -> torch.Tensor:
     return ids
 
 
-def run_evaluation(args, loaded, spiking, timesteps: int):
+def run_evaluation(args, loaded, spiking, timesteps: int, simulate=None):
     from nxcompile.models.perplexity import windows
     from nxcompile.sim.evaluate import evaluate
 
@@ -175,7 +175,8 @@ def run_evaluation(args, loaded, spiking, timesteps: int):
     text_windows = windows(ids, context_of(args, loaded), args.max_tokens)
     return evaluate(loaded.model, spiking, text_windows, timesteps, batch_size=args.batch_size,
                     progress=lambda it: tqdm(it, desc=f"eval T={timesteps}", unit="batch",
-                                             leave=False, file=sys.stderr))
+                                             leave=False, file=sys.stderr),
+                    **({"simulate": simulate} if simulate else {}))
 
 
 def write_sweep_plot(results, path: Path, title: str) -> None:

@@ -121,11 +121,25 @@ def test_convert_writes_a_graph_that_loads(tmp_path):
     assert graph.meta["options"]["timesteps"] == 4 and graph.meta["model"] == "gpt2-tiny"
 
 
-def test_headline_runs_the_pipeline_on_the_shipped_model():
-    result = nxcompile("gpt2-tiny", "--target", "loihi2-sim", "--max-tokens", "256")
+@pytest.mark.slow
+def test_headline_runs_the_whole_pipeline_into_lava(tmp_path):
+    out = tmp_path / "tiny.net"
+    result = nxcompile("gpt2-tiny", "--target", "loihi2-sim", "--max-tokens", "256", "--max-new-tokens", "1",
+                       "-o", str(out))
     assert result.returncode == 0, result.stderr
-    for word in ("gpt2-tiny", "neurtransformer", "loihi2-sim", "perplexity", "cosine"):
+    for word in ("gpt2-tiny", "neurtransformer", "loihi2-sim", "cores on 1 chip", "perplexity", "cosine",
+                 "reference twin: identical spikes at every layer and logits", "steps/s", str(out)):
         assert word in result.stdout
+    from nxcompile.compiler.export import load_net
+
+    graph, placement = load_net(out)
+    assert graph.meta["quantization"]["target"] == "loihi2-sim" and placement["cores_used"] > 0
+
+
+def test_headline_on_hardware_without_lava_loihi_is_one_line(tmp_path):
+    result = nxcompile("gpt2-tiny", "--target", "loihi2", "-o", str(tmp_path / "x.net"))
+    assert_one_line_error(result, 2, "lava-loihi", "loihi2-sim")
+    assert not (tmp_path / "x.net").exists()
 
 
 def test_eval_runs_the_spikedecoder_variants():

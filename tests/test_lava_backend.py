@@ -1,0 +1,229 @@
+"""The Lava backend: fixed-point kernels against hand-computed values, the schedule's invariants
+recomputed here, the Lava run as the bit-exact twin of the reference's fixed-point mode, Intel's
+networks through `nxcompile run`, and the CLI's clear lines on bad input."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
+from nxcompile.backends.lava_sim import LAVA_HOP, LavaModel, schedule
+from nxcompile.cli import main
+from nxcompile.compiler.convert import ConversionOptions, convert
+from nxcompile.compiler.export import export_net, load_tokenizer
+from nxcompile.compiler.graph import out_kind
+from nxcompile.compiler.quantize import quantize
+from nxcompile.compiler.targets import TARGETS
+from nxcompile.errors import UsageError
+from nxcompile.models.corpus import load_corpus
+from nxcompile.models.zoo import load_model
+from nxcompile.sim import fixed_point as fx
+from nxcompile.sim import reference
+
+PROMPT = "HAMLET. To be, or not to be, that is the question: whether 'tis nobler"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("gpt2-tiny")
+
+
+@pytest.fixture(scope="module")
+def quantised(tiny_graph):
+    return quantize(tiny_graph, TARGETS["loihi2-sim"])
+
+
+@pytest.fixture(scope="module")
+def net_file(quantised, tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("net") / "gpt2-tiny.net"
+    export_net(quantised, path, None, tiny.tokenizer)
+    return path
+
+
+# ---- kernels, against values computed by hand ---------------------------------------------------
+
+def test_integrate_and_fire_steps_by_hand():
+    neuron = fx.IntNeuron(threshold=np.array([10]), v_init=np.array([5]), keep=fx.DECAY_UNITS, signed=False,
+                          payload_max=1)
+    v = fx.neuron_reset(neuron, (1,))
+    sent = []
+    for current in (3, 3, 30, -50, 4):        # v: 8, 11->1, 31->21 (one spike a step), -29, -25
+        s, v = fx.neuron_step(neuron, v, np.array([current]))
+        sent.append((int(s[0]), int(v[0])))
+    assert sent == [(0, 8), (1, 1), (1, 21), (0, -29), (0, -25)]
+
+
+def test_signed_graded_neuron_and_leak_by_hand():
+    neuron = fx.IntNeuron(threshold=np.array([4]), v_init=np.array([0]), keep=fx.DECAY_UNITS - 1024, signed=True,
+                          payload_max=3)
+    s, v = fx.neuron_step(neuron, np.array([-8, 100, 6]), np.array([-9, 0, 1]))
+    # leak keeps 3/4, truncated toward zero: -6, 75, 4; plus current: -15, 75, 5
+    assert s.tolist() == [-3, 3, 1] and v.tolist() == [-3, 63, 1]
+
+
+def test_isqrt_is_exact_on_large_integers():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.integers(0, 2**58, 2000), np.array([0, 1, 2**52 - 1, 2**52, (2**29 - 1) ** 2])])
+    assert fx.isqrt(x).tolist() == [math.isqrt(int(v)) for v in x]
+
+
+def test_integer_layer_norm_is_float_layer_norm_to_the_payload_resolution():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 3, (5, 64))
+    weight, bias = rng.normal(1, 0.2, 64), rng.normal(0, 0.1, 64)
+    op = fx.IntOp("norm", norm_weight=fx.to_payload(weight), norm_bias=fx.to_payload(bias),
+                  eps=round(1e-5 * 2 ** (2 * fx.GRADED_FRACTION_BITS)))
+    got = fx.from_payload(fx.layer_norm(op, fx.to_payload(x)))
+    expected = F.layer_norm(torch.tensor(x), (64,), torch.tensor(weight), torch.tensor(bias)).numpy()
+    assert np.abs(got - expected).max() < 8 / 2 ** fx.GRADED_FRACTION_BITS
+
+
+def test_readout_rounds_the_window_mean_half_up():
+    op = fx.IntOp("readout", unit_log2=2)
+    # window sums 6, 5 and -5 over T = 4 at 4 state units per float unit: means 0.375, 0.3125, -0.3125
+    got = fx.readout_payload(op, np.array([6, 5, -5]), 4)
+    scale = 2 ** fx.GRADED_FRACTION_BITS
+    assert got.tolist() == [math.floor(0.375 * scale + 0.5), math.floor(0.3125 * scale + 0.5),
+                            math.floor(-0.3125 * scale + 0.5)]
+
+
+def test_fixed_point_mode_refuses_a_float_graph(tiny_graph):
+    with pytest.raises(UsageError, match="fixed-point grid"):
+        fx.integer_program(tiny_graph)
+
+
+def test_fixed_point_mode_stays_close_to_the_float_run_of_the_same_graph(quantised, tiny):
+    ids = torch.tensor([tiny.tokenizer(load_corpus().held_out[:3000])["input_ids"][:64]])
+    fixed = fx.run(quantised, ids, 8)
+    floating = reference.run(quantised, ids, 8)
+    assert F.cosine_similarity(fixed.logits.flatten(), floating.logits.flatten(), dim=0) > 0.97
+    assert (fixed.logits.argmax(-1) == floating.logits.argmax(-1)).float().mean() > 0.6
+
+
+# ---- the schedule, its invariants recomputed here ------------------------------------------------
+
+def _check_schedule(spiking, timesteps):
+    program = fx.integer_program(spiking)
+    plan = schedule(spiking, program, timesteps)
+    ready = {}
+    for name in spiking.order():
+        if name not in program:
+            continue
+        timing, window = plan.timings[name], program[name].kind not in ("norm", "graded-add")
+        for port, source in spiking.inputs(name).items():
+            spikes = source in program and out_kind(spiking.op(source)) != "graded"
+            arrive = (plan.timings[source].start if spikes else ready.get(source, 0)) + LAVA_HOP
+            port_timing = timing.ports[port]
+            if spikes and window:      # the delay line aligns logical step 0 of both windows
+                assert arrive + port_timing.delay == timing.start, name
+            elif spikes:               # a graded node computes after the whole window arrived
+                assert port_timing.window_start == arrive and timing.start >= arrive + timesteps - 1, name
+            else:
+                assert timing.start >= arrive, name
+        ready[name] = timing.start + (timesteps - 1 if program[name].kind == "readout" else 0)
+    assert plan.period > max(ready.values())
+    return plan
+
+
+def test_schedule_of_both_methods_respects_every_arrival(tiny_graph, tiny):
+    _check_schedule(quantize(tiny_graph, TARGETS["loihi2-sim"]), 8)
+    ids = torch.tensor(tiny.tokenizer(load_corpus().train[:4000])["input_ids"][:256]).reshape(2, 128)
+    spikedecoder = convert(tiny.model, ConversionOptions(method="spikedecoder", timesteps=4), ids,
+                           model_name="gpt2-tiny")
+    plan = _check_schedule(quantize(spikedecoder, TARGETS["loihi2-sim"]), 4)
+    assert any(p.delay > 0 for t in plan.timings.values() for p in t.ports.values())   # real delay lines
+
+
+# ---- Lava itself ----------------------------------------------------------------------------------
+
+def _assert_twins(spiking, ids, timesteps):
+    twin = fx.run(spiking, torch.tensor([ids]), timesteps, keep_values=True)
+    with LavaModel(spiking, record=True) as model:
+        model.feed(ids, progress=False)
+        assert model.compare(twin) == []
+        assert model.steps_run == len(ids) * model.plan.period
+    assert sum(twin.spike_count.values()) > 0          # the comparison was not between silent networks
+    return twin
+
+
+@pytest.mark.slow
+def test_lava_run_is_the_bit_exact_twin_of_the_fixed_point_reference(quantised, tiny):
+    """gpt2-tiny, 16 tokens fed one at a time: every layer's spikes (and graded payloads) for every
+    token, and the logits, equal the whole-sequence reference run."""
+    ids = tiny.tokenizer(PROMPT)["input_ids"][:16]
+    assert len(ids) == 16
+    twin = _assert_twins(quantised, ids, 8)
+    assert sum(c for n, c in twin.spike_count.items() if n.endswith("ssa")) > 0     # attention did fire
+
+
+@pytest.mark.slow
+def test_spikedecoder_delay_lines_run_bit_exact_in_lava(tiny):
+    """SpikeDecoder's spiking residual joins spikes of different depths (delay lines) and norms a
+    spike window: 4 tokens at T = 2."""
+    ids = torch.tensor(tiny.tokenizer(load_corpus().train[:4000])["input_ids"][:256]).reshape(2, 128)
+    graph = quantize(convert(tiny.model, ConversionOptions(method="spikedecoder", timesteps=2), ids,
+                             model_name="gpt2-tiny"), TARGETS["loihi2-sim"])
+    _assert_twins(graph, tiny.tokenizer(PROMPT)["input_ids"][:4], 2)
+
+
+@pytest.mark.slow
+def test_cli_run_generates_and_checks_its_twin(net_file, capsys):
+    assert main(["run", str(net_file), "--prompt", "HAMLET.", "--max-new-tokens", "2", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "identical spikes at every layer and identical logits" in out and "steps/s" in out
+    assert load_tokenizer(net_file).decode(load_tokenizer(net_file)("HAMLET.")["input_ids"]) == "HAMLET."
+
+
+@pytest.mark.slow
+def test_intels_pilotnet_runs_through_nxcompile_run(shared_netx, tmp_path):
+    folder = shared_netx / "pilotnet_sdnn"
+    expected = np.load(folder / "output.npy")
+    out = tmp_path / "out.npy"
+    assert main(["run", str(folder / "network.net"), "--input", str(folder / "input.npy"),
+                 "--steps", str(expected.shape[-1]), "-o", str(out)]) == 0
+    assert np.abs(expected).sum() > 0
+    np.testing.assert_array_equal(np.load(out), expected)
+
+
+@pytest.mark.slow
+def test_intels_tinynet_runs_through_nxcompile_run(shared_netx, tmp_path):
+    """As lava-dl's own test: the input layer's recorded spikes (shifted one step) drive the
+    network, which resets every 17-step sample; output[..., 2:17] equals output.npy[..., 1:]."""
+    folder = shared_netx / "tinynet"
+    spikes = np.load(folder / "input.npy")[0].transpose([2, 1, 0, 3])[..., 1:]
+    expected = np.load(folder / "output.npy")[0].transpose([2, 1, 0, 3])[..., 1:]
+    source = np.zeros(spikes.shape[:-1] + (20,))
+    source[..., :spikes.shape[-1]] = spikes
+    np.save(tmp_path / "in.npy", source)
+    assert main(["run", str(folder / "network.net"), "--input", str(tmp_path / "in.npy"), "--steps", "20",
+                 "--skip-layers", "1", "--reset-interval", "17", "--reset-offset", "1",
+                 "-o", str(tmp_path / "out.npy")]) == 0
+    assert expected.sum() > 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy")[..., 2:17], expected)
+
+
+# ---- bad input: one line, exit 2 -------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "loihi2", "--prompt", "x"], "lava-loihi"),
+    ([], "--prompt"),
+    (["--prompt", ""], "tokenizes to nothing"),
+    (["--prompt", "to be " * 200], "context"),
+])
+def test_run_refuses_bad_input_in_one_line(net_file, capsys, argv, message):
+    assert main(["run", str(net_file), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_run_of_a_foreign_file_needs_its_input(shared_netx, capsys, tmp_path):
+    assert main(["run", str(shared_netx / "pilotnet_sdnn" / "network.net")]) == 2
+    assert "--input" in capsys.readouterr().err
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 9)))
+    assert main(["run", str(shared_netx / "pilotnet_sdnn" / "network.net"), "--input", str(tmp_path / "wrong.npy"),
+                 "--steps", "9"]) == 2
+    assert "expects" in capsys.readouterr().err
