@@ -74,8 +74,7 @@ def _summary(args, loaded, target, placement, ev, lava, output: Path, prompt: di
             else f"DIFFERS at {', '.join(prompt['differing'][:5])}")
     lines = [
         ("model", f"{loaded.name} ({loaded.source})"),
-        ("conversion", f"{describe_method(args)}, T = {args.timesteps}, neuron {args.neuron}, GELU {args.gelu}"
-                   + (f", graph {args.graph}" if args.graph else "")),
+        ("conversion", f"{describe_method(args)}, T = {args.timesteps}, neuron {args.neuron}, GELU {args.gelu}"),
         ("target", f"{target.name}: {placement.cores_used} cores on {placement.chips_used} chip(s) "
                    f"(lower bound {placement.lower_bound_cores}), {len(lava.processes)} Lava processes"),
         ("perplexity", f"ANN {ev.ann_perplexity:.2f} | SNN {ev.snn_perplexity:.2f} "
