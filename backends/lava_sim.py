@@ -252,15 +252,25 @@ class LavaModel:
                 logits = self.step_token(new[-1])
         return new
 
+    def recorded_values(self) -> dict[str, np.ndarray]:
+        """What every on-chip node sent, over every token fed, shaped as the reference's values
+        ([1, tokens, T, N] spikes, [1, tokens, N] payloads; host inputs as zeros of their shape),
+        so `sim.energy.count` reads this run's own spikes. Needs record=True."""
+        if not self.records:
+            raise UsageError("this Lava run kept no records; build LavaModel(..., record=True)")
+        values = {}
+        for name, op in self.program.items():
+            sent = np.stack([r.sent[name] for r in self.records])[None]
+            values[name] = sent[:, :, 0] if sent.shape[2] == 1 and op.kind in GRADED_KINDS + ("readout",) else sent
+        for name in self.sources:
+            values[name] = np.zeros((1, len(self.records), self.spiking.op(name).out_features))
+        return values
+
     def compare(self, twin) -> list[str]:
         """Nodes (and "logits") where this run differs from the reference's fixed-point run of the
         same tokens (`sim.fixed_point.run(..., keep_values=True)` on [1, tokens]); needs record=True."""
-        differing = []
-        for name in self.program:
-            expected = twin.values[name][0]
-            sent = np.stack([r.sent[name] for r in self.records])
-            if not np.array_equal(sent.reshape(expected.shape), expected):
-                differing.append(name)
+        recorded = self.recorded_values()
+        differing = [name for name in self.program if not np.array_equal(recorded[name], twin.values[name])]
         if not torch.equal(torch.stack(self.logits), twin.logits[0]):
             differing.append("logits")
         return differing

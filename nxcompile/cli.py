@@ -20,6 +20,7 @@ from nxcompile.commands_snn import (DEFAULT_CONTEXT, add_conversion_arguments,
                                     evaluation_token_ids, load_from_args, non_negative_int, positive_int)
 from nxcompile.commands_finetune import add_finetune_parser
 from nxcompile.commands_hw import add_partition_parser, add_quantize_parser
+from nxcompile.commands_energy import add_energy_parser
 from nxcompile.commands_net import add_net_parsers
 from nxcompile.commands_pipeline import cmd_pipeline
 from nxcompile.errors import NxError, UsageError
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantize_parser(commands)
     add_finetune_parser(commands)
     add_net_parsers(commands)
+    add_energy_parser(commands)
 
     convert = commands.add_parser("convert", help="GPT-2 -> spiking graph file")
     add_model_arguments(convert)

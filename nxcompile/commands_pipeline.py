@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from nxcompile.commands_hw import place_and_validate
 from nxcompile.commands_net import prompt_ids
+from nxcompile.commands_energy import summaries
 from nxcompile.commands_snn import build_graph, describe_method, load_from_args, run_evaluation
 
 
@@ -31,7 +32,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from nxcompile.compiler.layers import network_from_graph
     from nxcompile.compiler.quantize import quantize
     from nxcompile.compiler.targets import get_target
-    from nxcompile.sim import fixed_point
+    from nxcompile.sim import energy, fixed_point
 
     target = get_target(args.target)
     config = run_config(target.name)            # before any work: a missing hardware extension fails now
@@ -56,7 +57,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         ids = prompt_ids(loaded.tokenizer, args.prompt, lava.kv_capacity - args.max_new_tokens)
         new = lava.generate_from(lava.feed(ids)[-1], args.max_new_tokens)
         fed = torch.tensor([lava.token_ids])
-        differing = lava.compare(fixed_point.run(from_file, fed, lava.timesteps, keep_values=True))
+        twin = fixed_point.run(from_file, fed, lava.timesteps, keep_values=True)
+        differing = lava.compare(twin)
         _stage("Lava", seconds, started)
         with torch.no_grad():
             ann_logits = loaded.model(fed).logits[0]
@@ -65,6 +67,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         agreement = float((lava_logits.argmax(-1) == ann_logits.argmax(-1)).float().mean())
         _summary(args, loaded, target, placement, evaluation, lava, output,
                  dict(cosine=cosine, agreement=agreement, differing=differing,
+                      energy=summaries(energy.count(from_file, lava.recorded_values(), lava.timesteps)),
                       text=loaded.tokenizer.decode(ids + new), prompt_tokens=len(ids), new=len(new)))
     return 1 if differing else 0
 
@@ -88,8 +91,19 @@ def _summary(args, loaded, target, placement, ev, lava, output: Path, prompt: di
         ("Lava speed", f"{lava.steps_per_second:.0f} steps/s, {lava.plan.period} steps and "
                        f"{lava.lava_seconds / lava.tokens_run:.2f} s per token, compile {lava.compile_seconds:.1f} s"),
         ("Lava text", repr(prompt["text"])),
+        ("energy", _energy_line(prompt["energy"])),
         (".net file", str(output)),
     ]
     if loaded.random_weights:
         lines.append(("note", "RANDOM WEIGHTS: quality figures say nothing about any real model"))
     print("\n".join(f"{key:<12} {value}" for key, value in lines))
+
+
+def _energy_line(by_scope: dict) -> str:
+    """Energy per token of the tokens Lava ran, counted on Lava's own spikes."""
+    whole = by_scope["every on-chip layer"]
+    ssa = by_scope["SSA vs ANN attention (Q.K, A.V)"]["45nm"]
+    return (f"per token on chip: SNN {whole['45nm'].snn_pj / 1e3:.1f} nJ vs ANN {whole['45nm'].ann_pj / 1e3:.1f} nJ "
+            f"({100 * whole['45nm'].reduction:+.1f}%; 45 nm figures, Horowitz 2014), SSA vs ANN attention "
+            f"{100 * ssa.reduction:+.1f}%; at Loihi's per-op energies (Davies 2018) SNN "
+            f"{whole['loihi'].snn_pj / 1e3:.1f} nJ; `nxcompile energy FILE.net` for the table")

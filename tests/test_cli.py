@@ -128,7 +128,8 @@ def test_headline_runs_the_whole_pipeline_into_lava(tmp_path):
                        "-o", str(out))
     assert result.returncode == 0, result.stderr
     for word in ("gpt2-tiny", "neurtransformer", "loihi2-sim", "cores on 1 chip", "perplexity", "cosine",
-                 "reference twin: identical spikes at every layer and logits", "steps/s", str(out)):
+                 "reference twin: identical spikes at every layer and logits", "steps/s", "per token on chip",
+                 str(out)):
         assert word in result.stdout
     from nxcompile.compiler.export import load_net
 

@@ -1,0 +1,138 @@
+"""`nxcompile energy FILE.net|MODEL`: operations and energy per token, per layer and per block."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from nxcompile.commands_snn import add_conversion_arguments, build_graph, load_from_args, positive_int
+from nxcompile.errors import UsageError
+
+
+def add_energy_parser(commands) -> None:
+    from nxcompile.sim.energy import ENERGY_MODELS
+
+    energy = commands.add_parser("energy", help="synaptic ops, neuron updates and energy per token, SNN vs ANN")
+    energy.add_argument("source", help="an nxcompile .net file, or a zoo model name (converted and quantised "
+                                       "for loihi2-sim)")
+    energy.add_argument("--model-path", type=Path, default=None, help="with a model name: its weights folder")
+    add_conversion_arguments(energy)
+    energy.add_argument("--tokens", type=positive_int, default=128,
+                        help="held-out tokens to count over, as one sequence (default 128)")
+    energy.add_argument("--energy-model", default="45nm", choices=tuple(ENERGY_MODELS),
+                        help="per-op energies for the per-layer table (totals show every model)")
+    energy.add_argument("--plot-dir", type=Path, default=None, help="write the PNG plots here")
+    energy.set_defaults(handler=cmd_energy)
+
+
+def _graph_and_tokenizer(args):
+    from nxcompile.compiler.export import load_net, load_tokenizer
+    from nxcompile.compiler.quantize import quantize
+    from nxcompile.compiler.targets import get_target
+
+    if args.source.endswith(".net") or Path(args.source).is_file():
+        graph, _ = load_net(Path(args.source))
+        return graph, load_tokenizer(Path(args.source)), str(args.source)
+    args.model = args.source
+    loaded = load_from_args(args)
+    return quantize(build_graph(args, loaded), get_target("loihi2-sim")), loaded.tokenizer, loaded.name
+
+
+def counted_run(graph, tokenizer, tokens: int):
+    """Counts per layer over the first `tokens` held-out tokens, run in Loihi's fixed point."""
+    import torch
+
+    from nxcompile.models.corpus import evaluation_text
+    from nxcompile.sim import energy, fixed_point
+
+    context = min(tokens, int(graph.meta.get("n_positions", tokens)))
+    ids = tokenizer(evaluation_text(None)[: context * 16])["input_ids"][:context]
+    if len(ids) < 1:
+        raise UsageError("the held-out text gave no tokens")
+    timesteps = int(graph.meta["options"]["timesteps"])
+    run = fixed_point.run(graph, torch.tensor([ids]), timesteps, keep_values=True)
+    return energy.count(graph, run.values, timesteps), len(ids)
+
+
+def summaries(rows) -> dict[str, dict]:
+    """SSA against ANN attention (the op alone and the whole attention block) and every on-chip layer,
+    under every energy model."""
+    from nxcompile.sim.energy import ENERGY_MODELS, total
+
+    scopes = {"SSA vs ANN attention (Q.K, A.V)": lambda r: r.op == "SSA",
+              "attention blocks (Q/K/V, SSA, output projection)": lambda r: ".attn." in r.name,
+              "every on-chip layer": lambda r: True}
+    return {scope: {m: total(rows, ENERGY_MODELS[m], where) for m in ENERGY_MODELS} for scope, where in scopes.items()}
+
+
+def cmd_energy(args: argparse.Namespace) -> int:
+    from nxcompile.sim.energy import ENERGY_MODELS, total
+
+    graph, tokenizer, name = _graph_and_tokenizer(args)
+    rows, tokens = counted_run(graph, tokenizer, args.tokens)
+    model = ENERGY_MODELS[args.energy_model]
+    print(f"{name}: operations per token, mean over {tokens} held-out tokens, T = "
+          f"{graph.meta['options']['timesteps']}, Loihi fixed point; energy model {model.name}: {model.source}")
+    print(f"{'layer':22} {'op':9} {'spike rate':>10} {'syn ops':>11} {'neuron upd':>10} {'ANN MACs':>10} "
+          f"{'SNN nJ':>9} {'ANN nJ':>9}")
+    for r in rows:
+        rate = "graded" if math.isnan(r.spike_rate) else f"{r.spike_rate:.4f}"
+        print(f"{r.name:22} {r.op:9} {rate:>10} {r.synaptic_ops:>11.0f} {r.neuron_updates:>10.0f} "
+              f"{r.ann_macs:>10.0f} {r.snn_pj(model) / 1e3:>9.2f} {r.ann_pj(model) / 1e3:>9.2f}")
+    print("host layers (embedding, final norm, LM head) are the same on both sides and not counted")
+    blocks = sorted({r.block for r in rows if r.block is not None})
+    print(f"per block ({model.name}): " + " | ".join(
+        f"{b}: SNN {total(rows, model, lambda r, b=b: r.block == b).snn_pj / 1e3:.1f} nJ, "
+        f"ANN {total(rows, model, lambda r, b=b: r.block == b).ann_pj / 1e3:.1f} nJ" for b in blocks))
+    for scope, by_model in summaries(rows).items():
+        print(f"{scope}:")
+        for m, s in by_model.items():
+            print(f"  {m:10} SNN {s.snn_pj / 1e3:10.1f} nJ | ANN {s.ann_pj / 1e3:10.1f} nJ | "
+                  f"reduction {100 * s.reduction:+.1f}%")
+    print("energy models:")
+    for m in ENERGY_MODELS.values():
+        print(f"  {m.name:10} {m.source}")
+    if args.plot_dir is not None:
+        written = write_plots(rows, model, args.plot_dir)
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def write_plots(rows, model, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nxcompile.files import write_atomically
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {folder} ({exc}); choose a writable --plot-dir") from None
+    names = [r.name for r in rows]
+    plots = {
+        "energy_per_layer.png": (lambda ax: ax.bar(names, [r.snn_pj(model) / 1e3 for r in rows]),
+                                 f"SNN energy per token (nJ, {model.name})"),
+        "spike_rate_per_layer.png": (lambda ax: ax.bar(names, [0 if math.isnan(r.spike_rate) else r.spike_rate
+                                                               for r in rows]), "spike rate (per neuron per step)"),
+        "ann_vs_snn.png": (lambda ax: (ax.bar([i - 0.2 for i in range(len(rows))], [r.ann_pj(model) / 1e3 for r in rows],
+                                              width=0.4, label="ANN"),
+                                       ax.bar([i + 0.2 for i in range(len(rows))], [r.snn_pj(model) / 1e3 for r in rows],
+                                              width=0.4, label="SNN"), ax.legend()),
+                           f"energy per token (nJ, {model.name})"),
+    }
+    written = []
+    for filename, (draw, ylabel) in plots.items():
+        fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.25), 4))
+        draw(ax)
+        ax.set_xticks(range(len(rows)), names, rotation=90, fontsize=6)
+        ax.set_ylabel(ylabel)
+        fig.tight_layout()
+        path = folder / filename
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), "choose a writable --plot-dir")
+        plt.close(fig)
+        written.append(path)
+    print(f"(plots drawn with the {model.name} energy model)", file=sys.stderr)
+    return written
