@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, SpikingGraph, flatten_op,
-                                      unflatten_op)
+                                      inconsistencies, unflatten_op)
 from nxcompile.compiler.layers import netx_value
 from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
@@ -125,39 +125,54 @@ def _read_op(group: h5py.Group, cls):
     return unflatten_op(cls, json.loads(netx_value(group, "nx_fields")), tensors)
 
 
+# What h5py, json, numpy, torch and the ops' own checks raise on a damaged file (found by
+# tests/test_net_fuzz.py): every one becomes a NetFileError.
+READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, OverflowError)
+
+
 def load_net(path: Path) -> tuple[SpikingGraph, dict | None]:
     """The graph and placement an nxcompile `.net` file holds; one clear error otherwise."""
     try:
         with h5py.File(path, "r") as handle:
-            root = handle.get("nxcompile")
-            if root is None or root.attrs.get("format") != FORMAT:
-                raise NetFileError(f"{path} is a .net file but not one nxcompile wrote (no nxcompile group); "
-                                   f"`nxcompile partition` and `nxcompile inspect` read foreign netx files")
-            if int(root.attrs["version"]) > VERSION:
-                raise NetFileError(f"{path} was written by a newer nxcompile (format {root.attrs['version']})")
-            meta, placement = json.loads(netx_value(root, "meta")), netx_value(root, "placement")
-            spiking = SpikingGraph(nx.DiGraph(), meta)
-            layers = handle["layer"]
-            edges = []
-            for i in range(len(layers)):
-                group = layers[str(i)]
-                kind = netx_value(group, "type")
-                if kind not in TYPE_OPS:
-                    raise NetFileError(f"{path}: layer {i} has unknown type {kind!r}")
-                name = netx_value(group, "nx_name")
-                block = int(group["nx_block"][()])
-                spiking.graph.add_node(name, op=_read_op(group, TYPE_OPS[kind]),
-                                       host=bool(group["nx_host"][()]), block=None if block < 0 else block)
-                edges += [(source, name, port) for port, source in json.loads(netx_value(group, "nx_inputs")).items()]
-            for source, target, port in edges:
-                spiking.connect(source, target, port)
+            spiking, placement = _read(handle, path)
+        problems = inconsistencies(spiking)
     except NetFileError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+    except READ_ERRORS as exc:
         raise NetFileError(f"{path} is not a readable nxcompile .net file ({type(exc).__name__}: {exc}); "
                            f"export it again") from None
-    return spiking, (json.loads(placement) if placement else None)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise NetFileError(f"{path} is inconsistent: {problems[0]}{more}; export it again")
+    return spiking, placement
 
+
+def _read(handle: h5py.File, path: Path) -> tuple[SpikingGraph, dict | None]:
+    root = handle.get("nxcompile")
+    if root is None or root.attrs.get("format") != FORMAT:
+        raise NetFileError(f"{path} is a .net file but not one nxcompile wrote (no nxcompile group); "
+                           f"`nxcompile partition` and `nxcompile inspect` read foreign netx files")
+    if int(root.attrs["version"]) > VERSION:
+        raise NetFileError(f"{path} was written by a newer nxcompile (format {root.attrs['version']})")
+    meta, placement = json.loads(netx_value(root, "meta")), netx_value(root, "placement")
+    spiking = SpikingGraph(nx.DiGraph(), meta)
+    layers = handle["layer"]
+    edges = []
+    for i in range(len(layers)):
+        group = layers[str(i)]
+        kind = netx_value(group, "type")
+        if kind not in TYPE_OPS:
+            raise NetFileError(f"{path}: layer {i} has unknown type {kind!r}")
+        name = netx_value(group, "nx_name")
+        block = int(group["nx_block"][()])
+        spiking.graph.add_node(name, op=_read_op(group, TYPE_OPS[kind]),
+                               host=bool(group["nx_host"][()]), block=None if block < 0 else block)
+        edges += [(source, name, port) for port, source in json.loads(netx_value(group, "nx_inputs")).items()]
+    for source, target, port in edges:
+        if source not in spiking.graph:
+            raise NetFileError(f"{path}: layer {target} reads {source!r}, which the file does not hold")
+        spiking.connect(source, target, port)
+    return spiking, (json.loads(placement) if placement else None)
 
 def load_tokenizer(path: Path):
     """The tokenizer stored in an nxcompile `.net` file (a transformers fast tokenizer)."""

@@ -223,6 +223,62 @@ class SpikingGraph:
         return [n for n in self.order() if out_kind(self.op(n)) != "graded"]
 
 
+def _input_widths(op) -> dict[str, int]:
+    """The width each input port of an op expects."""
+    if isinstance(op, Dense):
+        return {"x": op.weight.shape[1]}
+    if isinstance(op, Encode):
+        return {"x": op.features}
+    if isinstance(op, SSA):
+        return {port: op.out_features for port in "qkv"}
+    if isinstance(op, Add):
+        return {"a": op.features, "b": op.features}
+    if isinstance(op, LayerNorm):
+        return {"x": op.weight.shape[0]}
+    return {}
+
+
+def _per_neuron_sizes(op) -> dict[str, int]:
+    """Tensors that hold one value per output neuron, or one for all."""
+    neuron = getattr(op, "neuron", None)
+    sizes = {"threshold": neuron.threshold.numel()} if neuron is not None else {}
+    if isinstance(op, (Encode, Add)):
+        sizes.update(bias=op.bias.numel())
+    if isinstance(op, Encode):
+        sizes.update(gain=op.gain.numel())
+    if isinstance(op, LayerNorm):
+        sizes.update(bias=op.bias.numel())
+    if isinstance(op, Embed):
+        sizes.update(wpe=op.wpe.shape[1])
+    return sizes
+
+
+def inconsistencies(spiking: "SpikingGraph") -> list[str]:
+    """What does not fit in a graph read from a file: ports fed by layers of another width,
+    missing or unknown ports, per-neuron tensors of the wrong size, non-finite numbers, cycles."""
+    problems = []
+    if not nx.is_directed_acyclic_graph(spiking.graph):
+        return ["the layers' inputs form a cycle"]
+    for name in spiking.graph.nodes:
+        op = spiking.op(name)
+        expected, inputs = _input_widths(op), spiking.inputs(name)
+        if set(inputs) != set(expected):
+            problems.append(f"{name} has inputs {sorted(inputs)}, a {type(op).__name__} takes {sorted(expected)}")
+            continue
+        for port, source in inputs.items():
+            width = spiking.op(source).out_features
+            if width != expected[port]:
+                problems.append(f"{name}.{port} expects {expected[port]} values, {source} sends {width}")
+        for field_name, size in _per_neuron_sizes(op).items():
+            if size not in (1, op.out_features):
+                problems.append(f"{name}.{field_name} has {size} values for {op.out_features} neurons")
+        tensors: dict[str, torch.Tensor] = {}
+        flatten_op(name, op, tensors)
+        problems += [f"{key} holds non-finite numbers" for key, t in tensors.items()
+                     if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return problems
+
+
 def flatten_op(prefix: str, op, tensors: dict[str, torch.Tensor]) -> dict:
     """Op fields as JSON, with tensors moved into `tensors` under prefixed keys
     (one walk of an op's fields for every file format that stores ops)."""
@@ -275,10 +331,16 @@ def load_graph(path: Path) -> SpikingGraph:
         raise UsageError(f"{path} is not a spiking graph saved by nxcompile ({exc})") from exc
     if structure.get("format") != "nxcompile-spiking-graph":
         raise UsageError(f"{path} is not a spiking graph saved by nxcompile")
-    spiking = SpikingGraph(nx.DiGraph(), structure["meta"])
-    for node in structure["nodes"]:
-        op = unflatten_op(OP_TYPES[node["type"]], node["fields"], tensors)
-        spiking.graph.add_node(node["name"], op=op, host=node["host"], block=node["block"])
-    for edge in structure["edges"]:
-        spiking.connect(edge["source"], edge["target"], edge["port"])
+    try:
+        spiking = SpikingGraph(nx.DiGraph(), structure["meta"])
+        for node in structure["nodes"]:
+            op = unflatten_op(OP_TYPES[node["type"]], node["fields"], tensors)
+            spiking.graph.add_node(node["name"], op=op, host=node["host"], block=node["block"])
+        for edge in structure["edges"]:
+            spiking.connect(edge["source"], edge["target"], edge["port"])
+        problems = inconsistencies(spiking)
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as exc:
+        raise UsageError(f"{path} is a damaged spiking graph ({type(exc).__name__}: {exc}); write it again") from None
+    if problems:
+        raise UsageError(f"{path} is an inconsistent spiking graph: {problems[0]}; write it again")
     return spiking

@@ -91,6 +91,13 @@ class Placement:
     def accumulator_neurons(self) -> int:
         return sum(b.stop - b.start for b in self.blocks if b.role == "accumulator")
 
+    def as_data(self) -> dict:
+        """The placement as plain data without its wall-clock timings, so files that store it
+        are identical run to run."""
+        data = asdict(self)
+        data.pop("seconds")
+        return data
+
     def save(self, path: Path) -> None:
         """JSON, written to a temporary name and renamed."""
         text = json.dumps(asdict(self))
