@@ -16,7 +16,10 @@ the step its last value reaches the host, plus one.
 """
 # No `from __future__ import annotations`: Lava executes this file as a loose module while
 # searching for process models, and dataclasses with string annotations fail there.
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -100,6 +103,25 @@ def _ready_step(kind: str, timing: Timing, timesteps: int) -> int:
 
 PROCESS_OF = {"encode": Population, "dense": Population, "readout": Population, "norm": Norm,
               "add": ResidualAdd, "graded-add": ResidualAdd, "ssa": SpikingSelfAttention}
+
+
+@contextmanager
+def deferred_interrupt():
+    """Ctrl-C waits until Lava is between steps: a runtime interrupted while it compiles, starts
+    its workers or runs a token cannot be stopped cleanly. Workers forked meanwhile inherit the
+    handler, so a terminal's Ctrl-C (sent to every process) leaves them to the main process's
+    clean stop. The interrupt is raised on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 @dataclass
@@ -207,18 +229,19 @@ class LavaModel:
         before = self._host_before()
         payloads = {name: fx.to_payload(before[name][0, 0].double().numpy()).astype(np.int32)
                     for name in self.sources}
-        if not self._started:       # Lava sets Vars only once it has run: the first token is their initial value
-            for name, source in self.sources.items():
-                source.payload.init = payloads[name]
-            self.start()
-        else:
-            for name, source in self.sources.items():
-                source.payload.set(payloads[name])
-        from lava.magma.core.run_conditions import RunSteps
+        with deferred_interrupt():     # Lava stops cleanly only once a started runtime finished its steps
+            if not self._started:       # Lava sets Vars only once it has run: the first token is their initial value
+                for name, source in self.sources.items():
+                    source.payload.init = payloads[name]
+                self.start()
+            else:
+                for name, source in self.sources.items():
+                    source.payload.set(payloads[name])
+            from lava.magma.core.run_conditions import RunSteps
 
-        started = time.perf_counter()
-        self._anchor.run(condition=RunSteps(num_steps=self.plan.period))
-        self.lava_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            self._anchor.run(condition=RunSteps(num_steps=self.plan.period))
+            self.lava_seconds += time.perf_counter() - started
         self.steps_run += self.plan.period
         if self.record:
             self.records.append(TokenRecord({name: p.record.get().astype(np.int64)

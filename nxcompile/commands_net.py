@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -59,7 +58,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     seconds["convert + quantise"] = time.perf_counter() - started
     placement = place_and_validate(network_from_graph(quantised), target, seconds)
     started = time.perf_counter()
-    export_net(quantised, args.output, dataclasses.asdict(placement), loaded.tokenizer)
+    export_net(quantised, args.output, placement.as_data(), loaded.tokenizer)
     seconds["write"] = time.perf_counter() - started
     print(f"wrote {args.output}: {quantised.graph.number_of_nodes()} layers, quantised for {target.name}, "
           f"{placement.cores_used} cores on {placement.chips_used} chip(s) "

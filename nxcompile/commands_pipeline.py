@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     placement = place_and_validate(network_from_graph(quantised), target, {})
     _stage("quantise + partition", seconds, started)
     output = args.output or default_net_path(loaded.name)
-    export_net(quantised, output, dataclasses.asdict(placement), loaded.tokenizer)
+    export_net(quantised, output, placement.as_data(), loaded.tokenizer)
     started = time.perf_counter()
     evaluation = run_evaluation(args, loaded, quantised, args.timesteps, simulate=fixed_point.run)
     _stage("reference simulation (fixed point)", seconds, started)

@@ -19,3 +19,6 @@ def write_atomically(path: Path, write: Callable[[Path], None], hint: str,
     except errors as exc:
         tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {path} ({exc}); {hint}") from exc
+    except BaseException:          # Ctrl-C or any other failure mid-write: no half file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
