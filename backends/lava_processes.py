@@ -115,23 +115,28 @@ def _message_port(direction):
     return LavaPyType(direction, MESSAGE, precision=fx.GRADED_BITS)
 
 
-@implements(proc=HostSource, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
+def _message_var():
+    return LavaPyType(np.ndarray, MESSAGE, precision=fx.GRADED_BITS)
+
+
+def _fixed_point_model(proc_cls):
+    """Registers a model class as `proc_cls`'s fixed-point CPU model (what Loihi2SimCfg selects)."""
+    return lambda cls: implements(proc=proc_cls, protocol=LoihiProtocol)(requires(CPU)(tag("fixed_pt")(cls)))
+
+
+@_fixed_point_model(HostSource)
 class PyHostSourceModel(PyLoihiProcessModel):
     out: PyOutPort = _message_port(PyOutPort.VEC_DENSE)
-    payload: np.ndarray = LavaPyType(np.ndarray, MESSAGE, precision=fx.GRADED_BITS)
+    payload: np.ndarray = _message_var()
 
     def run_spk(self) -> None:
         self.out.send(self.payload)
 
 
-@implements(proc=HostSink, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("fixed_pt")
+@_fixed_point_model(HostSink)
 class PyHostSinkModel(PyLoihiProcessModel):
     inp: PyInPort = _message_port(PyInPort.VEC_DENSE)
-    payload: np.ndarray = LavaPyType(np.ndarray, MESSAGE, precision=fx.GRADED_BITS)
+    payload: np.ndarray = _message_var()
 
     def run_spk(self) -> None:
         message = self.inp.recv()
@@ -151,7 +156,7 @@ class _LayerModel(PyLoihiProcessModel):
     """Step logic shared by every on-chip node; subclasses name their input ports."""
     PORTS: tuple[str, ...] = ()
     out: PyOutPort = _message_port(PyOutPort.VEC_DENSE)
-    record: np.ndarray = LavaPyType(np.ndarray, MESSAGE, precision=fx.GRADED_BITS)
+    record: np.ndarray = _message_var()
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
@@ -189,6 +194,10 @@ class _LayerModel(PyLoihiProcessModel):
                 self.held = fx.layer_norm(self.op, fx.window_payload(self.op, x["x"], self.steps) if spikes
                                           else x["x"])
             self.record[0] = self.held
+        return self._held()
+
+    def _held(self) -> np.ndarray:
+        """The graded value this node holds on its port (zeros before its first)."""
         return self.held if self.held is not None else np.zeros(self.out.shape, dtype=np.int64)
 
     def _input(self, port: str, messages: dict[str, np.ndarray]) -> np.ndarray:
@@ -202,7 +211,7 @@ class _LayerModel(PyLoihiProcessModel):
         """Step `tau` of the window: integrate and fire (or accumulate, for a readout)."""
         readout = self.op.kind == "readout"
         if not 0 <= tau < self.steps:
-            return self.held if readout and self.held is not None else np.zeros(self.out.shape, dtype=np.int64)
+            return self._held() if readout else np.zeros(self.out.shape, dtype=np.int64)
         if tau == 0:
             self.accumulated = 0
             self.membrane = None if readout else fx.neuron_reset(self.op.neuron, self.out.shape)
@@ -212,7 +221,7 @@ class _LayerModel(PyLoihiProcessModel):
             if tau == self.steps - 1:
                 self.held = fx.readout_payload(self.op, self.accumulated, self.steps)
                 self.record[0] = self.held
-            return self.held if self.held is not None else np.zeros(self.out.shape, dtype=np.int64)
+            return self._held()
         spikes, self.membrane = fx.neuron_step(self.op.neuron, self.membrane, current)
         self.record[tau] = spikes
         return spikes
@@ -232,7 +241,7 @@ def _model(proc_cls, ports: tuple[str, ...], base=_LayerModel):
     attrs = {port: _message_port(PyInPort.VEC_DENSE) for port in ports}
     cls = type(f"Py{proc_cls.__name__}Model", (base,),
                {"PORTS": ports, "__annotations__": annotations, "__module__": __name__, **attrs})
-    return implements(proc=proc_cls, protocol=LoihiProtocol)(requires(CPU)(tag("fixed_pt")(cls)))
+    return _fixed_point_model(proc_cls)(cls)
 
 
 class _AttentionModel(_LayerModel):

@@ -8,11 +8,11 @@ the host nodes to the logits. Keys and values stay in the SSA processes'
 KV caches across tokens, so a prompt is fed token by token and generation
 continues from it.
 
-Timing (docs/time-semantics.md "Latency and alignment on hardware"): each
-connection takes one step, so a node's window starts one step after its
-spiking inputs' windows and after its graded inputs are ready; spikes that
-must meet spikes from deeper paths wait in delay lines; a token's period is
-the step its last value reaches the host, plus one.
+Timing (docs/time-semantics.md "Latency and alignment in Lava and on hardware"):
+a connection takes `hop` steps (none in Lava's simulator), so a node's window
+starts `hop` steps after its spiking inputs' windows and once its graded
+inputs are ready; spikes that must meet spikes from deeper paths wait in delay
+lines; a token's period is the step its last value reaches the host, plus one.
 """
 # No `from __future__ import annotations`: Lava executes this file as a loose module while
 # searching for process models, and dataclasses with string annotations fail there.
@@ -28,6 +28,8 @@ import torch
 from tqdm import tqdm
 
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
+from lava.magma.core.run_conditions import RunSteps
+from lava.magma.core.run_configs import Loihi2SimCfg
 from nxcompile.backends.lava_processes import (HostSink, HostSource, Norm, PortTiming, Population, ResidualAdd,
                                                SpikingSelfAttention, Timing)
 from nxcompile.compiler.graph import SpikingGraph, out_kind
@@ -36,10 +38,16 @@ from nxcompile.sim import fixed_point as fx
 from nxcompile.sim.reference import execute_node
 
 GRADED_KINDS = ("norm", "graded-add")
+ONE_ROW_KINDS = GRADED_KINDS + ("readout",)       # record one payload per token, not T rows of spikes
 # Lava's Python processes receive, in step t, what was sent in step t (a recv waits for the
 # sender's send of the same step), so a connection adds no latency in loihi2-sim; Loihi
 # hardware adds one step per connection.
 LAVA_HOP = 0
+
+
+def simulator_config() -> Loihi2SimCfg:
+    """Lava's CPU simulator in fixed point: what loihi2-sim runs on."""
+    return Loihi2SimCfg(select_tag="fixed_pt")
 
 
 @dataclass(frozen=True)
@@ -140,14 +148,12 @@ class LavaModel:
 
     def __init__(self, spiking: SpikingGraph, timesteps: int | None = None, placement: dict | None = None,
                  run_config=None, record: bool = False):
-        from lava.magma.core.run_configs import Loihi2SimCfg
-
         self.spiking = spiking
         self.timesteps = timesteps or int(spiking.meta.get("options", {}).get("timesteps", 1))
         self.program = fx.integer_program(spiking)
         self.plan = schedule(spiking, self.program, self.timesteps)
         self.host_ops = {name: fx.in_float64(spiking.op(name)) for name in self.plan.host_after}
-        self.run_config = run_config or Loihi2SimCfg(select_tag="fixed_pt")
+        self.run_config = run_config or simulator_config()
         self.record = record
         self.kv_capacity = min((op.kv_capacity for op in self.program.values() if op.kind == "ssa"), default=None)
         self.processes, self.sources, self.sinks = self._build(_cores_by_node(placement))
@@ -165,7 +171,7 @@ class LavaModel:
         processes = {}
         for name, op in self.program.items():
             sizes = {port: spiking.op(source).out_features for port, source in spiking.inputs(name).items()}
-            rows = 1 if op.kind in GRADED_KINDS or op.kind == "readout" else T
+            rows = 1 if op.kind in ONE_ROW_KINDS else T
             processes[name] = PROCESS_OF[op.kind](
                 name=name, op=op, timing=self.plan.timings[name], period=self.plan.period, timesteps=T,
                 in_sizes=sizes, out_size=spiking.op(name).out_features, record_rows=rows, cores=cores.get(name))
@@ -237,8 +243,6 @@ class LavaModel:
             else:
                 for name, source in self.sources.items():
                     source.payload.set(payloads[name])
-            from lava.magma.core.run_conditions import RunSteps
-
             started = time.perf_counter()
             self._anchor.run(condition=RunSteps(num_steps=self.plan.period))
             self.lava_seconds += time.perf_counter() - started
@@ -284,7 +288,7 @@ class LavaModel:
         values = {}
         for name, op in self.program.items():
             sent = np.stack([r.sent[name] for r in self.records])[None]
-            values[name] = sent[:, :, 0] if sent.shape[2] == 1 and op.kind in GRADED_KINDS + ("readout",) else sent
+            values[name] = sent[:, :, 0] if op.kind in ONE_ROW_KINDS else sent
         for name in self.sources:
             values[name] = np.zeros((1, len(self.records), self.spiking.op(name).out_features))
         return values
@@ -321,8 +325,6 @@ def run_netx(path, spikes_in: np.ndarray, steps: int, run_config=None, skip_laye
     run on `spikes_in` [..., time] for `steps`; returns the output layer's messages [..., steps].
     nxcompile's loader reads the file first, so a damaged or unsupported file fails with one line."""
     from lava.lib.dl import netx
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc import io
 
     from nxcompile.compiler.layers import network_from_netx
@@ -340,7 +342,7 @@ def run_netx(path, spikes_in: np.ndarray, steps: int, run_config=None, skip_laye
     source.s_out.connect(inp)
     net.out_layer.out.connect(sink.a_in)
     try:
-        net.run(condition=RunSteps(num_steps=steps), run_cfg=run_config or Loihi2SimCfg(select_tag="fixed_pt"))
+        net.run(condition=RunSteps(num_steps=steps), run_cfg=run_config or simulator_config())
         return sink.data.get()
     finally:
         net.stop()

@@ -13,7 +13,6 @@ import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
 from nxcompile.errors import UsageError
 
 
-
 def lava_loihi_installed() -> bool:
     from lava.utils import loihi
 
@@ -27,9 +26,9 @@ def run_config(target_name: str):
 
     target = get_target(target_name)
     if target.simulated:
-        from lava.magma.core.run_configs import Loihi2SimCfg
+        from nxcompile.backends.lava_sim import simulator_config
 
-        return Loihi2SimCfg(select_tag="fixed_pt")
+        return simulator_config()
     if not target.name.startswith("loihi2"):
         raise UsageError(f"Lava runs Loihi 2 only, not {target.name}; --target loihi2-sim runs the model on the CPU")
     if not lava_loihi_installed():

@@ -21,9 +21,9 @@ from nxcompile.commands_snn import (DEFAULT_CONTEXT, add_conversion_arguments,
 from nxcompile.commands_finetune import add_finetune_parser
 from nxcompile.commands_hw import add_partition_parser, add_quantize_parser
 from nxcompile.commands_energy import add_energy_parser
-from nxcompile.commands_net import add_net_parsers
+from nxcompile.commands_net import add_net_parsers, prompt_ids
 from nxcompile.commands_pipeline import cmd_pipeline
-from nxcompile.errors import NxError, UsageError
+from nxcompile.errors import NxError
 
 PIPELINE_COMMAND = "pipeline"
 
@@ -60,12 +60,7 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
 def _generate(loaded, prompt: str, max_new_tokens: int, seed: int) -> str:
     import torch
 
-    ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]
-    if ids.shape[1] == 0:
-        raise UsageError("the prompt tokenizes to nothing; give a non-empty --prompt")
-    if ids.shape[1] + max_new_tokens > loaded.config.n_positions:
-        raise UsageError(f"prompt ({ids.shape[1]} tokens) + --max-new-tokens {max_new_tokens} "
-                         f"exceeds the model's context of {loaded.config.n_positions} tokens")
+    ids = torch.tensor([prompt_ids(loaded.tokenizer, prompt, loaded.config.n_positions, max_new_tokens)])
     torch.manual_seed(seed)
     with torch.no_grad():
         out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,

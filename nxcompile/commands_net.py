@@ -136,14 +136,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_foreign(args, config)
 
 
-def prompt_ids(tokenizer, prompt: str, room: int | None) -> list[int]:
-    """The prompt's token ids; refuses a prompt that is empty as tokens or does not fit."""
+def prompt_ids(tokenizer, prompt: str, context: int | None, max_new_tokens: int) -> list[int]:
+    """The prompt's token ids; refuses a prompt that is empty as tokens or that, with the tokens
+    to generate, does not fit the model's context (None: no limit)."""
     ids = tokenizer(prompt)["input_ids"]
     if not ids:
         raise UsageError("the prompt tokenizes to nothing; give some text with --prompt")
-    if room is not None and len(ids) > room:
-        raise UsageError(f"the prompt is {len(ids)} tokens, but only {room} fit the model's context "
-                         f"with the tokens to generate; shorten it or lower --max-new-tokens")
+    if context is not None and len(ids) + max_new_tokens > context:
+        raise UsageError(f"prompt ({len(ids)} tokens) + --max-new-tokens {max_new_tokens} exceeds the model's "
+                         f"context of {context} tokens; shorten the prompt or lower --max-new-tokens")
     return ids
 
 
@@ -159,8 +160,7 @@ def _run_ours(args: argparse.Namespace, config) -> int:
     spiking, placement = load_net(args.file)
     tokenizer = load_tokenizer(args.file)
     with LavaModel(spiking, placement=placement, run_config=config, record=args.check) as model:
-        room = model.kv_capacity - args.max_new_tokens if model.kv_capacity is not None else None
-        ids = prompt_ids(tokenizer, args.prompt, room)
+        ids = prompt_ids(tokenizer, args.prompt, model.kv_capacity, args.max_new_tokens)
         logits = model.feed(ids)
         new = model.generate_from(logits[-1], args.max_new_tokens)
         print(f"{args.file}: {len(ids)} prompt tokens + {len(new)} generated, {model.plan.period} Lava steps "

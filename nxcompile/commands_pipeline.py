@@ -53,7 +53,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     from_file, placed = load_net(output)        # Lava runs what the file holds, nothing else
     with LavaModel(from_file, placement=placed, run_config=config, record=True) as lava:
-        ids = prompt_ids(loaded.tokenizer, args.prompt, lava.kv_capacity - args.max_new_tokens)
+        ids = prompt_ids(loaded.tokenizer, args.prompt, lava.kv_capacity, args.max_new_tokens)
         new = lava.generate_from(lava.feed(ids)[-1], args.max_new_tokens)
         fed = torch.tensor([lava.token_ids])
         twin = fixed_point.run(from_file, fed, lava.timesteps, keep_values=True)
