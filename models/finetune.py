@@ -17,8 +17,11 @@ trainable ops, with the straight-through estimator for the rounding, so the
 loss is that of the fixed-point network the target runs, and the saved graph
 holds exactly the on-grid values the quantiser will find again.
 
-Loss = next-token cross-entropy + KL(ANN logits || SNN logits) + the mean over
-blocks of (1 - cosine) between the ANN's and the SNN's residual streams.
+Loss = lm_weight * next-token cross-entropy + kl_weight * KL(ANN logits || SNN
+logits) + hidden_weight * the mean over blocks of (1 - cosine) between the ANN's
+and the SNN's residual streams. The learning rate is constant or warms up
+linearly and then decays along a cosine to a tenth (`schedule`), as gpt2-tiny's own
+training did.
 Deterministic for a seed: step s draws its windows from a generator seeded
 with (seed, s), so a resumed run draws what an uninterrupted one would.
 """
@@ -40,9 +43,11 @@ from nxcompile.compiler.targets import Target
 from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
 from nxcompile.sim import reference
+from nxcompile.models.train_tiny import learning_rate as warmup_cosine
 from nxcompile.sim.evaluate import ann_forward
 
 SCOPES = ("ssa", "all")
+SCHEDULES = ("constant", "cosine")
 # slayer's surrogate on v / theta: derivative scale_rho / (2 tau_rho) * exp(-|v/theta - 1| / tau_rho),
 # slayer's own defaults (tau_grad = scale_grad = 1 in its neuron classes).
 TAU_RHO = 1.0
@@ -65,6 +70,9 @@ class FinetuneOptions:
     seed: int = 0
     kl_weight: float = 1.0
     hidden_weight: float = 1.0
+    lm_weight: float = 1.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
     device: str = "cpu"
 
     def __post_init__(self):
@@ -72,19 +80,34 @@ class FinetuneOptions:
                   (self.learning_rate > 0, "the learning rate must be > 0"),
                   (self.batch_size > 0 and self.context > 1 and self.timesteps > 0,
                    "batch size, context (> 1) and timesteps must be positive"),
-                  (self.scope in SCOPES, f"unknown scope {self.scope!r}; choose {SCOPES}")]
+                  (self.scope in SCOPES, f"unknown scope {self.scope!r}; choose {SCOPES}"),
+                  (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose {SCHEDULES}"),
+                  (self.warmup_steps >= 0, "warm-up steps must be >= 0"),
+                  (min(self.kl_weight, self.hidden_weight, self.lm_weight) >= 0
+                   and max(self.kl_weight, self.hidden_weight, self.lm_weight) > 0,
+                   "loss weights must be >= 0 and not all 0")]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
 
 
+def learning_rate_at(step: int, options: FinetuneOptions) -> float:
+    """The learning rate of step `step` (0-based): a function of the step alone, so a resumed
+    run follows the same schedule. `cosine` is the schedule that trained gpt2-tiny itself."""
+    if options.schedule == "cosine":
+        return warmup_cosine(step, options.steps, options.learning_rate, options.warmup_steps)
+    return options.learning_rate * min(1.0, (step + 1) / max(1, options.warmup_steps))
+
+
 def slayer_spike(neuron: NeuronModel, v_over_threshold: torch.Tensor) -> torch.Tensor:
     """The spike a neuron sends, through slayer's surrogate-gradient spike function.
     Binary: H(v/theta - 1); ternary: H(v/theta - 1) - H(-v/theta - 1) (identical to
-    `reference.spike_levels`). Graded payloads have no surrogate here: they
-    send their exact levels and pass no gradient."""
+    `reference.spike_levels`). A graded payload (floor(v/theta), up to 255 levels)
+    would need one slayer spike per level; it sends its exact level and passes the
+    gradient straight through within its range instead."""
     if neuron.payload_max > 1:
-        return reference.spike_levels(neuron, v_over_threshold.detach())
+        inside = v_over_threshold.clamp(*reference.payload_range(neuron))
+        return inside + (reference.spike_levels(neuron, v_over_threshold.detach()) - inside).detach()
     spike = Spike.apply
     up = spike(v_over_threshold, 1.0, TAU_RHO, SCALE_RHO, False, 0, 1)
     return up - spike(-v_over_threshold, 1.0, TAU_RHO, SCALE_RHO, False, 0, 1) if neuron.signed else up
@@ -124,10 +147,6 @@ class TrainableGraph(torch.nn.Module):
         self.params = torch.nn.ParameterDict()
         for name in names:
             op = spiking.op(name)
-            neuron = getattr(op, "neuron", None)
-            if neuron is not None and neuron.payload_max > 1:
-                raise UsageError(f"{name} sends graded spikes, which have no surrogate gradient; "
-                                 f"convert with --neuron if or lif to fine-tune")
             for path in self.fields[name]:
                 self.params[self._key(name, path)] = torch.nn.Parameter(_get(op, path).detach().clone())
         # Frozen on-chip nodes run on the grid too: the loss is the deployed network's.
@@ -182,7 +201,7 @@ def distillation_loss(run: reference.RunResult, ids: torch.Tensor, ann_logits: t
                   log_target=True, reduction="batchmean")
     hidden = torch.stack([1 - F.cosine_similarity(run.hidden[b], h, dim=-1).mean()
                           for b, h in enumerate(ann_hidden)]).mean()
-    total = lm + options.kl_weight * kl + options.hidden_weight * hidden
+    total = options.lm_weight * lm + options.kl_weight * kl + options.hidden_weight * hidden
     return {"loss": total, "lm": lm, "kl": kl, "hidden": hidden}
 
 
@@ -244,6 +263,8 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
         optimizer.load_state_dict(resume.optimizer)
         state = dataclasses.replace(resume, options=dataclasses.asdict(options))
     for step in range(state.step, options.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, options)
         ids = batch_for_step(train_windows, step, options).to(device)
         ann_logits, ann_hidden = ann_forward(model, ids)
         run = reference.run(spiking, ids, options.timesteps, ops=trainable.grid_ops(), spike=slayer_spike)

@@ -57,6 +57,7 @@ def batches(tokens: torch.Tensor, batch_size: int, context: int, steps: int,
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to `peak`, then a cosine decay to a tenth of it at `steps`."""
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)

@@ -15,7 +15,7 @@ from nxcompile.errors import UsageError
 
 
 def add_finetune_parser(commands) -> None:
-    from nxcompile.models.finetune import SCOPES
+    from nxcompile.models.finetune import SCHEDULES, SCOPES
 
     parser = commands.add_parser("finetune", help="fine-tune the spiking model with lava-dl surrogate gradients")
     add_model_arguments(parser)
@@ -30,7 +30,15 @@ def add_finetune_parser(commands) -> None:
                         help="tokens per training window (default: --context, the scored window: SSA "
                              "sums over every past token, so train on the lengths it will see)")
     parser.add_argument("--batch-size", type=positive_int, default=2, help="windows per step (default 2)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, the peak of the schedule "
+                                                               "(default 1e-3)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
+                        help="learning rate: constant, or a cosine decay to a tenth after the warm-up")
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=0, help="linear warm-up steps")
+    parser.add_argument("--kl-weight", type=float, default=1.0, help="weight of KL(ANN logits || SNN logits)")
+    parser.add_argument("--hidden-weight", type=float, default=1.0,
+                        help="weight of 1 - cos between the ANN's and the SNN's residual streams")
+    parser.add_argument("--lm-weight", type=float, default=1.0, help="weight of the next-token cross-entropy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", default="loihi2", help="the precision to train for (quantisation-aware)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -98,7 +106,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     target = get_target(args.target)
     options = FinetuneOptions(steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
                               context=args.train_context or args.context, timesteps=args.timesteps, scope=args.scope,
-                              seed=args.seed, device=args.device)
+                              seed=args.seed, kl_weight=args.kl_weight, hidden_weight=args.hidden_weight,
+                              lm_weight=args.lm_weight, schedule=args.schedule, warmup_steps=args.warmup_steps,
+                              device=args.device)
     output = args.output or Path(f"finetuned-{args.model.replace(':', '-')}.safetensors")
     resume = TrainState.load(state_path(output)) if args.resume else None
     if not args.resume and state_path(output).exists():

@@ -10,8 +10,8 @@ from nxcompile.compiler.convert import ConversionOptions, convert
 from nxcompile.compiler.graph import NeuronModel, load_graph, save_graph
 from nxcompile.compiler.quantize import on_grid, quantisable, quantize
 from nxcompile.compiler.targets import TARGETS
-from nxcompile.models.finetune import (FinetuneOptions, TrainableGraph, TrainState, finetune, slayer_spike,
-                                       trainable_nodes)
+from nxcompile.models.finetune import (FinetuneOptions, TrainableGraph, TrainState, distillation_loss, finetune,
+                                       learning_rate_at, slayer_spike, trainable_nodes)
 from nxcompile.sim import reference
 from tests.test_convert_reference import small_gpt2, token_batch
 
@@ -24,6 +24,34 @@ def small():
     model = small_gpt2(n_layer=1, n_embd=32, n_head=2)
     graph = convert(model, ConversionOptions(timesteps=4), token_batch(2, 32, 200))
     return model, graph, token_batch(12, 16, 200, seed=7)
+
+
+def test_learning_rate_schedules_warm_up_and_decay_as_functions_of_the_step():
+    cosine = FinetuneOptions(steps=100, learning_rate=1.0, schedule="cosine", warmup_steps=10)
+    rates = [learning_rate_at(s, cosine) for s in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] == pytest.approx(0.1, abs=1e-3)
+    constant = FinetuneOptions(steps=100, learning_rate=1.0, warmup_steps=4)
+    assert [learning_rate_at(s, constant) for s in (0, 3, 50)] == [0.25, 1.0, 1.0]
+
+
+def test_loss_weights_weigh_the_three_terms(small):
+    model, graph, ids = small
+    run = reference.run(graph, ids[:2], 4)
+    ann_logits, ann_hidden = __import__("nxcompile.sim.evaluate", fromlist=["x"]).ann_forward(model, ids[:2])
+    terms = distillation_loss(run, ids[:2], ann_logits, ann_hidden, OPTIONS)
+    weighted = distillation_loss(run, ids[:2], ann_logits, ann_hidden,
+                                 dataclasses.replace(OPTIONS, lm_weight=0.0, kl_weight=2.0, hidden_weight=3.0))
+    assert weighted["loss"] == pytest.approx(float(2 * terms["kl"] + 3 * terms["hidden"]), rel=1e-6)
+
+
+def test_graded_spikes_pass_the_gradient_straight_through_within_their_range():
+    neuron = NeuronModel(threshold=torch.ones(1), payload_max=255)
+    x = torch.tensor([-3.0, 0.4, 2.7, 100.2, 300.0], requires_grad=True)
+    sent = slayer_spike(neuron, x)
+    assert sent.tolist() == [0.0, 0.0, 2.0, 100.0, 255.0]
+    sent.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
 @pytest.mark.parametrize("signed", [False, True])
