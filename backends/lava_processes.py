@@ -214,7 +214,7 @@ class _LayerModel(PyLoihiProcessModel):
             return self._held() if readout else np.zeros(self.out.shape, dtype=np.int64)
         if tau == 0:
             self.accumulated = 0
-            self.membrane = None if readout else fx.neuron_reset(self.op.neuron, self.out.shape)
+            self.membrane = None if readout else fx.neuron_reset(self.neuron(token), self.out.shape)
         current = self.current(tau, token, {port: self._input(port, messages) for port in self.PORTS})
         if readout:
             self.accumulated = self.accumulated + current
@@ -222,9 +222,13 @@ class _LayerModel(PyLoihiProcessModel):
                 self.held = fx.readout_payload(self.op, self.accumulated, self.steps)
                 self.record[0] = self.held
             return self._held()
-        spikes, self.membrane = fx.neuron_step(self.op.neuron, self.membrane, current)
+        spikes, self.membrane = fx.neuron_step(self.neuron(token), self.membrane, current)
         self.record[tau] = spikes
         return spikes
+
+    def neuron(self, token: int) -> fx.IntNeuron:
+        """The population's dynamics for this token."""
+        return self.op.neuron
 
     def current(self, tau: int, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
         """State-unit input current of this step."""
@@ -246,6 +250,9 @@ def _model(proc_cls, ports: tuple[str, ...], base=_LayerModel):
 
 class _AttentionModel(_LayerModel):
     kv_cache: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=8)
+
+    def neuron(self, token: int) -> fx.IntNeuron:
+        return fx.query_neuron(self.op, token)
 
     def current(self, tau: int, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
         """Writes this token's K, V spikes into the cache, then attends over every cached token."""

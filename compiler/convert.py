@@ -34,6 +34,7 @@ with the choices that paper studies selectable:
     per-channel minimum over the vocabulary, which the receivers add back)
     or `graded` (the embedding as a graded spike at every step).
 SSA and the feed-forward conversion are those of neurtransformer.
+
 """
 from __future__ import annotations
 
@@ -63,6 +64,14 @@ NEURON_MODELS = {"if": (0.0, 1), "lif": (1.0 / 16, 1), "graded": (0.0, 255)}
 # least-squares error against gelu_new on a normal of std 2.
 GELU_HINGES = {"hinge3": (-2.75, -0.5, 0.25), "relu": ()}
 HOST_CHOICES = ("embed", "norm", "final_norm", "lm_head")
+# SSA variants that stay on chip: `sum` is the method's SSA; `position` divides query i's
+# sum by the i + 1 keys it attends to (graph.SSA.position_norm).
+SSA_NORMS = ("sum", "position")
+# How many thresholds a population has: one per layer; `head`: one per SSA head (a per-head
+# scale of attention); `neuron`: one per neuron wherever the value a spike stands for is folded
+# into the next layer's weights (spike encoders, MLP hidden populations, SSA outputs). Q, K and
+# V keep one per layer: SSA counts their coincidences unweighted.
+THRESHOLDS = ("layer", "head", "neuron")
 _PERCENTILE_SAMPLE = 1 << 20
 
 
@@ -82,6 +91,9 @@ class ConversionOptions:
     embedding: str = "rate"
     norm: str = "layernorm"
     residual: str = "spiking"
+    ssa_norm: str = "sum"
+    thresholds: str = "layer"
+    qkv_neuron: str = ""          # the Q, K and V populations' neuron model ("": as `neuron`)
 
     def __post_init__(self):
         checks = [(self.method in METHODS, f"unknown method {self.method!r}; choose {METHODS}"),
@@ -94,7 +106,11 @@ class ConversionOptions:
                   (set(self.host) <= set(HOST_CHOICES), f"host nodes must be among {HOST_CHOICES}"),
                   (self.embedding in EMBEDDINGS, f"unknown embedding {self.embedding!r}; choose {EMBEDDINGS}"),
                   (self.norm in NORMS, f"unknown norm {self.norm!r}; choose {NORMS}"),
-                  (self.residual in RESIDUALS, f"unknown residual {self.residual!r}; choose {RESIDUALS}")]
+                  (self.residual in RESIDUALS, f"unknown residual {self.residual!r}; choose {RESIDUALS}"),
+                  (self.ssa_norm in SSA_NORMS, f"unknown SSA normalisation {self.ssa_norm!r}; choose {SSA_NORMS}"),
+                  (self.thresholds in THRESHOLDS, f"unknown thresholds {self.thresholds!r}; choose {THRESHOLDS}"),
+                  (self.qkv_neuron in ("",) + tuple(NEURON_MODELS), f"unknown Q/K/V neuron model "
+                                                                   f"{self.qkv_neuron!r}; choose {tuple(NEURON_MODELS)}")]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
@@ -169,10 +185,15 @@ def _linear(conv1d) -> tuple[torch.Tensor, torch.Tensor]:
     return conv1d.weight.detach().T.contiguous().float(), conv1d.bias.detach().float().clone()
 
 
-def _neuron(options: ConversionOptions, signed: bool = False) -> NeuronModel:
-    leak, levels = NEURON_MODELS[options.neuron]
+def _neuron(options: ConversionOptions, signed: bool = False, model: str = "") -> NeuronModel:
+    leak, levels = NEURON_MODELS[model or options.neuron]
     payload_max = levels // 2 if signed and levels > 1 else levels
     return NeuronModel(threshold=torch.ones(1), leak=leak, signed=signed, payload_max=payload_max)
+
+
+def _groups(options: ConversionOptions, neurons: int, layer_groups: int = 1) -> int:
+    """How many separately calibrated thresholds a population whose spikes the next weights read gets."""
+    return neurons if options.thresholds == "neuron" else layer_groups
 
 
 def _fold(weight: torch.Tensor, spike_value: torch.Tensor) -> torch.Tensor:
@@ -224,13 +245,13 @@ def _branch_input(b: _CalibratingBuilder, prefix: str, norm_name: str, norm, x: 
     if options.method == "neurtransformer" or options.norm == "layernorm":
         node = _layer_norm(b, norm_name, norm, x, options, i, scale, offset)
         enc = b.add(f"{prefix}.encode", Encode(_width(b, node), _neuron(options, signed=True)), {"x": node},
-                    block=i)
+                    block=i, groups=_groups(options, _width(b, node)))
         return enc, b.spike_value(enc), torch.zeros(1)
     value = reference.decode_output(b.spiking.op(x), b.values[x])
     gain, shift = _norm_affine(norm, options.norm, value)
     if _is_graded(b, x):
         enc = b.add(f"{prefix}.encode", Encode(_width(b, x), _neuron(options, signed=True), gain, shift),
-                    {"x": x}, block=i)
+                    {"x": x}, block=i, groups=_groups(options, _width(b, x)))
         return enc, b.spike_value(enc), torch.zeros(1)
     return x, scale * gain, offset * gain + shift
 
@@ -264,7 +285,8 @@ def _attention(b: _CalibratingBuilder, block, i: int, x: str, options: Conversio
     source, gain, shift = _branch_input(b, f"h{i}.attn", f"h{i}.ln_1", block.ln_1, x, options, i)
     weight, bias = _linear(block.attn.c_attn)
     qkv = {part: b.add(f"h{i}.attn.{part}", _dense_from(rows, part_bias.clone(), gain, shift,
-                                                        _neuron(options)), {"x": source}, block=i)
+                                                        _neuron(options, model=options.qkv_neuron)),
+                       {"x": source}, block=i)
            for part, rows, part_bias in zip("qkv", weight.split(d, dim=0), bias.split(d))}
     head_dim = d // cfg_heads
     scale = options.ssa_scale if options.ssa_scale is not None else 1.0 / math.sqrt(head_dim)
@@ -272,7 +294,9 @@ def _attention(b: _CalibratingBuilder, block, i: int, x: str, options: Conversio
     # payload_max, so the scale divides each of the three back to [0, 1].
     scale /= b.spiking.op(qkv["q"]).neuron.payload_max ** 3
     ssa = b.add(f"h{i}.attn.ssa", SSA(cfg_heads, head_dim, scale, _neuron(options),
-                                      kv_capacity=b.spiking.meta["n_positions"]), qkv, block=i)
+                                      kv_capacity=b.spiking.meta["n_positions"],
+                                      position_norm=options.ssa_norm == "position"), qkv, block=i,
+                groups=_groups(options, d, cfg_heads if options.thresholds == "head" else 1))
     out_w, out_b = _linear(block.attn.c_proj)
     return _branch_output(b, f"h{i}.attn", out_w, out_b, ssa, x, options, i)
 
@@ -287,7 +311,7 @@ def _feed_forward(b: _CalibratingBuilder, block, i: int, x: str, options: Conver
     fc = b.add(f"h{i}.mlp.c_fc",
                Dense(fc_dense.weight.repeat(hinges, 1),
                      torch.cat([fc_dense.bias - bk for bk in breakpoints]), _neuron(options)),
-               {"x": source}, block=i, groups=hinges)
+               {"x": source}, block=i, groups=_groups(options, fc_dense.out_features * hinges, hinges))
     proj_w, proj_b = _linear(block.mlp.c_proj)
     mixed = torch.cat([proj_w * a for a in coeffs], dim=1)
     return _branch_output(b, f"h{i}.mlp", mixed, proj_b, fc, x, options, i)

@@ -153,14 +153,18 @@ class SSA:
         I_i[t] = scale * sum_{j <= i} (Q_i[t] . K_j[t]) V_j[t]      (no softmax)
         output = neuron(I)
 
-    Keys and values of past tokens stay in synaptic memory (the KV cache, at
-    most `kv_capacity` tokens)."""
+    With `position_norm`, I_i[t] is divided by i + 1, the number of keys query i
+    attends to (a per-position constant, applied on chip as a threshold of
+    theta * (i + 1)), so the sum becomes a mean and its scale no longer grows
+    along the sequence. Keys and values of past tokens stay in synaptic memory
+    (the KV cache, at most `kv_capacity` tokens)."""
     n_head: int
     head_dim: int
     scale: float
     neuron: NeuronModel
     causal: bool = True
     kv_capacity: int = 1024
+    position_norm: bool = False
 
     @property
     def out_features(self) -> int:

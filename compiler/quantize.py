@@ -123,8 +123,8 @@ def _quantise_op(op, target: Target):
     if isinstance(op, SSA):
         unit = _ssa_unit(op)
         fmt = LayerFormat(0, ALIGN_BITS, 0, 1, 2 ** (target.threshold_bits + ALIGN_BITS) - 1)
-        return SSA(op.n_head, op.head_dim, 2.0 ** ALIGN_BITS, _quantise_neuron(op.neuron, fmt, target, unit),
-                   op.causal, op.kv_capacity), fmt
+        return dataclasses.replace(op, scale=2.0 ** ALIGN_BITS,
+                                   neuron=_quantise_neuron(op.neuron, fmt, target, unit)), fmt
     fmt = layer_format(_weights(op), op.neuron.threshold, op.bias, target)
     q = lambda w: _weight_on_grid(w, fmt, target)   # noqa: E731
     q_bias = _bias_on_grid(op.bias, fmt, target)

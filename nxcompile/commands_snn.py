@@ -13,7 +13,6 @@ from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
 
 DEFAULT_CONTEXT = 256
-CALIBRATION_WINDOWS = 8
 
 
 def _int_at_least(text: str, least: int) -> int:
@@ -51,7 +50,7 @@ def load_from_args(args: argparse.Namespace):
 
 def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     from nxcompile.compiler.convert import (EMBEDDINGS, GELU_HINGES, METHODS, NEURON_MODELS, NORMS,
-                                            RESIDUALS)
+                                            RESIDUALS, SSA_NORMS, THRESHOLDS)
 
     parser.add_argument("--method", default="neurtransformer", choices=METHODS)
     parser.add_argument("--timesteps", "-T", type=positive_int, default=8,
@@ -65,6 +64,15 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
                         help="spikedecoder: normalisation variant")
     parser.add_argument("--residual", default="spiking", choices=RESIDUALS,
                         help="spikedecoder: residual stream as spikes or graded values")
+    parser.add_argument("--ssa-norm", default="sum", choices=SSA_NORMS,
+                        help="SSA: the method's sum over keys, or divided by the keys a query attends to")
+    parser.add_argument("--thresholds", default="layer", choices=THRESHOLDS,
+                        help="one threshold per layer; per SSA head; or per neuron where the next weights read "
+                             "the spikes (encoders, MLP hidden, SSA outputs)")
+    parser.add_argument("--qkv-neuron", default="", choices=("",) + tuple(NEURON_MODELS),
+                        help="neuron model of the Q, K, V populations (default: --neuron)")
+    parser.add_argument("--calibration-percentile", type=float, default=99.9,
+                        help="each threshold is this percentile of its population's input current (default 99.9)")
     parser.add_argument("--host", default="embed,final_norm,lm_head",
                         help="comma list of nodes kept on the host: embed, norm (block norms), "
                              "final_norm, lm_head")
@@ -87,17 +95,17 @@ def build_graph(args, loaded):
     """Convert `loaded` with the CLI's options, calibrated on the training split
     (or read the --graph file made from the same model)."""
     from nxcompile.compiler.convert import ConversionOptions, convert
-    from nxcompile.models.corpus import load_corpus
-    from nxcompile.models.perplexity import windows
+    from nxcompile.models.corpus import calibration_windows
 
     if getattr(args, "graph", None) is not None:
         return _read_graph(args.graph, loaded.name)
 
     options = ConversionOptions(method=args.method, timesteps=args.timesteps, neuron=args.neuron,
                                 gelu=args.gelu, host=tuple(h for h in args.host.split(",") if h),
-                                embedding=args.embedding, norm=args.norm, residual=args.residual)
-    train_ids = text_token_ids(loaded.tokenizer, load_corpus().train[:200_000])
-    calibration = windows(train_ids, context_of(args, loaded))[:CALIBRATION_WINDOWS]
+                                embedding=args.embedding, norm=args.norm, residual=args.residual,
+                                ssa_norm=args.ssa_norm, thresholds=args.thresholds, qkv_neuron=args.qkv_neuron,
+                                calibration_percentile=args.calibration_percentile)
+    calibration = calibration_windows(loaded.tokenizer, context_of(args, loaded))
     print(f"converting {loaded.name} ({args.method}), calibrating on "
           f"{calibration.numel()} training tokens", file=sys.stderr)
     return convert(loaded.model, options, calibration, model_name=loaded.name)

@@ -66,6 +66,7 @@ class IntOp:
     head_dim: int = 0
     scale: int = 0                            # ssa: state units per count
     kv_capacity: int = 0
+    position_norm: bool = False               # ssa: divide query i's current by i + 1
     norm_weight: np.ndarray | None = None     # norm, payload units
     norm_bias: np.ndarray | None = None
     eps: int = 1                              # norm, 2**(2F) units
@@ -126,7 +127,7 @@ def _int_op(spiking: SpikingGraph, name: str) -> IntOp:
     if isinstance(op, SSA):
         return IntOp("ssa", neuron, n_head=op.n_head, head_dim=op.head_dim,
                      scale=int(_integers(torch.tensor([op.scale]), f"{name}: scale")[0]),
-                     kv_capacity=op.kv_capacity)
+                     kv_capacity=op.kv_capacity, position_norm=op.position_norm)
     if isinstance(op, Dense):
         return IntOp("dense", neuron, _integers(op.weight, f"{name}: weight"), _integers(op.bias, f"{name}: bias"))
     if isinstance(op, Add):
@@ -201,6 +202,16 @@ def layer_norm(op: IntOp, p: np.ndarray) -> np.ndarray:
     return saturate(centred * op.norm_weight // isqrt(variance + op.eps) + op.norm_bias)
 
 
+def query_neuron(op: IntOp, positions) -> IntNeuron:
+    """The SSA neuron of the queries at `positions` (0-based: an array [S, 1], or one token's
+    index). With position_norm its threshold and initial voltage are (i + 1) times the stored
+    ones, which divides query i's current by the number of keys it attends to without rounding."""
+    if not op.position_norm:
+        return op.neuron
+    factor = np.asarray(positions, dtype=np.int64) + 1
+    return dataclasses.replace(op.neuron, threshold=op.neuron.threshold * factor, v_init=op.neuron.v_init * factor)
+
+
 def ssa_heads(op: IntOp, x: np.ndarray) -> np.ndarray:
     """[..., H*hd] -> [..., H, hd]."""
     return x.reshape(x.shape[:-1] + (op.n_head, op.head_dim))
@@ -254,6 +265,8 @@ def execute(op: IntOp, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndar
     current = _current(op, inputs, timesteps)
     if op.kind == "readout":
         return readout_payload(op, current.sum(2), timesteps)
+    if op.kind == "ssa":
+        return _fire(query_neuron(op, np.arange(current.shape[1])[:, None]), current)
     return _fire(op.neuron, current)
 
 

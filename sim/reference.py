@@ -102,7 +102,8 @@ def _dense(op: Dense, inputs, ctx) -> torch.Tensor:
 
 
 def ssa_current(op: SSA, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """scale * sum_{j<=i} (Q_i[t].K_j[t]) V_j[t], per head and step; [B, S, T, H*hd]."""
+    """scale * sum_{j<=i} (Q_i[t].K_j[t]) V_j[t] (/ (i + 1) with position_norm), per head and step;
+    [B, S, T, H*hd]."""
     b, s, t, _ = q.shape
 
     def heads(x):  # [B, S, T, H*hd] -> [B, H, T, S, hd]
@@ -112,6 +113,8 @@ def ssa_current(op: SSA, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> t
     if op.causal:
         scores = scores.masked_fill(~torch.ones(s, s, dtype=torch.bool, device=q.device).tril(), 0.0)
     out = (scores @ heads(v)) * op.scale
+    if op.position_norm:       # query i attends to i + 1 keys
+        out = out / torch.arange(1, s + 1, dtype=out.dtype, device=out.device)[:, None]
     return out.permute(0, 3, 2, 1, 4).reshape(b, s, t, op.n_head * op.head_dim)
 
 

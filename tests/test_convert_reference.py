@@ -97,8 +97,9 @@ def test_gelu_hinges_fit_the_models_activation():
         0.25 * float((relu_only - ACT2FN["gelu_new"](x)).pow(2).mean())
 
 
-def loop_ssa(q, k, v, n_head, scale) -> np.ndarray:
-    """SSA written as its formula with explicit loops, independent of the executor."""
+def loop_ssa(q, k, v, n_head, scale, position_norm: bool = False) -> np.ndarray:
+    """SSA written as its formula with explicit loops, independent of the executor
+    (position_norm: query i's sum divided by its i + 1 keys)."""
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
     b_size, s_len, t_len, d = q.shape
     hd = d // n_head
@@ -109,16 +110,51 @@ def loop_ssa(q, k, v, n_head, scale) -> np.ndarray:
                 cols = slice(h * hd, (h + 1) * hd)
                 for i in range(s_len):
                     for j in range(i + 1):
-                        out[b, i, t, cols] += scale * (q[b, i, t, cols] @ k[b, j, t, cols]) * v[b, j, t, cols]
+                        out[b, i, t, cols] += scale * (q[b, i, t, cols] @ k[b, j, t, cols]) * v[b, j, t, cols] \
+                            / (i + 1 if position_norm else 1)
     return out
 
 
-def test_ssa_matches_the_formula_on_random_spikes():
+@pytest.mark.parametrize("position_norm", [False, True])
+def test_ssa_matches_the_formula_on_random_spikes(position_norm):
     gen = torch.Generator().manual_seed(3)
     q, k, v = ((torch.rand(2, 6, 3, 8, generator=gen) < 0.4).float() for _ in range(3))
-    op = SSA(n_head=2, head_dim=4, scale=0.25, neuron=NeuronModel(torch.tensor([1.0])))
+    op = SSA(n_head=2, head_dim=4, scale=0.25, neuron=NeuronModel(torch.tensor([1.0])), position_norm=position_norm)
     np.testing.assert_allclose(reference.ssa_current(op, q, k, v).numpy(),
-                               loop_ssa(q, k, v, 2, 0.25), rtol=0, atol=1e-5)
+                               loop_ssa(q, k, v, 2, 0.25, position_norm), rtol=0, atol=1e-5)
+
+
+def test_position_normalised_ssa_in_fixed_point_is_the_float_one():
+    """On chip the division by i + 1 is a threshold of theta (i + 1): the same spikes as dividing the
+    current, on integer-valued inputs where both are exact."""
+    from nxcompile.sim import fixed_point as fx
+
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = ((torch.rand(1, 7, 4, 8, generator=gen) < 0.5).float() for _ in range(3))
+    neuron = NeuronModel(torch.tensor([96.0]))
+    op = SSA(n_head=2, head_dim=4, scale=64.0, neuron=neuron, position_norm=True)
+    floating = reference.fire(neuron, reference.ssa_current(op, q, k, v), 4)
+    int_op = fx.IntOp("ssa", fx.IntNeuron(np.array([96]), np.array([48]), fx.DECAY_UNITS, False, 1),
+                      n_head=2, head_dim=4, scale=64, position_norm=True)
+    fixed = fx.execute(int_op, {p: x.numpy().astype(np.int64) for p, x in zip("qkv", (q, k, v))}, 4)
+    np.testing.assert_array_equal(fixed, floating.numpy())
+    assert fixed.sum() > 0
+
+
+@pytest.mark.parametrize("thresholds", ["head", "neuron"])
+def test_finer_thresholds_change_no_value_when_nothing_clips(thresholds):
+    """Calibrated at the 100th percentile nothing clips, so in the rate limit a layer's value does not
+    depend on how many thresholds it has: the spike value each one stands for is folded into the next
+    weights (per-head / per-neuron thresholds are shapes, not approximations)."""
+    model = small_gpt2()
+    ids = token_batch(2, 32, 200)
+    per_layer = convert(model, ConversionOptions(calibration_percentile=100.0), ids)
+    finer = convert(model, ConversionOptions(calibration_percentile=100.0, thresholds=thresholds), ids)
+    assert finer.op("h0.attn.ssa").neuron.threshold.numel() == 64
+    if thresholds == "neuron":
+        assert finer.op("h0.mlp.c_fc").neuron.threshold.numel() == 3 * 256
+    torch.testing.assert_close(reference.run(finer, ids, None).logits, reference.run(per_layer, ids, None).logits,
+                               rtol=1e-4, atol=1e-4)
 
 
 def loop_if(current: np.ndarray, threshold: float, v_init: float, leak: float, signed: bool,
