@@ -159,7 +159,8 @@ class LavaModel:
         self.processes, self.sources, self.sinks = self._build(_cores_by_node(placement))
         self.token_ids: list[int] = []
         self.steps_run = 0
-        self.lava_seconds = 0.0
+        self.lava_seconds = 0.0        # inside Lava's run of each token's steps
+        self.token_seconds = 0.0       # whole tokens as a caller waits for them, compile left out
         self.records: list[TokenRecord] = []
         self.logits: list[torch.Tensor] = []
         self._started = False
@@ -231,6 +232,7 @@ class LavaModel:
         if self.kv_capacity is not None and len(self.token_ids) >= self.kv_capacity:
             raise UsageError(f"the sequence is longer than the KV cache ({self.kv_capacity} tokens, the model's "
                              f"context); use a shorter prompt or fewer new tokens")
+        token_started = time.perf_counter()
         self.token_ids.append(int(token_id))
         before = self._host_before()
         payloads = {name: fx.to_payload(before[name][0, 0].double().numpy()).astype(np.int32)
@@ -252,6 +254,8 @@ class LavaModel:
                                              for name, p in self.processes.items()}))
         logits = self._host_after(before)[0, 0]
         self.logits.append(logits)
+        self.token_seconds += time.perf_counter() - token_started - (self.compile_seconds if len(self.token_ids) == 1
+                                                                     else 0.0)
         return logits
 
     def _host_after(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -309,6 +313,14 @@ class LavaModel:
     @property
     def steps_per_second(self) -> float:
         return self.steps_run / self.lava_seconds if self.lava_seconds else 0.0
+
+    def speed(self) -> str:
+        """Seconds per token as a caller waits for them, beside the part Lava's own steps take."""
+        tokens = max(1, self.tokens_run)
+        recording = ", reading every layer's record" if self.record else ""
+        return (f"{self.token_seconds / tokens:.2f} s per token wall (host embedding and LM head, Lava{recording}); "
+                f"Lava's steps {self.lava_seconds / tokens:.2f} s per token ({self.plan.period} steps at "
+                f"{self.steps_per_second:.0f} steps/s); compile {self.compile_seconds:.1f} s")
 
 
 def _cores_by_node(placement: dict | None) -> dict[str, list[int]]:

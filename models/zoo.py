@@ -17,6 +17,9 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedT
 from nxcompile.errors import UsageError
 
 SHIPPED_TINY_DIR = Path(__file__).resolve().parent / "gpt2_tiny"
+# Fine-tuned spiking graphs shipped with a model (`make finetune-tiny` makes this one): the
+# compiler uses them by default for that model and method.
+SHIPPED_GRAPHS = {("gpt2-tiny", "neurtransformer"): SHIPPED_TINY_DIR / "neurtransformer-finetuned.safetensors"}
 RANDOM_PREFIX = "random:"
 RANDOM_WEIGHTS_SEED = 0
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -178,3 +181,9 @@ def load_model(spec: str, model_path: Path | None = None) -> LoadedModel:
     model, tokenizer = _load_pretrained(Path(where))
     _check_architecture(entry, model.config, Path(where))
     return LoadedModel(entry.name, model, tokenizer, str(where), random_weights=False)
+
+
+def shipped_graph(model_name: str, method: str) -> Path | None:
+    """The fine-tuned spiking graph shipped for this model and conversion method, if any."""
+    path = SHIPPED_GRAPHS.get((model_name, method))
+    return path if path is not None and path.is_file() else None

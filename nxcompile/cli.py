@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="GPT-2 -> spiking graph file")
     add_model_arguments(convert)
-    add_conversion_arguments(convert)
+    add_conversion_arguments(convert, shipped=False)
     convert.add_argument("--output", "-o", type=Path, required=True,
                          help="where to write the graph (.safetensors)")
     convert.set_defaults(handler=cmd_convert)

@@ -88,8 +88,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
     for scope, by_model in summaries(rows).items():
         print(f"{scope}:")
         for m, s in by_model.items():
-            print(f"  {m:10} SNN {s.snn_pj / 1e3:10.1f} nJ | ANN {s.ann_pj / 1e3:10.1f} nJ | "
-                  f"reduction {100 * s.reduction:+.1f}%")
+            print(f"  {m:10} SNN {s.snn_pj / 1e3:10.1f} nJ | ANN {s.ann_pj / 1e3:10.1f} nJ | SNN {s.change()}")
     print("energy models:")
     for m in ENERGY_MODELS.values():
         print(f"  {m.name:10} {m.source}")

@@ -19,7 +19,7 @@ def add_finetune_parser(commands) -> None:
 
     parser = commands.add_parser("finetune", help="fine-tune the spiking model with lava-dl surrogate gradients")
     add_model_arguments(parser)
-    add_conversion_arguments(parser)
+    add_conversion_arguments(parser, shipped=False)
     parser.add_argument("--steps", type=non_negative_int, default=200, help="optimiser steps (default 200)")
     parser.add_argument("--scope", choices=SCOPES, default="ssa",
                         help="ssa: Q/K/V, SSA thresholds and attention output (the method); all: every "

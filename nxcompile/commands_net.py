@@ -165,8 +165,7 @@ def _run_ours(args: argparse.Namespace, config) -> int:
         new = model.generate_from(logits[-1], args.max_new_tokens)
         print(f"{args.file}: {len(ids)} prompt tokens + {len(new)} generated, {model.plan.period} Lava steps "
               f"per token (T = {model.timesteps}), {len(model.processes)} on-chip processes")
-        print(f"Lava ({args.target}): compile {model.compile_seconds:.1f} s, {model.steps_per_second:.0f} steps/s, "
-              f"{model.lava_seconds / model.tokens_run:.2f} s per token")
+        print(f"Lava ({args.target}): {model.speed()}")
         print(f"text: {tokenizer.decode(ids + new)!r}")
         if args.check:
             twin = fixed_point.run(spiking, torch.tensor([model.token_ids]), model.timesteps, keep_values=True)

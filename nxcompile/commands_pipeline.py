@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from nxcompile.commands_hw import place_and_validate
 from nxcompile.commands_net import prompt_ids
 from nxcompile.commands_energy import summaries
-from nxcompile.commands_snn import build_graph, describe_method, load_from_args, run_evaluation
+from nxcompile.commands_snn import build_graph, describe_graph, load_from_args, run_evaluation
 
 
 def default_net_path(model_name: str) -> Path:
@@ -64,19 +64,21 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         lava_logits = torch.stack(lava.logits)
         cosine = float(F.cosine_similarity(lava_logits.double(), ann_logits.double(), dim=-1).mean())
         agreement = float((lava_logits.argmax(-1) == ann_logits.argmax(-1)).float().mean())
-        _summary(args, loaded, target, placement, evaluation, lava, output,
+        _summary(from_file, loaded, target, placement, evaluation, lava, output,
                  dict(cosine=cosine, agreement=agreement, differing=differing,
                       energy=summaries(energy.count(from_file, lava.recorded_values(), lava.timesteps)),
                       text=loaded.tokenizer.decode(ids + new), prompt_tokens=len(ids), new=len(new)))
     return 1 if differing else 0
 
 
-def _summary(args, loaded, target, placement, ev, lava, output: Path, prompt: dict) -> None:
+def _summary(graph, loaded, target, placement, ev, lava, output: Path, prompt: dict) -> None:
+    options = graph.meta["options"]
     twin = ("identical spikes at every layer and logits" if not prompt["differing"]
             else f"DIFFERS at {', '.join(prompt['differing'][:5])}")
     lines = [
         ("model", f"{loaded.name} ({loaded.source})"),
-        ("conversion", f"{describe_method(args)}, T = {args.timesteps}, neuron {args.neuron}, GELU {args.gelu}"),
+        ("graph", f"{describe_graph(graph)}, T = {options['timesteps']}, neuron {options['neuron']}, "
+                  f"GELU {options['gelu']}"),
         ("target", f"{target.name}: {placement.cores_used} cores on {placement.chips_used} chip(s) "
                    f"(lower bound {placement.lower_bound_cores}), {len(lava.processes)} Lava processes"),
         ("perplexity", f"ANN {ev.ann_perplexity:.2f} | SNN {ev.snn_perplexity:.2f} "
@@ -87,8 +89,7 @@ def _summary(args, loaded, target, placement, ev, lava, output: Path, prompt: di
         ("Lava prompt", f"{prompt['prompt_tokens']} tokens + {prompt['new']} generated: cos(logits) vs ANN "
                         f"{prompt['cosine']:.4f}, top-1 agreement {100 * prompt['agreement']:.1f}%; "
                         f"reference twin: {twin}"),
-        ("Lava speed", f"{lava.steps_per_second:.0f} steps/s, {lava.plan.period} steps and "
-                       f"{lava.lava_seconds / lava.tokens_run:.2f} s per token, compile {lava.compile_seconds:.1f} s"),
+        ("Lava speed", lava.speed()),
         ("Lava text", repr(prompt["text"])),
         ("energy", _energy_line(prompt["energy"])),
         (".net file", str(output)),
@@ -103,6 +104,6 @@ def _energy_line(by_scope: dict) -> str:
     whole = by_scope["every on-chip layer"]
     ssa = by_scope["SSA vs ANN attention (Q.K, A.V)"]["45nm"]
     return (f"per token on chip: SNN {whole['45nm'].snn_pj / 1e3:.1f} nJ vs ANN {whole['45nm'].ann_pj / 1e3:.1f} nJ "
-            f"({100 * whole['45nm'].reduction:+.1f}%; 45 nm figures, Horowitz 2014), SSA vs ANN attention "
-            f"{100 * ssa.reduction:+.1f}%; at Loihi's per-op energies (Davies 2018) SNN "
-            f"{whole['loihi'].snn_pj / 1e3:.1f} nJ; `nxcompile energy FILE.net` for the table")
+            f"({whole['45nm'].change()}; 45 nm figures, Horowitz 2014), SSA {ssa.change()} than ANN attention; "
+            f"at Loihi's per-op energies (Davies 2018) SNN {whole['loihi'].snn_pj / 1e3:.1f} nJ; "
+            f"`nxcompile energy FILE.net` for the table")

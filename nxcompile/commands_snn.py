@@ -48,7 +48,8 @@ def load_from_args(args: argparse.Namespace):
     return loaded
 
 
-def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
+def add_conversion_arguments(parser: argparse.ArgumentParser, shipped: bool = True) -> None:
+    """The conversion flags; `shipped`: the command uses a model's shipped fine-tuned graph unless --raw."""
     from nxcompile.compiler.convert import (EMBEDDINGS, GELU_HINGES, METHODS, NEURON_MODELS, NORMS,
                                             RESIDUALS, SSA_NORMS, THRESHOLDS)
 
@@ -81,6 +82,10 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", type=Path, default=None,
                         help="a spiking graph file (from `convert` or `finetune`) to use instead of "
                              "converting the model")
+    if shipped:
+        parser.add_argument("--raw", action="store_true",
+                            help="convert without fine-tuning, even where a fine-tuned graph is shipped for the "
+                                 "model and method (gpt2-tiny, neurtransformer)")
 
 
 def text_token_ids(tokenizer, text: str) -> torch.Tensor:
@@ -91,24 +96,80 @@ def context_of(args, loaded) -> int:
     return min(args.context, loaded.config.n_positions)
 
 
+def conversion_options(args):
+    from nxcompile.compiler.convert import ConversionOptions
+
+    return ConversionOptions(method=args.method, timesteps=args.timesteps, neuron=args.neuron,
+                             gelu=args.gelu, host=tuple(h for h in args.host.split(",") if h),
+                             embedding=args.embedding, norm=args.norm, residual=args.residual,
+                             ssa_norm=args.ssa_norm, thresholds=args.thresholds,
+                             qkv_neuron=args.qkv_neuron, calibration_percentile=args.calibration_percentile)
+
+
 def build_graph(args, loaded):
-    """Convert `loaded` with the CLI's options, calibrated on the training split
-    (or read the --graph file made from the same model)."""
-    from nxcompile.compiler.convert import ConversionOptions, convert
+    """The spiking graph a command works on: the --graph file; else the fine-tuned graph shipped
+    for this model and method, when the conversion flags are the ones it was made with (not
+    with --raw); else a fresh conversion calibrated on the training split. The graph records
+    where it came from in meta["origin"] and runs at --timesteps."""
+    from nxcompile.compiler.convert import convert
     from nxcompile.models.corpus import calibration_windows
 
-    if getattr(args, "graph", None) is not None:
-        return _read_graph(args.graph, loaded.name)
+    options = conversion_options(args)
+    if args.graph is not None:
+        spiking = _read_graph(args.graph, loaded.name)
+        origin = f"graph file {args.graph}{_tuning(spiking)}"
+    elif (shipped := _shipped_graph(args, loaded, options)) is not None:
+        spiking, origin = shipped
+    else:
+        calibration = calibration_windows(loaded.tokenizer, context_of(args, loaded))
+        print(f"converting {loaded.name} ({args.method}), calibrating on "
+              f"{calibration.numel()} training tokens", file=sys.stderr)
+        spiking = convert(loaded.model, options, calibration, model_name=loaded.name)
+        origin = "converted, not fine-tuned"
+    spiking.meta["origin"] = origin
+    return _at_timesteps(spiking, args.timesteps)
 
-    options = ConversionOptions(method=args.method, timesteps=args.timesteps, neuron=args.neuron,
-                                gelu=args.gelu, host=tuple(h for h in args.host.split(",") if h),
-                                embedding=args.embedding, norm=args.norm, residual=args.residual,
-                                ssa_norm=args.ssa_norm, thresholds=args.thresholds, qkv_neuron=args.qkv_neuron,
-                                calibration_percentile=args.calibration_percentile)
-    calibration = calibration_windows(loaded.tokenizer, context_of(args, loaded))
-    print(f"converting {loaded.name} ({args.method}), calibrating on "
-          f"{calibration.numel()} training tokens", file=sys.stderr)
-    return convert(loaded.model, options, calibration, model_name=loaded.name)
+
+def _tuning(spiking) -> str:
+    tuned = spiking.meta.get("finetune")
+    if tuned is None:
+        return " (not fine-tuned)"
+    return f" (fine-tuned: {tuned['steps']:,} steps, scope {tuned['options']['scope']}, T = {tuned['options']['timesteps']})"
+
+
+def _shipped_graph(args, loaded, options):
+    """(graph, origin) of the shipped fine-tuned graph, or None: with --raw, where none is shipped,
+    or where the conversion flags differ from those it was made with (said on stderr)."""
+    import json
+    from dataclasses import asdict
+
+    from nxcompile.compiler.graph import load_graph
+    from nxcompile.models.zoo import shipped_graph
+
+    path = shipped_graph(loaded.name, options.method)
+    if getattr(args, "raw", True) or path is None:
+        return None
+    spiking = load_graph(path)
+    wanted, stored = json.loads(json.dumps(asdict(options))), spiking.meta["options"]
+    differing = [f"{key} {stored.get(key)!r} -> {value!r}" for key, value in wanted.items()
+                 if key != "timesteps" and stored.get(key) != value]
+    if differing:
+        print(f"note: the fine-tuned graph shipped for {loaded.name} was made with other conversion flags "
+              f"({', '.join(differing)}); converting without fine-tuning", file=sys.stderr)
+        return None
+    print(f"graph: the fine-tuned {path.name} shipped with {loaded.name}{_tuning(spiking)}; --raw for the "
+          f"conversion alone", file=sys.stderr)
+    return spiking, f"shipped fine-tuned graph {path.name}{_tuning(spiking)}"
+
+
+def _at_timesteps(spiking, timesteps: int):
+    """The graph set to run at `timesteps` (thresholds do not depend on T; executors read it from meta)."""
+    options = spiking.meta["options"]
+    if options.get("timesteps") != timesteps:
+        print(f"note: the graph was made at T = {options.get('timesteps')}; running it at T = {timesteps}",
+              file=sys.stderr)
+        spiking.meta["options"] = {**options, "timesteps": timesteps}
+    return spiking
 
 
 def _read_graph(path: Path, model_name: str):
@@ -118,8 +179,7 @@ def _read_graph(path: Path, model_name: str):
     if spiking.meta.get("model") != model_name:
         raise UsageError(f"{path} was made from {spiking.meta.get('model')!r}, not {model_name!r}; "
                          f"name that model or convert {model_name} again")
-    tuned = " (fine-tuned)" if "finetune" in spiking.meta else ""
-    print(f"graph: {path}{tuned}, method {spiking.meta['options']['method']}", file=sys.stderr)
+    print(f"graph: {path}{_tuning(spiking)}, method {spiking.meta['options']['method']}", file=sys.stderr)
     return spiking
 
 
@@ -134,13 +194,13 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def describe_method(args) -> str:
-    if getattr(args, "graph", None) is not None:
-        return f"graph {args.graph}"
-    if args.method != "spikedecoder":
-        return f"method {args.method}"
-    return (f"method spikedecoder (embedding {args.embedding}, norm {args.norm}, "
-            f"residual {args.residual})")
+def describe_graph(spiking) -> str:
+    """Which graph a report is about: where it came from and how it was converted."""
+    options = spiking.meta["options"]
+    method = options["method"]
+    if method == "spikedecoder":
+        method += f" (embedding {options['embedding']}, norm {options['norm']}, residual {options['residual']})"
+    return f"{spiking.meta.get('origin', 'converted')}; method {method}"
 
 
 def parse_timesteps_list(text: str) -> list[int]:
@@ -229,7 +289,7 @@ def cmd_eval(args) -> int:
     sweep = parse_timesteps_list(args.sweep_timesteps) if args.sweep_timesteps else [args.timesteps]
     spiking = build_graph(args, loaded)
     results = []
-    print(f"{loaded.name} | {describe_method(args)} | neuron {args.neuron} | GELU {args.gelu} | "
+    print(f"{loaded.name} | {describe_graph(spiking)} | neuron {args.neuron} | GELU {args.gelu} | "
           f"text {args.text or 'held-out plays'} | context {context_of(args, loaded)}")
     if loaded.random_weights:
         print("RANDOM WEIGHTS: these figures say nothing about any trained model")

@@ -149,6 +149,10 @@ class EnergySummary:
     def reduction(self) -> float:
         return 1.0 - self.snn_pj / self.ann_pj if self.ann_pj else float("nan")
 
+    def change(self) -> str:
+        """The SNN against the ANN in words: "48.1 % less" or "98.4 % more"."""
+        return f"{100 * abs(self.reduction):.1f} % {'less' if self.reduction >= 0 else 'more'}"
+
 
 def total(rows: list[LayerCounts], model: EnergyModel, where=lambda row: True) -> EnergySummary:
     chosen = [r for r in rows if where(r)]

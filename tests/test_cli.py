@@ -234,7 +234,7 @@ def test_finetune_writes_a_resumable_checkpoint_the_compiler_reads(tmp_path):
     assert "(2 steps" in resumed.stdout
     quantised = nxcompile("quantize", "gpt2-tiny", "--graph", str(out), "--error-tokens", "16")
     assert quantised.returncode == 0, quantised.stderr
-    assert "(fine-tuned)" in quantised.stderr
+    assert "(fine-tuned: 2 steps, scope ssa" in quantised.stderr
 
 
 @pytest.mark.parametrize("args, needle", [
