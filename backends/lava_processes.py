@@ -1,6 +1,8 @@
 """Lava processes for what lava-dl netx has no layer for, with fixed-point PyLoihiProcessModels.
 
-One process per on-chip node of the spiking graph. Their arithmetic is the
+One process per on-chip node of the spiking graph; a GradedDense node (the
+graded method) is two: Lava's own `lava.proc.dense.process.Dense` holding its
+8-bit weights (built by `backends.lava_sim`) and a `GradedNeuron` here. Their arithmetic is the
 integer program of `sim.fixed_point` (the reference simulator's fixed-point
 mode executes the same definitions on whole sequences); what these models add
 is Lava's execution: one message per port per step, one token at a time, a
@@ -33,6 +35,8 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from nxcompile.sim import fixed_point as fx
 
 MESSAGE = np.int32
+# Ops that compute once per token, at their step, and hold the value on their port until the next.
+GRADED_KINDS = ("norm", "graded-add", "graded-dense", "attention")
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,22 @@ class SpikingSelfAttention(_Layer):
         super().__init__(**kwargs)
         op, steps = kwargs["op"], kwargs["timesteps"]
         shape = (2, op.kv_capacity, steps, op.n_head * op.head_dim)
+        self.kv_cache = Var(shape=shape, init=np.zeros(shape, dtype=np.int8))
+
+
+class GradedNeuron(_Layer):
+    """The neurons of a GradedDense: input `x` is what Lava's Dense process sends (sum m x >> s); they
+    add the bias, apply the activation and send the result as one graded spike per token."""
+
+
+class SoftmaxAttention(_Layer):
+    """Softmax attention with its KV cache in synaptic memory: inputs `q`, `k`, `v` (graded).
+    kv_cache[0 | 1, token] holds the key | value payloads each token sent."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        op = kwargs["op"]
+        shape = (2, op.kv_capacity, op.n_head * op.head_dim)
         self.kv_cache = Var(shape=shape, init=np.zeros(shape, dtype=np.int8))
 
 
@@ -175,26 +195,30 @@ class _LayerModel(PyLoihiProcessModel):
         messages = {port: getattr(self, port).recv().astype(np.int64) for port in self.PORTS}
         for port, line in self.lines.items():
             line.append(messages[port])
-        if self.op.kind in ("norm", "graded-add"):
-            self.out.send(self._graded_step(local, messages))
+        if self.op.kind in GRADED_KINDS:
+            self.out.send(self._graded_step(local, token, messages))
         else:
             self.out.send(self._window_step(local - self.timing.start, token, messages))
 
-    def _graded_step(self, local: int, messages: dict[str, np.ndarray]) -> np.ndarray:
+    def _graded_step(self, local: int, token: int, messages: dict[str, np.ndarray]) -> np.ndarray:
         """Sum spike windows as they pass; at the node's step, compute and hold the value."""
         for port, t in self.timing.ports.items():
             if t.spikes and 0 <= local - t.window_start < self.steps:
                 self.sums[port] = messages[port] + (self.sums[port] if local > t.window_start else 0)
         if local == self.timing.start:
             x = {port: self.sums[port] if t.spikes else messages[port] for port, t in self.timing.ports.items()}
-            if self.op.kind == "graded-add":
-                self.held = fx.saturate(x["a"] + x["b"])
-            else:
-                spikes = self.timing.ports["x"].spikes
-                self.held = fx.layer_norm(self.op, fx.window_payload(self.op, x["x"], self.steps) if spikes
-                                          else x["x"])
+            self.held = self.graded_value(token, x)
             self.record[0] = self.held
         return self._held()
+
+    def graded_value(self, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
+        """The value a graded node computes once per token from its inputs."""
+        if self.op.kind == "graded-add":
+            return fx.saturate(x["a"] + x["b"])
+        if self.op.kind == "graded-dense":
+            return fx.graded_neuron(self.op, x["x"])
+        spikes = self.timing.ports["x"].spikes
+        return fx.layer_norm(self.op, fx.window_payload(self.op, x["x"], self.steps) if spikes else x["x"])
 
     def _held(self) -> np.ndarray:
         """The graded value this node holds on its port (zeros before its first)."""
@@ -265,7 +289,19 @@ class _AttentionModel(_LayerModel):
         return np.rint(out).astype(np.int64).reshape(-1) * self.op.scale
 
 
+class _SoftmaxAttentionModel(_LayerModel):
+    kv_cache: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=8)
+
+    def graded_value(self, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
+        """Writes this token's key and value into the cache, then attends over every cached token."""
+        self.kv_cache[0, token] = x["k"]
+        self.kv_cache[1, token] = x["v"]
+        return fx.attend(self.op, x["q"][None], self.kv_cache[0, :token + 1], self.kv_cache[1, :token + 1])[0]
+
+
 PyPopulationModel = _model(Population, ("x",))
+PyGradedNeuronModel = _model(GradedNeuron, ("x",))
+PySoftmaxAttentionModel = _model(SoftmaxAttention, ("q", "k", "v"), base=_SoftmaxAttentionModel)
 PyNormModel = _model(Norm, ("x",))
 PyResidualAddModel = _model(ResidualAdd, ("a", "b"))
 PySpikingSelfAttentionModel = _model(SpikingSelfAttention, ("q", "k", "v"), base=_AttentionModel)

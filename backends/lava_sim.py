@@ -30,15 +30,20 @@ from tqdm import tqdm
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
-from nxcompile.backends.lava_processes import (HostSink, HostSource, Norm, PortTiming, Population, ResidualAdd,
-                                               SpikingSelfAttention, Timing)
+from lava.proc.dense.process import Dense as LavaDense
+from lava.utils.weightutils import SignMode
+from nxcompile.backends.lava_processes import (GRADED_KINDS, GradedNeuron, HostSink, HostSource, Norm, PortTiming,
+                                               Population, ResidualAdd, SoftmaxAttention, SpikingSelfAttention,
+                                               Timing)
 from nxcompile.compiler.graph import SpikingGraph, out_kind
 from nxcompile.errors import UsageError
 from nxcompile.sim import fixed_point as fx
 from nxcompile.sim.reference import execute_node
 
-GRADED_KINDS = ("norm", "graded-add")
 ONE_ROW_KINDS = GRADED_KINDS + ("readout",)       # record one payload per token, not T rows of spikes
+# Lava's Dense sends in step t what it accumulated in step t - 1 (its a_buff), so a message into
+# a GradedDense's neurons arrives one step after its sender's.
+SYNAPSE_DELAY = 1
 # Lava's Python processes receive, in step t, what was sent in step t (a recv waits for the
 # sender's send of the same step), so a connection adds no latency in loihi2-sim; Loihi
 # hardware adds one step per connection.
@@ -87,7 +92,7 @@ def schedule(spiking: SpikingGraph, program: dict[str, fx.IntOp], timesteps: int
         for port, source in spiking.inputs(name).items():
             spikes = source in program and out_kind(spiking.op(source)) != "graded"
             first = _ready_step(program[source].kind, timings[source], timesteps) + hop if source in program else hop
-            arrivals[port] = (spikes, first)
+            arrivals[port] = (spikes, first + (SYNAPSE_DELAY if program[name].kind == "graded-dense" else 0))
         timings[name] = _timing(program[name].kind, arrivals, timesteps)
     last = [_ready_step(program[s].kind, timings[s], timesteps) + hop
             + (timesteps - 1 if out_kind(spiking.op(s)) != "graded" else 0)     # a spike window, whole
@@ -110,7 +115,17 @@ def _ready_step(kind: str, timing: Timing, timesteps: int) -> int:
 
 
 PROCESS_OF = {"encode": Population, "dense": Population, "readout": Population, "norm": Norm,
-              "add": ResidualAdd, "graded-add": ResidualAdd, "ssa": SpikingSelfAttention}
+              "add": ResidualAdd, "graded-add": ResidualAdd, "ssa": SpikingSelfAttention,
+              "graded-dense": GradedNeuron, "attention": SoftmaxAttention}
+LAVA_WEIGHT_BITS = 8          # Lava's Dense (fixed point) holds 8-bit weights
+
+
+def synapses(op: fx.IntOp, in_bits: int, name: str) -> LavaDense:
+    """Lava's own Dense process for a GradedDense's weights: 2m with sign mode MIXED (which keeps even
+    8-bit weights), weight_exp = -(1 + acc_shift), graded input of `in_bits` bits; it sends
+    `fx.dense_accumulate` of its input."""
+    return LavaDense(weights=2 * op.weight, weight_exp=-(1 + op.acc_shift), num_message_bits=in_bits,
+                     sign_mode=SignMode.MIXED, num_weight_bits=LAVA_WEIGHT_BITS, name=f"{name}.synapses")
 
 
 @contextmanager
@@ -151,12 +166,13 @@ class LavaModel:
         self.spiking = spiking
         self.timesteps = timesteps or int(spiking.meta.get("options", {}).get("timesteps", 1))
         self.program = fx.integer_program(spiking)
+        _check_lava_precision(spiking)
         self.plan = schedule(spiking, self.program, self.timesteps)
         self.host_ops = {name: fx.in_float64(spiking.op(name)) for name in self.plan.host_after}
         self.run_config = run_config or simulator_config()
         self.record = record
         self.kv_capacity = min((op.kv_capacity for op in self.program.values() if op.kind == "ssa"), default=None)
-        self.processes, self.sources, self.sinks = self._build(_cores_by_node(placement))
+        self.processes, self.synapses, self.sources, self.sinks = self._build(_cores_by_node(placement))
         self.token_ids: list[int] = []
         self.steps_run = 0
         self.lava_seconds = 0.0        # inside Lava's run of each token's steps
@@ -172,12 +188,16 @@ class LavaModel:
         processes = {}
         for name, op in self.program.items():
             sizes = {port: spiking.op(source).out_features for port, source in spiking.inputs(name).items()}
+            if op.kind == "graded-dense":       # the neurons read their synapses' sums, one per neuron
+                sizes = {"x": spiking.op(name).out_features}
             rows = 1 if op.kind in ONE_ROW_KINDS else T
             processes[name] = PROCESS_OF[op.kind](
                 name=name, op=op, timing=self.plan.timings[name], period=self.plan.period, timesteps=T,
                 in_sizes=sizes, out_size=spiking.op(name).out_features, record_rows=rows, cores=cores.get(name))
         sources = {name: HostSource(name=f"host:{name}", size=spiking.op(name).out_features)
                    for name in self.plan.host_before if any(s in self.program for s in spiking.graph.successors(name))}
+        dense = {name: synapses(op, fx.message_bits(spiking, spiking.inputs(name)["x"]), name)
+                 for name, op in self.program.items() if op.kind == "graded-dense"}
         sinks = {}
         for name in self.plan.host_after:
             for source in spiking.graph.predecessors(name):
@@ -190,8 +210,12 @@ class LavaModel:
         for name in self.program:
             for port, source in spiking.inputs(name).items():
                 sender = processes[source].out if source in processes else sources[source].out
-                sender.connect(getattr(processes[name], port))
-        return processes, sources, sinks
+                if name in dense:
+                    sender.connect(dense[name].s_in)
+                    dense[name].a_out.connect(getattr(processes[name], port))
+                else:
+                    sender.connect(getattr(processes[name], port))
+        return processes, dense, sources, sinks
 
     # -- running ----------------------------------------------------------------------------------
     def __enter__(self) -> "LavaModel":
@@ -321,6 +345,16 @@ class LavaModel:
         return (f"{self.token_seconds / tokens:.2f} s per token wall (host embedding and LM head, Lava{recording}); "
                 f"Lava's steps {self.lava_seconds / tokens:.2f} s per token ({self.plan.period} steps at "
                 f"{self.steps_per_second:.0f} steps/s); compile {self.compile_seconds:.1f} s")
+
+
+def _check_lava_precision(spiking: SpikingGraph) -> None:
+    """Lava's Dense holds 8-bit weights and the KV cache 8-bit values: wider ones (the graded method's
+    study) run in the reference simulator only."""
+    precision = spiking.meta.get("quantization", {}).get("precision", {})
+    if max(precision.get("weight_bits", 0), precision.get("kv_bits", 0)) > LAVA_WEIGHT_BITS:
+        raise UsageError(f"this graph holds {precision['weight_bits']}-bit weights and {precision['kv_bits']}-bit keys "
+                         f"and values; Lava's Dense and the KV cache hold {LAVA_WEIGHT_BITS} bits: quantise with the "
+                         f"default precision to run it in Lava")
 
 
 def _cores_by_node(placement: dict | None) -> dict[str, list[int]]:

@@ -35,6 +35,13 @@ with the choices that paper studies selectable:
     or `graded` (the embedding as a graded spike at every step).
 SSA and the feed-forward conversion are those of neurtransformer.
 
+Method `graded` (ours, DESIGN.md "graded"): the transformer kept whole, every
+on-chip message one graded spike per token and layer (T = 1): each Conv1D
+becomes a `GradedDense` (8-bit synapses, the neuron adds the bias and applies
+the activation, GELU inside the MLP's neuron), attention stays softmax
+attention over the KV cache (`Attention`), LayerNorms and residual adds act on
+graded values. Calibration records each node's largest output, from which the
+quantiser sizes its payload; the integer kernels are `sim.fixed_point`'s.
 """
 from __future__ import annotations
 
@@ -47,13 +54,13 @@ import torch
 from transformers import GPT2LMHeadModel
 from transformers.activations import ACT2FN
 
-from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, NeuronModel,
-                                      SpikingGraph)
+from nxcompile.compiler.graph import (SSA, Add, Attention, Dense, Embed, Encode, GradedDense, LayerNorm,
+                                      NeuronModel, SpikingGraph)
 from nxcompile.errors import UsageError
 from nxcompile.sim import reference
 from nxcompile.sim.reference import execute_node, node_current
 
-METHODS = ("neurtransformer", "spikedecoder")
+METHODS = ("neurtransformer", "spikedecoder", "graded")
 EMBEDDINGS = ("rate", "binary", "graded")
 NORMS = ("layernorm", "static", "none")
 RESIDUALS = ("spiking", "graded")
@@ -98,6 +105,8 @@ class ConversionOptions:
     def __post_init__(self):
         checks = [(self.method in METHODS, f"unknown method {self.method!r}; choose {METHODS}"),
                   (self.timesteps > 0, f"timesteps must be > 0, got {self.timesteps}"),
+                  (self.method != "graded" or self.timesteps == 1,
+                   "the graded method sends one graded spike per layer and token: it runs at T = 1"),
                   (self.neuron in NEURON_MODELS, f"unknown neuron model {self.neuron!r}; "
                                                  f"choose {tuple(NEURON_MODELS)}"),
                   (self.gelu in GELU_HINGES, f"unknown GELU handling {self.gelu!r}; "
@@ -156,13 +165,15 @@ class _CalibratingBuilder:
     """Adds nodes to a SpikingGraph and runs each on calibration tokens at once
     (rate limit), so every threshold is set from the activations it will see."""
 
-    def __init__(self, spiking: SpikingGraph, token_ids: torch.Tensor, percentile: float):
+    def __init__(self, spiking: SpikingGraph, token_ids: torch.Tensor, percentile: float, model_config):
         self.spiking, self.token_ids, self.percentile = spiking, token_ids, percentile
+        self.model_config = model_config
         self.values: dict[str, torch.Tensor] = {}
 
     def add(self, name: str, op, inputs: dict[str, str] | None = None, *, host: bool = False,
-            block: int | None = None, groups: int = 1) -> str:
-        """`groups` > 1 calibrates that many equal slices of the population separately."""
+            block: int | None = None, groups: int = 1, measure_range: bool = False) -> str:
+        """`groups` > 1 calibrates that many equal slices of the population separately;
+        `measure_range` records the op's largest output (`out_range`) for the graded method."""
         feeds = {port: self.values[source] for port, source in (inputs or {}).items()}
         neuron = getattr(op, "neuron", None)
         if neuron is not None:
@@ -173,6 +184,8 @@ class _CalibratingBuilder:
             neuron.threshold = torch.tensor(thresholds).repeat_interleave(current.shape[-1] // groups) \
                 if groups > 1 else torch.tensor([thresholds[0]])
         self.values[name] = execute_node(op, feeds, self.token_ids, None)
+        if measure_range:
+            op.out_range = float(self.values[name].abs().max())
         return self.spiking.add(name, op, inputs, host=host, block=block)
 
     def spike_value(self, name: str) -> torch.Tensor:
@@ -317,6 +330,45 @@ def _feed_forward(b: _CalibratingBuilder, block, i: int, x: str, options: Conver
     return _branch_output(b, f"h{i}.mlp", mixed, proj_b, fc, x, options, i)
 
 
+def _graded_norm(b: _CalibratingBuilder, name: str, norm, x: str, options: ConversionOptions, i: int) -> str:
+    op = LayerNorm(norm.weight.detach().float().clone(), norm.bias.detach().float().clone(), norm.eps)
+    return b.add(name, op, {"x": x}, host="norm" in options.host, block=i, measure_range=True)
+
+
+def _graded_dense(b: _CalibratingBuilder, name: str, conv1d, source: str, i: int,
+                  activation: str = "identity") -> str:
+    weight, bias = _linear(conv1d)
+    return b.add(name, GradedDense(weight, bias, activation), {"x": source}, block=i, measure_range=True)
+
+
+def _attention_scale(config, head_dim: int, i: int) -> float:
+    """GPT-2's attention scale: 1/sqrt(head_dim) (if scaled at all), and 1/(layer + 1) where configured."""
+    scale = 1.0 / math.sqrt(head_dim) if config.scale_attn_weights else 1.0
+    return scale / (i + 1) if config.scale_attn_by_inverse_layer_idx else scale
+
+
+def _graded_attention(b: _CalibratingBuilder, block, i: int, x: str, options: ConversionOptions) -> str:
+    config = b.model_config
+    d, heads = config.n_embd, config.n_head
+    ln = _graded_norm(b, f"h{i}.ln_1", block.ln_1, x, options, i)
+    weight, bias = _linear(block.attn.c_attn)
+    qkv = {part: b.add(f"h{i}.attn.{part}", GradedDense(rows, part_bias.clone()), {"x": ln}, block=i,
+                       measure_range=True)
+           for part, rows, part_bias in zip("qkv", weight.split(d, dim=0), bias.split(d))}
+    op = Attention(heads, d // heads, _attention_scale(config, d // heads, i), kv_capacity=config.n_positions)
+    attention = b.add(f"h{i}.attn.softmax", op, qkv, block=i, measure_range=True)
+    proj = _graded_dense(b, f"h{i}.attn.c_proj", block.attn.c_proj, attention, i)
+    return b.add(f"h{i}.attn.add", Add(d), {"a": x, "b": proj}, block=i)
+
+
+def _graded_feed_forward(b: _CalibratingBuilder, block, i: int, x: str, options: ConversionOptions,
+                         activation: str) -> str:
+    ln = _graded_norm(b, f"h{i}.ln_2", block.ln_2, x, options, i)
+    fc = _graded_dense(b, f"h{i}.mlp.c_fc", block.mlp.c_fc, ln, i, activation)
+    proj = _graded_dense(b, f"h{i}.mlp.c_proj", block.mlp.c_proj, fc, i)
+    return b.add(f"h{i}.mlp.add", Add(block.ln_2.weight.numel()), {"a": x, "b": proj}, block=i)
+
+
 def _embedding_spikes(b: _CalibratingBuilder, embed: str, options: ConversionOptions) -> str:
     """Text to spikes for a spiking residual stream (spikedecoder's embedding choice).
 
@@ -347,15 +399,17 @@ def convert(model: GPT2LMHeadModel, options: ConversionOptions, calibration_ids:
         "n_positions": config.n_positions, "activation": config.activation_function,
         "calibration_tokens": int(calibration_ids.numel())})
     with torch.no_grad():
-        b = _CalibratingBuilder(spiking, calibration_ids, options.calibration_percentile)
+        b = _CalibratingBuilder(spiking, calibration_ids, options.calibration_percentile, config)
         x = b.add("embed", Embed(transformer.wte.weight.detach().float().clone(),
                                  transformer.wpe.weight.detach().float().clone()),
                   host="embed" in options.host)
         x = _embedding_spikes(b, x, options)
+        graded = options.method == "graded"
+        attention, feed_forward = (_graded_attention, _graded_feed_forward) if graded else (_attention, _feed_forward)
         block_outputs = []
         for i, block in enumerate(transformer.h):
-            x = _attention(b, block, i, x, options)
-            x = _feed_forward(b, block, i, x, options, config.activation_function)
+            x = attention(b, block, i, x, options)
+            x = feed_forward(b, block, i, x, options, config.activation_function)
             block_outputs.append(x)
         scale, offset = _decoding(b, x)
         final = _layer_norm(b, "ln_f", transformer.ln_f, x, options, None, scale, offset,

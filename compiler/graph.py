@@ -7,7 +7,8 @@ window with v = v_init * threshold and integrates over the window; graded
 messages carry one value per token. Nodes marked `host` run on the host CPU.
 
 Edges carry `port` (which input of the op), `shape` (per token) and `kind`:
-`graded` (a value per token, a Loihi 2 graded spike), `binary` (0/1 spikes per
+`graded` (a value per token, a Loihi 2 graded spike; every message of the graded
+method is one), `binary` (0/1 spikes per
 step), `ternary` (-1/0/+1 spikes per step, a 2-bit graded spike) or
 `graded-spikeN` (an N-bit integer payload per step).
 """
@@ -99,12 +100,15 @@ class LayerNorm:
     """y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias   on graded values.
 
     A spike-train input is first decoded over the window: x = mean_t(s) * input_scale
-    + input_offset (empty scale: the input is graded)."""
+    + input_offset (empty scale: the input is graded). `out_range` is the largest |y|
+    seen on calibration text where the graded method sizes the output's payload from
+    it (0: the residual stream's format)."""
     weight: torch.Tensor
     bias: torch.Tensor
     eps: float = 1e-5
     input_scale: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     input_offset: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    out_range: float = 0.0
 
     @property
     def out_features(self) -> int:
@@ -187,7 +191,49 @@ class Add:
         return self.features
 
 
-OP_TYPES = {cls.__name__: cls for cls in (Embed, LayerNorm, Encode, Dense, SSA, Add)}
+@dataclass
+class GradedDense:
+    """y = act(weight @ x + bias), once per token on graded values (the graded method):
+    x crosses the synapses as one graded spike per input, the neuron adds the bias,
+    applies `activation` (`identity`, or the model's GELU) and sends y as one graded
+    spike. `out_range` is the largest |y| seen on calibration text (the quantiser sizes
+    the payload from it)."""
+    weight: torch.Tensor
+    bias: torch.Tensor
+    activation: str = "identity"
+    out_range: float = 0.0
+
+    def __post_init__(self):
+        if self.weight.dim() != 2 or self.bias.shape != (self.weight.shape[0],):
+            raise ValueError(f"graded dense weight {tuple(self.weight.shape)} / bias "
+                             f"{tuple(self.bias.shape)} do not agree")
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass
+class Attention:
+    """Causal softmax attention on graded values, per head h (the graded method):
+
+        y_i = sum_{j <= i} softmax_j(scale * q_i . k_j) v_j
+
+    Keys and values of past tokens stay in synaptic memory (the KV cache, at most
+    `kv_capacity` tokens), written as tokens arrive. `out_range`: the largest |y| on
+    calibration text."""
+    n_head: int
+    head_dim: int
+    scale: float
+    kv_capacity: int = 1024
+    out_range: float = 0.0
+
+    @property
+    def out_features(self) -> int:
+        return self.n_head * self.head_dim
+
+
+OP_TYPES = {cls.__name__: cls for cls in (Embed, LayerNorm, Encode, Dense, SSA, Add, GradedDense, Attention)}
 
 
 def out_kind(op) -> str:
@@ -229,11 +275,11 @@ class SpikingGraph:
 
 def _input_widths(op) -> dict[str, int]:
     """The width each input port of an op expects."""
-    if isinstance(op, Dense):
+    if isinstance(op, (Dense, GradedDense)):
         return {"x": op.weight.shape[1]}
     if isinstance(op, Encode):
         return {"x": op.features}
-    if isinstance(op, SSA):
+    if isinstance(op, (SSA, Attention)):
         return {port: op.out_features for port in "qkv"}
     if isinstance(op, Add):
         return {"a": op.features, "b": op.features}
@@ -251,6 +297,8 @@ def _per_neuron_sizes(op) -> dict[str, int]:
     if isinstance(op, Encode):
         sizes.update(gain=op.gain.numel())
     if isinstance(op, LayerNorm):
+        sizes.update(bias=op.bias.numel())
+    if isinstance(op, GradedDense):
         sizes.update(bias=op.bias.numel())
     if isinstance(op, Embed):
         sizes.update(wpe=op.wpe.shape[1])

@@ -25,6 +25,15 @@ output projection) gets the same weight and bias grid, kept in float units
 messages (LayerNorm outputs) stay float here: their payload format is the Lava
 backend's. Quantising a quantised graph changes nothing, so
 weights fine-tuned against this quantiser pass through unchanged.
+
+The graded method (`quantize_graded`) sizes every message instead: a payload
+of b bits with f fraction bits (value = p / 2**f), f the most that still holds
+the message's calibrated range. Messages into synapses carry 16 bits (fewer
+where the Dense's int32 accumulation could otherwise overflow), keys and values
+8 (the KV cache), the residual stream 24 with the fraction bits every method
+shares. A GradedDense keeps 8-bit weight mantissas m with a per-layer exponent
+(w = m * 2**-k) and accumulates sum(m x) >> s, s the fewest bits that keep the
+sum within the neuron's 24-bit state; its bias lives on that accumulator's grid.
 """
 from __future__ import annotations
 
@@ -35,8 +44,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from nxcompile.compiler.graph import SSA, Add, Dense, Encode, NeuronModel, SpikingGraph
+from nxcompile.compiler.graph import SSA, Add, Attention, Dense, Encode, GradedDense, NeuronModel, SpikingGraph
 from nxcompile.compiler.targets import Target
+from nxcompile.sim.fixed_point import GRADED_BITS, GRADED_FRACTION_BITS
 
 ALIGN_BITS = 6   # Lava's fixed-point LIF/Dense: threshold and activation MSB-aligned by 6 bits
 
@@ -84,7 +94,7 @@ def _quantise_neuron(neuron: NeuronModel, fmt: LayerFormat, target: Target, unit
 
 
 def _weights(op) -> list[torch.Tensor]:
-    if isinstance(op, Dense):
+    if isinstance(op, (Dense, GradedDense)):
         return [op.weight]
     if isinstance(op, Add):
         return [op.scale_a, op.scale_b]
@@ -158,11 +168,14 @@ def quantisable(spiking: SpikingGraph, name: str) -> bool:
     """On-chip populations and readouts: what carries integer weights on Loihi."""
     node = spiking.graph.nodes[name]
     op = node["op"]
-    return not node["host"] and (getattr(op, "neuron", None) is not None or isinstance(op, Dense))
+    return not node["host"] and (getattr(op, "neuron", None) is not None or isinstance(op, (Dense, GradedDense)))
 
 
-def quantize(spiking: SpikingGraph, target: Target) -> SpikingGraph:
-    """A copy of `spiking` in `target`'s fixed point; meta["quantization"] records each layer's format."""
+def quantize(spiking: SpikingGraph, target: Target, precision: GradedPrecision | None = None) -> SpikingGraph:
+    """A copy of `spiking` in `target`'s fixed point; meta["quantization"] records each layer's format.
+    `precision` changes the graded method's bit widths (its study)."""
+    if spiking.meta.get("options", {}).get("method") == "graded":
+        return quantize_graded(spiking, target, precision or GradedPrecision())
     quantised = SpikingGraph(copy.deepcopy(spiking.graph), copy.deepcopy(spiking.meta))
     formats = {}
     for name in spiking.order():
@@ -172,6 +185,102 @@ def quantize(spiking: SpikingGraph, target: Target) -> SpikingGraph:
             formats[name] = asdict(fmt)
     quantised.meta["quantization"] = {"target": target.name, "layers": formats}
     return quantised
+
+
+# ---- the graded method ----------------------------------------------------------------------
+
+ACCUMULATOR_BITS = 24          # a graded neuron's state (Lava's 24-bit state), sign included
+DENSE_DOT_BITS = 32            # Lava's Dense accumulates sum(w x) in int32 before its weight_exp shift
+
+
+@dataclass(frozen=True)
+class GradedPrecision:
+    """The graded method's bit widths, sign included (its study changes one at a time).
+    `exact` lists integer kernels computed exactly in float64 instead: exp, gelu, norm."""
+    weight_bits: int = 8
+    kv_bits: int = 8
+    activation_bits: int = 16
+    exact: tuple[str, ...] = ()
+
+
+def _mantissas(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
+    """Signed `bits`-bit mantissas m and the exponent k with weight ~ m * 2**-k (largest |m| fills the bits)."""
+    limit = 2 ** (bits - 1) - 1
+    largest = float(weight.abs().max())
+    k = math.floor(math.log2(limit / largest)) if largest > 0 else 0
+    return torch.clamp(torch.round(weight * 2.0 ** k), -limit, limit), k
+
+
+def _dot_bits(mantissas: torch.Tensor) -> int:
+    """The widest input payload (bits, sign included) for which Lava's Dense, holding 2m (sign mode
+    MIXED), cannot overflow its int32 sum: 2 * max_row sum|m| * (2**(b-1) - 1) < 2**31."""
+    row_l1 = int(mantissas.abs().sum(dim=1).max())
+    return max(2, int(math.floor(math.log2((2 ** (DENSE_DOT_BITS - 1) - 1) / (2 * max(1, row_l1))))) + 1)
+
+
+def _fraction_bits(bits: int, value_range: float) -> int:
+    """The most fraction bits with which `value_range` fits a signed `bits`-bit payload, one bit of
+    headroom left above the calibrated range for 16 bits and more."""
+    headroom = 1 if bits >= 16 else 0
+    return bits - 1 - headroom - (math.ceil(math.log2(value_range)) if value_range > 0 else 0)
+
+
+def _residual(spiking: SpikingGraph, name: str) -> bool:
+    """Whether a node's message travels in the residual stream's format (into an add or to the host)."""
+    graph = spiking.graph
+    return isinstance(spiking.op(name), Add) or any(
+        isinstance(spiking.op(c), Add) or graph.nodes[c]["host"] for c in graph.successors(name))
+
+
+def _message_format(spiking: SpikingGraph, name: str, dot_bits: dict[str, int], precision: GradedPrecision) -> dict:
+    """bits and fraction bits of the one message a node sends per token."""
+    if _residual(spiking, name):
+        return {"bits": GRADED_BITS, "frac": GRADED_FRACTION_BITS}
+    bits = precision.activation_bits
+    for _, consumer, data in spiking.graph.out_edges(name, data=True):
+        if isinstance(spiking.op(consumer), Attention) and data["port"] in "kv":
+            bits = min(bits, precision.kv_bits)
+        elif consumer in dot_bits:
+            bits = min(bits, dot_bits[consumer])
+    return {"bits": bits, "frac": _fraction_bits(bits, spiking.op(name).out_range)}
+
+
+def quantize_graded(spiking: SpikingGraph, target: Target, precision: GradedPrecision) -> SpikingGraph:
+    """The graded method in fixed point: each on-chip node's message format, each GradedDense's weight
+    mantissas and accumulator shift; weights and biases moved onto their grids (in float units)."""
+    if precision.activation_bits > target.graded_payload_bits or precision.kv_bits > target.graded_payload_bits:
+        raise ValueError(f"{target.name} carries graded payloads of at most {target.graded_payload_bits} bits")
+    quantised = SpikingGraph(copy.deepcopy(spiking.graph), copy.deepcopy(spiking.meta))
+    chip = [n for n in spiking.order() if not spiking.graph.nodes[n]["host"]]
+    dense = {n: _mantissas(spiking.op(n).weight, precision.weight_bits) for n in chip
+             if isinstance(spiking.op(n), GradedDense)}
+    dot_bits = {n: _dot_bits(m) for n, (m, _) in dense.items()}
+    formats: dict[str, dict] = {}
+    for name in chip:
+        formats[name] = _message_format(spiking, name, dot_bits, precision)
+        if name in dense:
+            formats[name].update(_accumulator(spiking, name, dense[name], formats))
+            op, fmt = spiking.op(name), formats[name]
+            unit = 2.0 ** fmt["acc_frac"]
+            bias = torch.clamp(torch.round(op.bias * unit), -(2 ** (ACCUMULATOR_BITS - 1) - 1),
+                               2 ** (ACCUMULATOR_BITS - 1) - 1) / unit
+            quantised.graph.nodes[name]["op"] = dataclasses.replace(op, weight=dense[name][0] * 2.0 ** -dense[name][1],
+                                                                    bias=bias)
+    quantised.meta["quantization"] = {"target": target.name, "layers": formats, "precision": asdict(precision)}
+    return quantised
+
+
+def _accumulator(spiking: SpikingGraph, name: str, dense: tuple[torch.Tensor, int], formats: dict) -> dict:
+    """How a GradedDense accumulates: input format, weight exponent and the shift s that keeps
+    sum(m x) >> s within the neuron's state; acc_frac is the sum's fraction bits after it."""
+    source = spiking.inputs(name)["x"]
+    source_format = formats.get(source, {"bits": GRADED_BITS, "frac": GRADED_FRACTION_BITS})   # host: residual
+    mantissas, k = dense
+    worst = int(mantissas.abs().sum(dim=1).max()) * (2 ** (source_format["bits"] - 1) - 1)
+    shift = max(0, worst.bit_length() - (ACCUMULATOR_BITS - 1))
+    return {"in_bits": source_format["bits"], "in_frac": source_format["frac"], "weight_exp": -k,
+            "acc_shift": shift, "acc_frac": source_format["frac"] + k - shift,
+            "mantissa_bits_used": max(1, int(mantissas.abs().max()).bit_length() + 1)}
 
 
 @dataclass(frozen=True)
@@ -187,7 +296,7 @@ class LayerError:
 
 def _weight_error(float_op, quant_op, unit: float) -> float:
     if getattr(quant_op, "neuron", None) is None:
-        unit = 1.0          # readouts keep float units
+        unit = 1.0          # readouts and graded layers keep float units
     pairs = list(zip(_weights(float_op), _weights(quant_op)))
     if not pairs:
         return 0.0
@@ -209,8 +318,8 @@ def quantisation_error(float_graph: SpikingGraph, quantised: SpikingGraph, token
         cosine = _cosine(decode_output(float_op, reference[name]), decode_output(quant_op, fixed[name]))
         spiking = getattr(quant_op, "neuron", None) is not None
         equal = float((reference[name].sum(2) == fixed[name].sum(2)).float().mean()) if spiking else math.nan
-        rows.append(LayerError(name, _weight_error(float_op, quant_op, 2.0 ** fmt["unit_log2"]), cosine, equal,
-                               fmt["mantissa_bits_used"], fmt["weight_exp"]))
+        rows.append(LayerError(name, _weight_error(float_op, quant_op, 2.0 ** fmt.get("unit_log2", 0)), cosine,
+                               equal, fmt.get("mantissa_bits_used", 0), fmt.get("weight_exp", 0)))
     logits = quantised.meta["logits_node"]
     rows.append(LayerError(f"{logits} (logits)", 0.0, _cosine(reference[logits], fixed[logits]), math.nan, 0, 0))
     return rows

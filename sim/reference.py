@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, NeuronModel,
-                                      SpikingGraph, out_kind)
+from transformers.activations import ACT2FN
+
+from nxcompile.compiler.graph import (SSA, Add, Attention, Dense, Embed, Encode, GradedDense, LayerNorm,
+                                      NeuronModel, SpikingGraph, out_kind)
 
 
 SpikeFunction = Callable[[NeuronModel, torch.Tensor], torch.Tensor]
@@ -137,11 +139,30 @@ def _add(op: Add, inputs, ctx) -> torch.Tensor:
     return fire(op.neuron, _add_current(op, inputs, ctx), ctx["timesteps"], ctx["spike"])
 
 
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    """A graded neuron's activation: `identity` or one of transformers' (the model's GELU)."""
+    return x if name == "identity" else ACT2FN[name](x)
+
+
+def _graded_dense(op: GradedDense, inputs, ctx) -> torch.Tensor:
+    return activation(op.activation, inputs["x"] @ op.weight.T + op.bias)
+
+
+def _attention(op: Attention, inputs, ctx) -> torch.Tensor:
+    """Causal softmax attention per head; [B, S, H*hd]."""
+    b, s, _ = inputs["q"].shape
+    q, k, v = (inputs[p].reshape(b, s, op.n_head, op.head_dim).transpose(1, 2) for p in "qkv")
+    scores = (q @ k.transpose(-1, -2)) * op.scale
+    scores = scores.masked_fill(~torch.ones(s, s, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, op.out_features)
+
+
 # Input current of each op that drives a neuron population (the converter
 # calibrates thresholds on these), and the executor of every op type.
 CURRENTS = {Encode: _encode_current, Dense: _dense_current, SSA: _ssa_current, Add: _add_current}
 EXECUTORS = {Embed: _embed, LayerNorm: _layer_norm, Encode: _spiking(_encode_current),
-             Dense: _dense, SSA: _spiking(_ssa_current), Add: _add}
+             Dense: _dense, SSA: _spiking(_ssa_current), Add: _add, GradedDense: _graded_dense,
+             Attention: _attention}
 
 
 def _context(token_ids: torch.Tensor, timesteps: int | None, spike: SpikeFunction = spike_levels) -> dict:
