@@ -5,7 +5,8 @@ Layout (DESIGN.md "The `.net` file"):
     type               netx's `dense` for a Dense layer of binary CUBA-like neurons (plus
                        `weight`, `bias`, `shape` and `neuron/{type, iDecay, vDecay, vThMant,
                        refDelay, wgtExp}` exactly where netx reads them); an extension type
-                       (`embed`, `layernorm`, `encode`, `readout`, `ssa`, `add`) otherwise.
+                       (`embed`, `layernorm`, `encode`, `readout`, `ssa`, `add`, and the graded
+                       method's `graded_dense`, `attention`) otherwise.
     nx_fields, nx/     the op's own fields as JSON (`graph.flatten_op`, as the graph file
                        stores them) and its tensors as datasets: what nxcompile reads back
                        (netx ignores it).
@@ -29,15 +30,16 @@ import networkx as nx
 import numpy as np
 import torch
 
-from nxcompile.compiler.graph import (SSA, Add, Dense, Embed, Encode, LayerNorm, SpikingGraph, flatten_op,
-                                      inconsistencies, unflatten_op)
+from nxcompile.compiler.graph import (SSA, Add, Attention, Dense, Embed, Encode, GradedDense, LayerNorm, SpikingGraph,
+                                      flatten_op, inconsistencies, unflatten_op)
 from nxcompile.compiler.layers import netx_value
 from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
 
 FORMAT = "nxcompile-net"
 VERSION = 1
-EXTENSION_TYPES = {Embed: "embed", LayerNorm: "layernorm", Encode: "encode", SSA: "ssa", Add: "add"}
+EXTENSION_TYPES = {Embed: "embed", LayerNorm: "layernorm", Encode: "encode", SSA: "ssa", Add: "add",
+                   GradedDense: "graded_dense", Attention: "attention"}
 TYPE_OPS = {"dense": Dense, "readout": Dense, **{name: cls for cls, name in EXTENSION_TYPES.items()}}
 DECAY_UNITS = 4096          # lava-dl CUBA decays are 12-bit: 4096 = everything decays
 
@@ -88,7 +90,7 @@ def _write(handle: h5py.File, spiking: SpikingGraph, placement: dict | None, tok
         op = node["op"]
         group = layers.create_group(str(i), track_order=True)
         kind = layer_type(op)
-        _dataset(group, "type", np.array([kind.encode()], dtype="S10"))
+        _dataset(group, "type", np.array([kind.encode()], dtype="S12"))
         if kind == "dense":
             _write_netx_dense(group, op)
         _write_op(group, op)

@@ -32,6 +32,8 @@ from nxcompile.errors import UsageError
 # Graded per-token messages (a LayerNorm's output, a host embedding) travel as
 # Loihi 2 graded spikes; lava-dl netx's default payload for sigma-delta layers.
 GRADED_MESSAGE_BITS = 16
+# The graded method's keys and values in the KV cache, where a graph is not quantised yet.
+GRADED_KV_BITS = 8
 # Spike rate assumed where none was measured (spikes per neuron per step).
 ESTIMATED_SPIKE_RATE = 0.1
 KINDS = ("dense", "elementwise", "norm", "attention", "conv")
@@ -90,20 +92,28 @@ def _message(kind: str, rate: float | None, timesteps: int) -> tuple[int, float]
 
 
 def _graph_layer(spiking, name: str, rates: dict[str, float], timesteps: int) -> LayerSpec:
-    from nxcompile.compiler.graph import SSA, Add, Dense, Embed, Encode, LayerNorm, out_kind
+    from nxcompile.compiler.graph import SSA, Add, Attention, Dense, Embed, Encode, GradedDense, LayerNorm, out_kind
 
     op = spiking.op(name)
     inputs = spiking.inputs(name)
     node = spiking.graph.nodes[name]
     sources = tuple(inputs[port] for port in sorted(inputs))
     bits, per_token = _message(out_kind(op), rates.get(name), timesteps)
+    formats = spiking.meta.get("quantization", {}).get("layers", {})
+    if name in formats and "bits" in formats[name]:      # the graded method sizes each message
+        bits = formats[name]["bits"]
     common = dict(name=name, neurons=op.out_features, host=bool(node["host"]), message_bits=bits,
                   messages_per_token=per_token, rate_measured=name in rates)
     if isinstance(op, Embed):  # on chip: a table in synaptic memory read by one-hot token and position
         return LayerSpec(kind="dense", inputs=(), params={"in_features": op.wte.shape[0] + op.wpe.shape[0]},
                          **common)
-    if isinstance(op, Dense):
+    if isinstance(op, (Dense, GradedDense)):
         return LayerSpec(kind="dense", inputs=sources, params={"in_features": op.weight.shape[1]}, **common)
+    if isinstance(op, Attention):     # keys and values in the cache at their message's bits, one step per token
+        kv_bits = max(formats.get(inputs[p], {}).get("bits", GRADED_KV_BITS) for p in ("k", "v"))
+        return LayerSpec(kind="attention", inputs=(inputs["q"], inputs["k"], inputs["v"]),
+                         params={"n_head": op.n_head, "head_dim": op.head_dim, "kv_capacity": op.kv_capacity,
+                                 "timesteps": 1, "kv_bits": kv_bits}, **common)
     if isinstance(op, (Encode, Add)):
         return LayerSpec(kind="elementwise", inputs=sources, params={"ports": len(sources)}, **common)
     if isinstance(op, LayerNorm):

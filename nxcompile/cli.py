@@ -17,12 +17,14 @@ from pathlib import Path
 
 from nxcompile.commands_snn import (DEFAULT_CONTEXT, add_conversion_arguments,
                                     add_model_arguments, cmd_convert, cmd_eval, context_of,
-                                    evaluation_token_ids, load_from_args, non_negative_int, positive_int)
+                                    evaluation_token_ids, load_from_args, non_negative_int, positive_int,
+                                    resolve_timesteps)
 from nxcompile.commands_finetune import add_finetune_parser
 from nxcompile.commands_hw import add_partition_parser, add_quantize_parser
 from nxcompile.commands_energy import add_energy_parser
 from nxcompile.commands_net import add_net_parsers, prompt_ids
 from nxcompile.commands_pipeline import cmd_pipeline
+from nxcompile.compiler.targets import TARGET_NAMES
 from nxcompile.errors import NxError
 
 PIPELINE_COMMAND = "pipeline"
@@ -127,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--sweep-timesteps", default=None,
                             help="comma list of T, e.g. 1,2,4,8,16,32: a table and a PNG plot")
     evaluation.add_argument("--plot", type=Path, default=None, help="where to write the PNG")
+    evaluation.add_argument("--target", default="loihi2-sim", choices=TARGET_NAMES,
+                            help="score the graph quantised for this target, in its fixed point (the Lava run's "
+                                 "bit-exact twin; default loihi2-sim)")
+    evaluation.add_argument("--float", action="store_true",
+                            help="score the float graph instead (no quantisation)")
     evaluation.set_defaults(handler=cmd_eval)
 
     ppl = commands.add_parser("perplexity", help="held-out perplexity of the original model")
@@ -163,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if hasattr(args, "timesteps"):
+        resolve_timesteps(args)
     try:
         return args.handler(args)
     except NxError as exc:

@@ -58,7 +58,8 @@ def _network(args: argparse.Namespace, seconds: dict[str, float]):
     rates = {}
     if args.rate_tokens:
         started = time.perf_counter()
-        rates = _measured_rates(spiking, evaluation_token_ids(args, loaded)[:args.rate_tokens], args.timesteps)
+        rates = _measured_rates(spiking, evaluation_token_ids(args, loaded)[:args.rate_tokens],
+                                spiking.meta["options"]["timesteps"])
         seconds["measure spike rates"] = time.perf_counter() - started
     return network_from_graph(spiking, rates)
 
@@ -206,11 +207,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     spiking = build_graph(args, loaded)
     quantised = quantize(spiking, target)
     ids = evaluation_token_ids(args, loaded)[:args.error_tokens][None]
-    print(f"quantisation error on {ids.numel()} held-out tokens at T={args.timesteps} ({target.name}: "
+    timesteps = spiking.meta["options"]["timesteps"]
+    print(f"quantisation error on {ids.numel()} held-out tokens at T={timesteps} ({target.name}: "
           f"{target.weight_mantissa_bits}-bit weight mantissas, per-layer exponent)")
     print(f"{'layer':24} {'mantissa bits':>13} {'weight exp':>10} {'weight err':>10} {'cos(out)':>9} "
           f"{'spikes equal':>12}")
-    for row in quantisation_error(spiking, quantised, ids, args.timesteps):
+    for row in quantisation_error(spiking, quantised, ids, timesteps):
         print(f"{row.name:24} {row.mantissa_bits_used or '-':>13} {row.weight_exp:>10} {row.weight_error:>10.4f} "
               f"{row.output_cosine:>9.4f} {_percent(row.spikes_equal):>12}")
     if args.output:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from nxcompile.commands_hw import place_and_validate
 from nxcompile.commands_net import prompt_ids
-from nxcompile.commands_energy import summaries
+from nxcompile.commands_energy import ATTENTION_OP, summaries
 from nxcompile.commands_snn import build_graph, describe_graph, load_from_args, run_evaluation
 
 
@@ -47,7 +47,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     output = args.output or default_net_path(loaded.name)
     export_net(quantised, output, placement.as_data(), loaded.tokenizer)
     started = time.perf_counter()
-    evaluation = run_evaluation(args, loaded, quantised, args.timesteps, simulate=fixed_point.run)
+    evaluation = run_evaluation(args, loaded, quantised, quantised.meta["options"]["timesteps"],
+                                simulate=fixed_point.run)
     _stage("reference simulation (fixed point)", seconds, started)
 
     started = time.perf_counter()
@@ -102,8 +103,8 @@ def _summary(graph, loaded, target, placement, ev, lava, output: Path, prompt: d
 def _energy_line(by_scope: dict) -> str:
     """Energy per token of the tokens Lava ran, counted on Lava's own spikes."""
     whole = by_scope["every on-chip layer"]
-    ssa = by_scope["SSA vs ANN attention (Q.K, A.V)"]["45nm"]
+    attention = by_scope[ATTENTION_OP]["45nm"]
     return (f"per token on chip: SNN {whole['45nm'].snn_pj / 1e3:.1f} nJ vs ANN {whole['45nm'].ann_pj / 1e3:.1f} nJ "
-            f"({whole['45nm'].change()}; 45 nm figures, Horowitz 2014), SSA {ssa.change()} than ANN attention; "
-            f"at Loihi's per-op energies (Davies 2018) SNN {whole['loihi'].snn_pj / 1e3:.1f} nJ; "
+            f"({whole['45nm'].change()}; 45 nm figures, Horowitz 2014), attention op {attention.change()} than ANN "
+            f"attention; at Loihi's per-op energies (Davies 2018) SNN {whole['loihi'].snn_pj / 1e3:.1f} nJ; "
             f"`nxcompile energy FILE.net` for the table")

@@ -13,6 +13,7 @@ from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
 
 DEFAULT_CONTEXT = 256
+DEFAULT_TIMESTEPS = 8
 
 
 def _int_at_least(text: str, least: int) -> int:
@@ -54,8 +55,8 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, shipped: bool = Tr
                                             RESIDUALS, SSA_NORMS, THRESHOLDS)
 
     parser.add_argument("--method", default="neurtransformer", choices=METHODS)
-    parser.add_argument("--timesteps", "-T", type=positive_int, default=8,
-                        help="time steps per token (default 8)")
+    parser.add_argument("--timesteps", "-T", type=positive_int, default=None,
+                        help=f"time steps per token (default {DEFAULT_TIMESTEPS}; the graded method runs at 1)")
     parser.add_argument("--neuron", default="if", choices=tuple(NEURON_MODELS))
     parser.add_argument("--gelu", default="hinge3", choices=tuple(GELU_HINGES),
                         help="GELU as 3 shifted ReLUs (default) or a plain ReLU")
@@ -162,9 +163,24 @@ def _shipped_graph(args, loaded, options):
     return spiking, f"shipped fine-tuned graph {path.name}{_tuning(spiking)}"
 
 
+def resolve_timesteps(args) -> None:
+    """--timesteps as given, else 8; the graded method sends one graded spike per layer and token, so it
+    runs at 1 whatever was asked (a note says so)."""
+    if getattr(args, "method", None) == "graded":
+        if args.timesteps not in (None, 1) or getattr(args, "sweep_timesteps", None):
+            print("note: the graded method runs at one step per token; --timesteps is ignored", file=sys.stderr)
+            args.sweep_timesteps = None
+        args.timesteps = 1
+    elif args.timesteps is None:
+        args.timesteps = DEFAULT_TIMESTEPS
+
+
 def _at_timesteps(spiking, timesteps: int):
-    """The graph set to run at `timesteps` (thresholds do not depend on T; executors read it from meta)."""
+    """The graph set to run at `timesteps` (thresholds do not depend on T; executors read it from meta);
+    a graded-method graph stays at its one step per token."""
     options = spiking.meta["options"]
+    if options["method"] == "graded":
+        return spiking
     if options.get("timesteps") != timesteps:
         print(f"note: the graph was made at T = {options.get('timesteps')}; running it at T = {timesteps}",
               file=sys.stderr)
@@ -200,6 +216,8 @@ def describe_graph(spiking) -> str:
     method = options["method"]
     if method == "spikedecoder":
         method += f" (embedding {options['embedding']}, norm {options['norm']}, residual {options['residual']})"
+    if method == "graded":
+        method += " (one graded spike per layer and token: 8-bit weights, 16-bit activations, 8-bit KV cache)"
     return f"{spiking.meta.get('origin', 'converted')}; method {method}"
 
 
@@ -285,17 +303,27 @@ def save_figure(fig, path: Path) -> None:
 
 
 def cmd_eval(args) -> int:
+    from nxcompile.compiler.quantize import quantize
+    from nxcompile.compiler.targets import get_target
+    from nxcompile.sim import fixed_point
+
     loaded = load_from_args(args)
-    sweep = parse_timesteps_list(args.sweep_timesteps) if args.sweep_timesteps else [args.timesteps]
     spiking = build_graph(args, loaded)
+    if not args.float:
+        spiking = quantize(spiking, get_target(args.target))
+    simulate = None if args.float else fixed_point.run
+    options = spiking.meta["options"]
+    sweep = parse_timesteps_list(args.sweep_timesteps) if args.sweep_timesteps and options["method"] != "graded" \
+        else [options["timesteps"]]
     results = []
-    print(f"{loaded.name} | {describe_graph(spiking)} | neuron {args.neuron} | GELU {args.gelu} | "
-          f"text {args.text or 'held-out plays'} | context {context_of(args, loaded)}")
+    print(f"{loaded.name} | {describe_graph(spiking)} | neuron {options['neuron']} | GELU {options['gelu']} | "
+          f"text {args.text or 'held-out plays'} | context {context_of(args, loaded)} | "
+          + ("float graph" if args.float else f"{args.target}'s fixed point (the Lava run's twin)"))
     if loaded.random_weights:
         print("RANDOM WEIGHTS: these figures say nothing about any trained model")
     print(TABLE_HEADER)
     for timesteps in sweep:
-        ev = run_evaluation(args, loaded, spiking, timesteps)
+        ev = run_evaluation(args, loaded, spiking, timesteps, simulate)
         results.append(ev)
         print(format_row(ev), flush=True)
     print(f"({results[0].tokens} tokens scored; cos(hid) is the mean over blocks)")
