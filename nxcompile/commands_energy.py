@@ -55,13 +55,16 @@ def counted_run(graph, tokenizer, tokens: int):
     return energy.count(graph, run.values, timesteps), len(ids)
 
 
+ATTENTION_OP = "attention op (SSA, or the graded method's softmax) vs ANN attention (Q.K, A.V)"
+
+
 def summaries(rows) -> dict[str, dict]:
     """SSA against ANN attention (the op alone and the whole attention block) and every on-chip layer,
     under every energy model."""
     from nxcompile.sim.energy import ENERGY_MODELS, total
 
-    scopes = {"SSA vs ANN attention (Q.K, A.V)": lambda r: r.op == "SSA",
-              "attention blocks (Q/K/V, SSA, output projection)": lambda r: ".attn." in r.name,
+    scopes = {ATTENTION_OP: lambda r: r.op in ("SSA", "Attention"),
+              "attention blocks (Q/K/V, attention, output projection)": lambda r: ".attn." in r.name,
               "every on-chip layer": lambda r: True}
     return {scope: {m: total(rows, ENERGY_MODELS[m], where) for m in ENERGY_MODELS} for scope, where in scopes.items()}
 
@@ -74,13 +77,16 @@ def cmd_energy(args: argparse.Namespace) -> int:
     model = ENERGY_MODELS[args.energy_model]
     print(f"{name}: operations per token, mean over {tokens} held-out tokens, T = "
           f"{graph.meta['options']['timesteps']}, Loihi fixed point; energy model {model.name}: {model.source}")
-    print(f"{'layer':22} {'op':9} {'spike rate':>10} {'syn ops':>11} {'neuron upd':>10} {'ANN MACs':>10} "
-          f"{'SNN nJ':>9} {'ANN nJ':>9}")
+    print(f"{'layer':22} {'op':11} {'spike rate':>10} {'accumulates':>11} {'MACs':>10} {'neuron upd':>10} "
+          f"{'adds':>10} {'mults':>9} {'messages':>9} {'ANN MACs':>10} {'SNN nJ':>9} {'ANN nJ':>9}")
     for r in rows:
         rate = "graded" if math.isnan(r.spike_rate) else f"{r.spike_rate:.4f}"
-        print(f"{r.name:22} {r.op:9} {rate:>10} {r.synaptic_ops:>11.0f} {r.neuron_updates:>10.0f} "
-              f"{r.ann_macs:>10.0f} {r.snn_pj(model) / 1e3:>9.2f} {r.ann_pj(model) / 1e3:>9.2f}")
-    print("host layers (embedding, final norm, LM head) are the same on both sides and not counted")
+        print(f"{r.name:22} {r.op:11} {rate:>10} {r.accumulates:>11.0f} {r.macs:>10.0f} {r.neuron_updates:>10.0f} "
+              f"{r.neuron_adds:>10.0f} {r.neuron_mults:>9.0f} {r.messages:>9.0f} {r.ann_macs:>10.0f} "
+              f"{r.snn_pj(model) / 1e3:>9.2f} {r.ann_pj(model) / 1e3:>9.2f}")
+    print("host layers (embedding, final norm, LM head) are the same on both sides and not counted; a graded "
+          "spike crossing a synapse is a MAC, a binary one an accumulate; neuron updates are priced by their adds "
+          "and multiplies (docs/energy.md)")
     blocks = sorted({r.block for r in rows if r.block is not None})
     print(f"per block ({model.name}): " + " | ".join(
         f"{b}: SNN {total(rows, model, lambda r, b=b: r.block == b).snn_pj / 1e3:.1f} nJ, "

@@ -1,21 +1,33 @@
 """Operation counts of a spiking run, per token and per layer, and their price in energy.
 
-Counted from the spike trains a run produced (the reference simulator, float or
-fixed point, with `keep_values=True`), for every on-chip node:
+Counted from the messages a run produced (the reference simulator, float or
+fixed point, with `keep_values=True`, or a Lava run's records), for every
+on-chip node:
 
-  synaptic ops    one per event crossing one synapse: a Dense layer's input
-                  event reaches all of its outputs (fan-out = out_features); an
-                  elementwise op (encode, add) has one synapse per neuron; a
-                  graded value counts as one event per neuron per token, and a
-                  graded spike (payload > 1) as one event, not as its payload.
-                  SSA: at each step, every coincident Q/K spike pair of a head
-                  (one accumulate into that key's score) plus, for every
-                  nonzero score, one accumulate per value spike of that token.
-  neuron updates  each neuron of a spiking population (or readout accumulator)
-                  once per step; a graded add or norm once per token.
+  accumulates     a binary or ternary spike crossing one synapse: the weight is
+                  added to (or subtracted from) the target's current. A Dense
+                  layer's input event reaches all of its outputs (fan-out =
+                  out_features); an elementwise op (encode, add) has one synapse
+                  per neuron. SSA: at each step, every coincident Q/K spike pair
+                  of a head (one accumulate into that key's score) plus, for
+                  every nonzero score, one accumulate per value spike of that key.
+  MACs            a graded spike crossing one synapse: its payload times the
+                  weight, accumulated (a multiply-accumulate, in every method:
+                  the graded method's messages, the residual stream and norm
+                  outputs of the others, 8-bit graded spikes). A graded value is
+                  one event per nonzero neuron per token, a graded spike train
+                  one per nonzero payload per step. Softmax attention: a query
+                  against every cached key and the probabilities against every
+                  cached value, 2 (i + 1) d at position i.
+  neuron ops      what each neuron update computes, as adds (adds, compares,
+                  shifts, selects) and multiplies (multiplies, divisions), read
+                  off the integer program in `sim/fixed_point` (`NEURON_OPS`,
+                  docs/energy.md): a binary IF update is 3 adds, a graded
+                  neuron with GELU 21 adds and 4 multiplies, and so on.
+  messages        spikes and payloads sent (each nonzero event leaving a neuron).
   ANN MACs        what the original model spends on the same layer per token:
-                  a Dense in * out; attention 2 * (context) * d (Q.K and A.V) at
-                  the token's position; nothing for spike encoders.
+                  a Dense in * out; attention 2 (i + 1) d (Q.K and A.V); nothing
+                  for encoders, adds and norms (the papers' convention).
 
 Per-op energies are data with their sources (`ENERGY_MODELS`); every report
 names the model it used.
@@ -26,58 +38,103 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nxcompile.compiler.graph import SSA, Add, Dense, Encode, SpikingGraph
+from nxcompile.compiler.graph import SSA, Add, Attention, Dense, Encode, GradedDense, LayerNorm, SpikingGraph, out_kind
 
 
 @dataclass(frozen=True)
 class EnergyModel:
     """Picojoules per operation, and where each figure comes from."""
     name: str
-    ann_mac_pj: float
-    synaptic_op_pj: float
-    neuron_update_pj: float
+    accumulate_pj: float       # a binary or ternary spike crossing a synapse
+    mac_pj: float              # a graded spike crossing a synapse (payload x weight)
+    add_pj: float              # one add, compare or shift of a neuron update
+    mult_pj: float             # one multiply or division of a neuron update
+    message_pj: float          # one spike or payload sent
+    ann_mac_pj: float          # the ANN's multiply-accumulate
     source: str
 
 
+# Loihi 1's per-operation energies (Davies et al., IEEE Micro 38(1) 2018, Table 2): a synaptic
+# spike op 23.6 pJ, a neuron update 52 pJ (inactive; 81 active), a spike within a tile 1.7 pJ.
+# Loihi's CUBA update is about 6 operations (two decays, three adds, a compare): 52 / 6 pJ each
+# prices the other neurons' updates by what they compute (an assumption, as is a graded synaptic
+# op as a spike op plus one such multiply: Loihi 1 has no graded spikes).
+_LOIHI_OP_PJ = 52.0 / 6
 ENERGY_MODELS = {m.name: m for m in (
-    EnergyModel("45nm", ann_mac_pj=4.6, synaptic_op_pj=0.9, neuron_update_pj=0.0,
-                source="Horowitz, ISSCC 2014, 45 nm: 32-bit float MAC 4.6 pJ (mult 3.7 + add 0.9), "
-                       "a synaptic op as one 32-bit float add 0.9 pJ; neuron updates not priced "
-                       "(the convention of the spiking-transformer papers)"),
-    EnergyModel("45nm-int8", ann_mac_pj=0.23, synaptic_op_pj=0.03, neuron_update_pj=0.0,
-                source="Horowitz, ISSCC 2014, 45 nm: 8-bit int MAC 0.23 pJ (mult 0.2 + add 0.03), "
-                       "a synaptic op as one 8-bit add 0.03 pJ"),
-    EnergyModel("loihi", ann_mac_pj=4.6, synaptic_op_pj=23.6, neuron_update_pj=52.0,
-                source="Davies et al., IEEE Micro 38(1) 2018, Table 2: 23.6 pJ per synaptic spike op, "
-                       "52 pJ per neuron update; the ANN at Horowitz's 45 nm float MAC 4.6 pJ"),
+    EnergyModel("45nm", accumulate_pj=0.9, mac_pj=4.6, add_pj=0.9, mult_pj=3.7, message_pj=0.0, ann_mac_pj=4.6,
+                source="Horowitz, ISSCC 2014, 45 nm 32-bit float: MAC 4.6 pJ (mult 3.7 + add 0.9), an accumulate "
+                       "or a neuron's add 0.9 pJ, a neuron's multiply 3.7 pJ; messages not priced (the "
+                       "spiking-transformer papers' convention)"),
+    EnergyModel("45nm-int8", accumulate_pj=0.03, mac_pj=0.23, add_pj=0.03, mult_pj=0.2, message_pj=0.0,
+                ann_mac_pj=0.23,
+                source="Horowitz, ISSCC 2014, 45 nm 8-bit integer: MAC 0.23 pJ (mult 0.2 + add 0.03), an "
+                       "accumulate or a neuron's add 0.03 pJ, a neuron's multiply 0.2 pJ (a lower bound: the "
+                       "graded method's payloads are up to 24 bits)"),
+    EnergyModel("loihi", accumulate_pj=23.6, mac_pj=23.6 + _LOIHI_OP_PJ, add_pj=_LOIHI_OP_PJ, mult_pj=_LOIHI_OP_PJ,
+                message_pj=1.7, ann_mac_pj=4.6,
+                source="Davies et al., IEEE Micro 2018, Table 2 (Loihi 1): a synaptic spike op 23.6 pJ, a spike "
+                       "within a tile 1.7 pJ, a neuron update 52 pJ spread over a CUBA update's ~6 operations "
+                       "(8.7 pJ each, an assumption), a graded synaptic op as a spike op plus one of them; the "
+                       "ANN at Horowitz's 45 nm float MAC 4.6 pJ"),
 )}
+
+# (adds, multiplies) of one neuron update, read off sim/fixed_point's integer program. Adds count
+# adds, compares, shifts and selects; multiplies count multiplies and divisions.
+NEURON_OPS = {
+    "if": (3, 0),                 # v += I; s = v >= theta; v -= s theta
+    "if-ternary": (4, 0),         # and the compare with -theta
+    "if-graded": (4, 2),          # s = clamp(v // theta, 0, 255): a division and two compares; v -= s theta
+    "leak": (2, 1),               # LIF first: sign(v) ((|v| keep) >> 12)
+    "current": (1, 0),            # the bias (SSA: the scale, a shift) added to each step's current
+    "readout-step": (1, 0),       # a readout accumulates its current each step ...
+    "readout-token": (5, 1),      # ... and rounds the window's mean once per token, saturating
+    "norm-feature": (6, 3),       # per feature: sum, centre, square, sum; times w, // std, + b, saturate
+    "norm-token": (13, 8),        # per token: mean, variance, an integer square root (Newton's, ~6 steps)
+    "window-step": (1, 0),        # a norm of a spike train sums each feature's spikes over the window ...
+    "window-token": (2, 2),       # ... and decodes the sum once per token
+    "graded-add": (3, 0),         # a + b, saturated
+    "graded-dense": (5, 0),       # bias; rescale (a power of two: round, shift); saturate
+    "gelu": (16, 4),              # to 2**-10 units; |x|, clip, piece and offset; c1 t, t t, c2 t^2, shifts,
+                                  # sum; beyond-4 and sign selects, 1 - h; x h
+    "attention-pair": (13, 5),    # per query, key and head: score rescale, max, subtract; i-exp (clamp,
+                                  # q = x // x0, r = x - q x0, (r + b) r + c, >> q); sum; probability
+    "attention-query": (0, 1),    # per query and head: one reciprocal, 2**48 // sum
+    "attention-feature": (4, 0),  # per output feature: rounding shift, saturation
+}
 
 
 @dataclass
 class LayerCounts:
-    """One node's operations per token."""
+    """One node's operations per token (mean over the run's tokens)."""
     name: str
     op: str
     block: int | None
-    synaptic_ops: float
+    accumulates: float
+    macs: float
     neuron_updates: float
+    neuron_adds: float
+    neuron_mults: float
+    messages: float
     ann_macs: float
     spike_rate: float          # nonzero outputs per neuron per step (nan: graded output)
 
+    @property
+    def synaptic_ops(self) -> float:
+        return self.accumulates + self.macs
+
     def snn_pj(self, model: EnergyModel) -> float:
-        return self.synaptic_ops * model.synaptic_op_pj + self.neuron_updates * model.neuron_update_pj
+        return (self.accumulates * model.accumulate_pj + self.macs * model.mac_pj + self.neuron_adds * model.add_pj
+                + self.neuron_mults * model.mult_pj + self.messages * model.message_pj)
 
     def ann_pj(self, model: EnergyModel) -> float:
         return self.ann_macs * model.ann_mac_pj
 
 
 def _events(x) -> np.ndarray:
-    """Input events per token per neuron: spikes of a train [B, S, T, N] summed over T (graded
-    payloads count once), or one per neuron for a graded value [B, S, N]."""
+    """Input events per token per neuron: nonzero messages of a train [B, S, T, N] summed over T, or of a
+    graded value [B, S, N] (one per nonzero neuron)."""
     x = np.asarray(x)
-    if x.ndim == 4:
-        return (x != 0).sum(axis=2)
-    return np.ones_like(x, dtype=np.int64)
+    return (x != 0).sum(axis=2) if x.ndim == 4 else (x != 0).astype(np.int64)
 
 
 def _ssa_ops(op: SSA, q, k, v) -> np.ndarray:
@@ -99,16 +156,77 @@ def _hinges(spiking: SpikingGraph) -> int:
     """Populations the converter built per ANN MLP neuron (one per GELU hinge)."""
     from nxcompile.compiler.convert import GELU_HINGES
 
-    return max(1, len(GELU_HINGES.get(spiking.meta.get("options", {}).get("gelu", "relu"), ())))
+    options = spiking.meta.get("options", {})
+    if options.get("method") == "graded":
+        return 1
+    return max(1, len(GELU_HINGES.get(options.get("gelu", "relu"), ())))
 
 
 def _ann_macs(spiking: SpikingGraph, name: str, op, positions: np.ndarray) -> np.ndarray:
-    if isinstance(op, Dense):
+    if isinstance(op, (Dense, GradedDense)):
         widen = _hinges(spiking) if ".mlp." in name else 1     # the converter's MLP layers are per hinge
         return np.full(positions.shape, op.weight.shape[0] * op.weight.shape[1] / widen)
-    if isinstance(op, SSA):
+    if isinstance(op, (SSA, Attention)):
         return 2.0 * (positions + 1) * op.out_features
     return np.zeros(positions.shape)
+
+
+def _graded_source(spiking: SpikingGraph, source: str) -> bool:
+    """Whether a source's messages carry payloads (each crossing a synapse is a MAC), not 0/1 spikes."""
+    return out_kind(spiking.op(source)) not in ("binary", "ternary")
+
+
+def _fan_out(op) -> int:
+    """Synapses each input event of a port crosses: all outputs of a Dense, one of an elementwise op."""
+    return op.out_features if isinstance(op, (Dense, GradedDense)) else 1
+
+
+def _synaptic(spiking: SpikingGraph, name: str, op, inputs: dict, timesteps: int) -> tuple[np.ndarray, np.ndarray]:
+    """[B, S] accumulates and MACs of a node's synapses."""
+    some = next(iter(inputs.values()))
+    zeros = np.zeros(np.asarray(some).shape[:2])
+    if isinstance(op, SSA):
+        return _ssa_ops(op, inputs["q"], inputs["k"], inputs["v"]), zeros
+    if isinstance(op, Attention):
+        positions = np.broadcast_to(np.arange(zeros.shape[1]), zeros.shape)
+        return zeros, 2.0 * (positions + 1) * op.out_features
+    accumulates, macs = zeros.copy(), zeros.copy()
+    for port, source in spiking.inputs(name).items():
+        events = _events(inputs[port]).sum(-1) * _fan_out(op)
+        if _graded_source(spiking, source):
+            macs += events
+        else:
+            accumulates += events
+    return accumulates, macs
+
+
+def _ops(*names: str, times: float = 1.0) -> np.ndarray:
+    return times * np.sum([NEURON_OPS[n] for n in names], axis=0)
+
+
+def _neuron_ops(op, values_in: dict, timesteps: int, positions: np.ndarray) -> tuple[float, np.ndarray]:
+    """(neuron updates, [adds, multiplies]) per token of one node."""
+    neuron = getattr(op, "neuron", None)
+    n = op.out_features
+    if neuron is not None:
+        kind = "if-graded" if neuron.payload_max > 1 else "if-ternary" if neuron.signed else "if"
+        per_step = _ops(kind, "current") + (_ops("leak") if neuron.leak > 0 else 0)
+        return n * timesteps, n * timesteps * per_step
+    if isinstance(op, Dense):                    # a readout
+        return n * timesteps, n * (_ops("readout-step", times=timesteps) + _ops("readout-token"))
+    if isinstance(op, LayerNorm):
+        spikes_in = np.asarray(values_in["x"]).ndim == 4
+        window = _ops("window-step", times=timesteps) + _ops("window-token") if spikes_in else 0
+        return n, n * (_ops("norm-feature") + window) + _ops("norm-token")
+    if isinstance(op, Add):
+        return n, n * _ops("graded-add")
+    if isinstance(op, GradedDense):
+        return n, n * (_ops("graded-dense") + (_ops("gelu") if op.activation != "identity" else 0))
+    if isinstance(op, Attention):
+        keys = float(np.mean(positions + 1))
+        return n, (op.n_head * (keys * _ops("attention-pair") + _ops("attention-query"))
+                   + n * _ops("attention-feature"))
+    return 0.0, np.zeros(2)
 
 
 def count(spiking: SpikingGraph, values: dict, timesteps: int) -> list[LayerCounts]:
@@ -120,21 +238,15 @@ def count(spiking: SpikingGraph, values: dict, timesteps: int) -> list[LayerCoun
             continue
         op, sources = node["op"], spiking.inputs(name)
         inputs = {port: values[s] for port, s in sources.items()}
-        some = np.asarray(next(iter(inputs.values())))
-        positions = np.broadcast_to(np.arange(some.shape[1]), some.shape[:2])
-        if isinstance(op, SSA):
-            synaptic = _ssa_ops(op, inputs["q"], inputs["k"], inputs["v"])
-        elif isinstance(op, Dense):
-            synaptic = _events(inputs["x"]).sum(-1) * op.out_features
-        elif isinstance(op, (Encode, Add)):
-            synaptic = sum(_events(x).sum(-1) for x in inputs.values())
-        else:
-            synaptic = np.zeros(positions.shape)
-        per_step = getattr(op, "neuron", None) is not None or isinstance(op, Dense)    # populations, readouts
-        updates = op.out_features * (timesteps if per_step else 1)
+        shape = np.asarray(next(iter(inputs.values()))).shape[:2]
+        positions = np.broadcast_to(np.arange(shape[1]), shape)
+        accumulates, macs = _synaptic(spiking, name, op, inputs, timesteps)
+        updates, (adds, mults) = _neuron_ops(op, inputs, timesteps, positions)
         out = np.asarray(values[name])
         rate = float((out != 0).mean()) if out.ndim == 4 else float("nan")
-        rows.append(LayerCounts(name, type(op).__name__, node["block"], float(np.mean(synaptic)), float(updates),
+        rows.append(LayerCounts(name, type(op).__name__, node["block"], float(np.mean(accumulates)),
+                                float(np.mean(macs)), float(updates), float(adds), float(mults),
+                                float(_events(out).sum(-1).mean()),
                                 float(np.mean(_ann_macs(spiking, name, op, positions))), rate))
     return rows
 

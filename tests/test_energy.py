@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nxcompile.compiler.graph import SSA, Dense, Embed, Encode, NeuronModel, SpikingGraph
-from nxcompile.sim.energy import ENERGY_MODELS, count, total
+from nxcompile.compiler.graph import SSA, Attention, Dense, Embed, Encode, GradedDense, NeuronModel, SpikingGraph
+from nxcompile.sim.energy import ENERGY_MODELS, NEURON_OPS, count, total
 
 
 def _graph() -> SpikingGraph:
@@ -25,9 +25,12 @@ def _graph() -> SpikingGraph:
 
 def _values() -> dict:
     """2 tokens, T = 2 steps; spikes placed by hand (batch 1)."""
+    embed = np.zeros((1, 2, 4))
+    embed[0, 0] = [1.0, 0.0, 2.0, 3.0]      # token 0: three nonzero graded values; token 1: four
+    embed[0, 1] = [1.0, 1.0, 1.0, 1.0]
     enc = np.zeros((1, 2, 2, 4))
     enc[0, 0, 0, :3] = [1, -1, 1]          # token 0: 3 events at step 0
-    enc[0, 1, 1, 0] = 5                    # token 1: one graded spike of payload 5: one event
+    enc[0, 1, 1, 0] = 5                    # token 1: one event (a spike, whatever it carries)
     q, k, v = (np.zeros((1, 2, 2, 4)) for _ in range(3))
     q[0, 1, 0, :2] = 1                     # token 1, step 0: q = 1100
     k[0, 0, 0, :] = [1, 1, 0, 0]           # token 0, step 0: k = 1100 -> q1.k0 = 2
@@ -36,20 +39,25 @@ def _values() -> dict:
     v[0, 1, 0, :] = [1, 1, 1, 0]
     ssa = np.zeros((1, 2, 2, 4))
     ssa[0, 1, 0, 3] = 1
-    return {"embed": np.zeros((1, 2, 4)), "enc": enc, "q": q, "k": k, "v": v, "ssa": ssa,
-            "out": np.zeros((1, 2, 3))}
+    return {"embed": embed, "enc": enc, "q": q, "k": k, "v": v, "ssa": ssa, "out": np.zeros((1, 2, 3))}
 
 
 def test_counts_match_spikes_times_fan_out():
     rows = {r.name: r for r in count(_graph(), _values(), timesteps=2)}
     assert "embed" not in rows                                   # host work is not on chip
-    assert rows["enc"].synaptic_ops == 4                         # a graded input: one event per neuron
-    assert rows["q"].synaptic_ops == (3 + 1) / 2 * 4             # events per token x fan-out 4
+    assert rows["enc"].macs == (3 + 4) / 2 and rows["enc"].accumulates == 0   # graded values: MACs, nonzero ones
+    assert rows["q"].accumulates == (3 + 1) / 2 * 4 and rows["q"].macs == 0   # ternary events x fan-out 4
     # token 0: q0 = 0 -> nothing; token 1: q1.k0 = 2 and q1.k1 = 1 coincidences, both scores nonzero,
     # so v0's 2 and v1's 3 spikes accumulate: 3 + 5 = 8 ops; mean over 2 tokens
-    assert rows["ssa"].synaptic_ops == 8 / 2
-    assert rows["out"].synaptic_ops == 1 / 2 * 3                 # one SSA spike, fan-out 3
+    assert rows["ssa"].accumulates == 8 / 2
+    assert rows["out"].accumulates == 1 / 2 * 3                  # one SSA spike, fan-out 3
     assert rows["q"].neuron_updates == 4 * 2 and rows["out"].neuron_updates == 3 * 2
+    # a binary IF step: integrate, compare, subtract, plus the bias: 4 adds; ternary 5; a readout adds each
+    # step, then rounds its mean (5 adds, 1 division) once per token
+    assert (rows["q"].neuron_adds, rows["q"].neuron_mults) == (4 * 2 * 4, 0)
+    assert (rows["enc"].neuron_adds, rows["ssa"].neuron_adds) == (4 * 2 * 5, 4 * 2 * 4)
+    assert (rows["out"].neuron_adds, rows["out"].neuron_mults) == (3 * (2 + 5), 3)
+    assert rows["enc"].messages == (3 + 1) / 2
     assert rows["q"].ann_macs == 16 and rows["enc"].ann_macs == 0
     assert rows["ssa"].ann_macs == (2 * 1 * 4 + 2 * 2 * 4) / 2   # Q.K and A.V over 1, then 2 positions
     assert rows["ssa"].spike_rate == pytest.approx(1 / 16)
@@ -59,13 +67,44 @@ def test_prices_are_counts_times_the_models_figures():
     rows = count(_graph(), _values(), timesteps=2)
     for model in ENERGY_MODELS.values():
         summary = total(rows, model)
-        synaptic = 4 + 3 * 8 + 4 + 1.5
-        updates = 4 * 2 * 4 + 4 * 2 + 3 * 2
-        macs = 3 * 16 + 12 + 12
-        assert summary.snn_pj == pytest.approx(synaptic * model.synaptic_op_pj + updates * model.neuron_update_pj)
-        assert summary.ann_pj == pytest.approx(macs * model.ann_mac_pj)
+        accumulates = 3 * 8 + 4 + 1.5                              # q, k, v; SSA; the readout
+        macs = 3.5
+        adds = 40 + 3 * 32 + 32 + 21
+        mults = 3
+        messages = 2 + sum(float((np.abs(_values()[n]) > 0).sum()) / 2 for n in ("q", "k", "v", "ssa"))
+        macs_ann = 3 * 16 + 12 + 12
+        assert summary.snn_pj == pytest.approx(accumulates * model.accumulate_pj + macs * model.mac_pj
+                                               + adds * model.add_pj + mults * model.mult_pj
+                                               + messages * model.message_pj)
+        assert summary.ann_pj == pytest.approx(macs_ann * model.ann_mac_pj)
         assert summary.reduction == pytest.approx(1 - summary.snn_pj / summary.ann_pj)
         assert model.source
+
+
+def test_graded_events_are_priced_as_multiply_accumulates():
+    """The graded method on a hand-built graph: every nonzero payload crossing a synapse is a MAC, the
+    softmax attention's Q.K and A.V are 2 (i + 1) d MACs, and its neurons are priced by their operations."""
+    g = SpikingGraph(nx.DiGraph(), {"options": {"method": "graded"}})
+    g.add("embed", Embed(torch.zeros(10, 4), torch.zeros(8, 4)), host=True)
+    g.add("fc", GradedDense(torch.ones(3, 4), torch.zeros(3), "gelu_new"), {"x": "embed"}, block=0)
+    for name in "qkv":
+        g.add(name, GradedDense(torch.ones(4, 3), torch.zeros(4)), {"x": "fc"}, block=0)
+    g.add("att", Attention(2, 2, 0.7), {"q": "q", "k": "k", "v": "v"}, block=0)
+    fc = np.array([[[0, 5, 7], [1, 0, 0]]])                      # token 0: 2 nonzero payloads, token 1: 1
+    values = {"embed": np.array([[[1.0, 0.0, 0.0, 2.0], [3.0, 1.0, 1.0, 1.0]]]), "fc": fc,
+              "q": np.ones((1, 2, 4)), "k": np.ones((1, 2, 4)), "v": np.ones((1, 2, 4)), "att": np.ones((1, 2, 4))}
+    rows = {r.name: r for r in count(g, values, timesteps=1)}
+    assert rows["fc"].macs == (2 + 4) / 2 * 3 and rows["fc"].accumulates == 0
+    assert rows["q"].macs == (2 + 1) / 2 * 4
+    assert rows["att"].macs == (2 * 1 * 4 + 2 * 2 * 4) / 2 and rows["att"].ann_macs == rows["att"].macs
+    gelu, dense = NEURON_OPS["gelu"], NEURON_OPS["graded-dense"]
+    assert (rows["fc"].neuron_adds, rows["fc"].neuron_mults) == (3 * (gelu[0] + dense[0]), 3 * (gelu[1] + dense[1]))
+    pair, query, feature = NEURON_OPS["attention-pair"], NEURON_OPS["attention-query"], NEURON_OPS["attention-feature"]
+    assert rows["att"].neuron_adds == 2 * (1.5 * pair[0] + query[0]) + 4 * feature[0]   # 1.5 keys per query on average
+    for model in ENERGY_MODELS.values():
+        assert rows["fc"].snn_pj(model) == pytest.approx(9 * model.mac_pj + 3 * (gelu[0] + dense[0]) * model.add_pj
+                                                         + 3 * (gelu[1] + dense[1]) * model.mult_pj
+                                                         + 1.5 * model.message_pj)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +124,7 @@ def test_energy_command_prints_every_model_and_writes_the_plots(tiny_net, tmp_pa
 
     assert main(["energy", str(tiny_net), "--tokens", "32", "--plot-dir", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
-    for needle in ("h0.attn.ssa", "SSA vs ANN attention", "every on-chip layer", "Horowitz", "Davies"):
+    for needle in ("h0.attn.ssa", "vs ANN attention", "every on-chip layer", "Horowitz", "Davies"):
         assert needle in out
     for name in ("energy_per_layer.png", "spike_rate_per_layer.png", "ann_vs_snn.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
