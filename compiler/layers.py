@@ -3,9 +3,9 @@
 The partitioner and the validator both read this plain description and nothing
 else of the network, so a SpikingGraph and a foreign lava-dl `.net` file are
 partitioned by the same code. A layer's output neurons are numbered in one
-fixed order (features; heads then head dims; conv row, channel, column), and
+fixed order (features; heads then head dims; conv column, row, channel), and
 every input a block reads is a range of a source layer's neurons in that order.
-(lava-dl stores conv tensors channel first; this numbering is row, channel, column.)
+(lava-dl stores conv tensors channel first; Lava's processes hold them as (W, H, C).)
 
 Kinds and what one output neuron needs:
   dense        all `in_features` inputs, one synapse (weight) each
@@ -15,8 +15,10 @@ Kinds and what one output neuron needs:
   attention    its head's slice of Q, K and V; the head's past keys and values
                (`kv_capacity` tokens x `timesteps` steps) are held in synaptic
                memory, which is what a head costs
-  conv         a kernel window of every input channel; a core stores the kernel of
-               each output channel it computes once (shared by that channel's neurons)
+  conv         a kernel window of every input channel; a core stores the kernels once
+               (shared by every neuron it computes); numbered column, row, channel, as
+               Lava flattens a conv layer's (W, H, C) output
+  input        neurons driven by their bias or by the host: no synapses (netx's input layer)
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ GRADED_MESSAGE_BITS = 16
 GRADED_KV_BITS = 8
 # Spike rate assumed where none was measured (spikes per neuron per step).
 ESTIMATED_SPIKE_RATE = 0.1
-KINDS = ("dense", "elementwise", "norm", "attention", "conv")
+KINDS = ("dense", "elementwise", "norm", "attention", "conv", "input")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class LayerSpec:
     """One layer as the partitioner sees it. `params` holds the kind's sizes:
     dense: in_features; elementwise: ports; norm: features; attention: n_head,
     head_dim, kv_capacity, timesteps, kv_bits; conv: in_shape, out_shape (C, H, W),
-    kernel, stride, padding, dilation (each (H, W))."""
+    kernel, stride, padding, dilation (each (H, W)); input: out_shape where 3-D.
+    dense and conv may give weight_bits (signed; else the target's)."""
     name: str
     kind: str
     neurons: int
@@ -108,7 +111,9 @@ def _graph_layer(spiking, name: str, rates: dict[str, float], timesteps: int) ->
         return LayerSpec(kind="dense", inputs=(), params={"in_features": op.wte.shape[0] + op.wpe.shape[0]},
                          **common)
     if isinstance(op, (Dense, GradedDense)):
-        return LayerSpec(kind="dense", inputs=sources, params={"in_features": op.weight.shape[1]}, **common)
+        return LayerSpec(kind="dense", inputs=sources, params={
+            "in_features": op.weight.shape[1], "weight_bits": formats.get(name, {}).get("mantissa_bits_used")},
+            **common)
     if isinstance(op, Attention):     # keys and values in the cache at their message's bits, one step per token
         kv_bits = max(formats.get(inputs[p], {}).get("bits", GRADED_KV_BITS) for p in ("k", "v"))
         return LayerSpec(kind="attention", inputs=(inputs["q"], inputs["k"], inputs["v"]),
@@ -149,11 +154,37 @@ def netx_value(group, key, default=None):
     return value.decode() if isinstance(value, bytes) else value
 
 
+# Layer types lava-dl netx (0.6) declares but cannot build: its _create raises NotImplementedError.
+NETX_UNBUILT = ("pool", "convT", "unpool", "average", "concat")
+# netx's default payload bits of a graded (sigma-delta) message; a CUBA layer's messageBits, if any.
+NETX_SDNN_MESSAGE_BITS = 16
+
+
 def _netx_message(group) -> tuple[int, float]:
-    neuron = group["neuron"] if "neuron" in group else None
-    kind = netx_value(neuron, "type", "LOIHI") if neuron is not None else "LOIHI"
-    graded = kind == "SDNN"
-    return (GRADED_MESSAGE_BITS if graded else 1), (1.0 if graded else ESTIMATED_SPIKE_RATE)
+    """(payload bits, messages per neuron per step) of a netx layer's neurons, as netx reads them:
+    LOIHI/CUBA binary unless messageBits, SDNN graded (16 bits unless messageBits), RF binary; a
+    dense layer without a neuron group gets netx's default CUBA."""
+    if "neuron" not in group:
+        return 1, ESTIMATED_SPIKE_RATE
+    neuron = group["neuron"]
+    kind = netx_value(neuron, "type")
+    bits = int(netx_value(neuron, "messageBits", 0)) if "messageBits" in neuron else 0
+    if kind in ("LOIHI", "CUBA") or "RF" in kind:
+        return (bits if bits > 1 else 1), (1.0 if bits > 1 else ESTIMATED_SPIKE_RATE)
+    if kind == "SDNN":
+        return (bits or NETX_SDNN_MESSAGE_BITS), 1.0
+    raise ValueError(f"neuron type {kind!r}, which lava-dl netx does not know")
+
+
+def _weight_bits(weight: np.ndarray) -> int:
+    """Signed weight bits as netx's optimize_weight_bits finds them (a sign bit for mixed signs)."""
+    from lava.lib.dl.netx.utils import SYNAPSE_SIGN_MODE, optimize_weight_bits
+
+    weight = np.asarray(weight, dtype=np.float64)
+    if not np.any(weight):
+        return 1
+    _, bits, _, sign_mode = optimize_weight_bits(weight)
+    return int(bits) + int(sign_mode == SYNAPSE_SIGN_MODE.MIXED)
 
 
 def _pair(group, key) -> tuple[int, int]:
@@ -165,37 +196,60 @@ def _shape(group) -> tuple[int, ...]:
     return tuple(int(v) for v in np.atleast_1d(netx_value(group, "shape")))
 
 
-def _netx_layer(index: int, group, previous: LayerSpec | None, previous_shape) -> tuple[LayerSpec | None, tuple]:
+def _dense_weights(group, name: str) -> list[np.ndarray]:
+    """A dense layer's weight matrices [out, in] as netx builds them: 1-D weights reshaped to the layer's
+    neurons, a recurrent layer's weight_rec, a complex layer's real and imaginary parts."""
+    out = math.prod(_shape(group))
+    keys = ("weight/real", "weight/imag") if "weight/real" in group else ("weight",) + (
+        ("weight_rec",) if "weight_rec" in group else ())
+    weights = [np.asarray(group[k][()], dtype=np.float64) for k in keys]
+    weights = [w.reshape(out, -1) if w.ndim == 1 else w for w in weights]
+    if any(w.ndim != 2 or w.shape[0] != out for w in weights):
+        raise ValueError(f"{name}: weights {[w.shape for w in weights]} do not match its {out} neurons")
+    return weights
+
+
+def _netx_layer(index: int, group, previous: LayerSpec | None, previous_shape, host: bool) -> tuple[LayerSpec | None, tuple]:
     kind = netx_value(group, "type")
     name = f"layer{index}:{kind}"
     inputs = (previous.name,) if previous is not None else ()
-    bits, per_token = _netx_message(group)
-    common = dict(name=name, inputs=inputs, message_bits=bits, messages_per_token=per_token)
-    if kind == "input":
-        shape = _shape(group)
-        return LayerSpec(kind="elementwise", neurons=math.prod(shape), params={"ports": 0},
-                         host=True, **common), shape
+    if kind in NETX_UNBUILT:
+        raise ValueError(f"layer {index} has type {kind!r}, which lava-dl netx cannot build either")
     if kind == "flatten":
         return None, (math.prod(previous_shape),)
-    if kind == "dense":
-        weight = group["weight"]
-        return LayerSpec(kind="dense", neurons=int(weight.shape[0]),
-                         params={"in_features": int(weight.shape[1])}, **common), (int(weight.shape[0]),)
+    bits, per_token = _netx_message(group)
+    common = dict(name=name, inputs=inputs, message_bits=bits, messages_per_token=per_token, host=host)
+    if kind == "input":
+        shape = _shape(group)
+        if "neuron" not in group:         # netx takes only its shape: no layer
+            return None, shape
+        params = {"out_shape": shape} if len(shape) == 3 else {}
+        return LayerSpec(kind="input", neurons=math.prod(shape), params=params, **common), shape
+    if kind in ("dense", "dense_rec", "dense_comp"):
+        weights = _dense_weights(group, name)
+        in_features = sum(w.shape[1] for w in weights)
+        if kind == "dense_rec":          # a recurrent layer also reads its own neurons
+            common["inputs"] = inputs + (name,)
+        return LayerSpec(kind="dense", neurons=weights[0].shape[0],
+                         params={"in_features": in_features, "weight_bits": max(map(_weight_bits, weights)),
+                                 "delays": "delay" in group}, **common), (weights[0].shape[0],)
     if kind == "conv":
         out_shape = _shape(group)
-        weight_shape = group["weight"].shape
+        weight = np.asarray(group["weight"][()])
         in_shape = previous_shape if previous_shape and len(previous_shape) == 3 else None
-        if in_shape is None or int(weight_shape[1]) != in_shape[0]:
-            raise ValueError(f"{name}: conv input {previous_shape} does not match weight {weight_shape}")
+        if in_shape is None or int(weight.shape[1]) * int(netx_value(group, "groups", 1)) != in_shape[0]:
+            raise ValueError(f"{name}: conv input {previous_shape} does not match weight {weight.shape}")
         params = {"in_shape": tuple(in_shape), "out_shape": out_shape, "kernel": _pair(group, "kernelSize"),
                   "stride": _pair(group, "stride"), "padding": _pair(group, "padding"),
-                  "dilation": _pair(group, "dilation")}
+                  "dilation": _pair(group, "dilation"), "weight_bits": _weight_bits(weight)}
         return LayerSpec(kind="conv", neurons=math.prod(out_shape), params=params, **common), out_shape
-    raise ValueError(f"layer {index} has type {kind!r}, which nxcompile cannot place")
+    raise ValueError(f"layer {index} has type {kind!r}, which lava-dl netx does not know")
 
 
-def network_from_netx(path: Path) -> Network:
-    """The layers of a lava-dl netx `.net` file (read as data only)."""
+def network_from_netx(path: Path, skip_layers: int = 0) -> Network:
+    """The layers of a lava-dl netx `.net` file (read as data only). As netx's `skip_layers`, the first
+    `skip_layers` layers run on the host (their output is the network's input); an input layer with
+    neurons is on chip otherwise, as netx builds it."""
     path = Path(path)
     layers: list[LayerSpec] = []
     try:
@@ -203,7 +257,7 @@ def network_from_netx(path: Path) -> Network:
             group = handle["layer"]
             previous, shape = None, None
             for index in sorted(group.keys(), key=int):
-                layer, shape = _netx_layer(int(index), group[index], previous, shape)
+                layer, shape = _netx_layer(int(index), group[index], previous, shape, int(index) < skip_layers)
                 if layer is not None:
                     layers.append(layer)
                     previous = layer
@@ -211,10 +265,10 @@ def network_from_netx(path: Path) -> Network:
         raise UsageError(f"{path} is not a readable lava-dl .net network ({exc})") from exc
     if not layers:
         raise UsageError(f"{path} has no layers")
-    if layers[0].inputs == () and not layers[0].host:  # no input layer: the first layer reads the host
-        first = layers[0]
-        host_input = LayerSpec(name="host-input", kind="elementwise", params={"ports": 0}, host=True,
+    if layers[0].inputs == () and not layers[0].host and layers[0].kind != "input":
+        first = layers[0]          # no input layer: the first layer reads the host
+        host_input = LayerSpec(name="host-input", kind="input", host=True,
                                neurons=first.params.get("in_features", 1), inputs=())
-        layers[0] = replace(first, inputs=("host-input",))
+        layers[0] = replace(first, inputs=("host-input",) + first.inputs)
         layers.insert(0, host_input)
     return Network(layers, source=str(path))

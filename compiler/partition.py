@@ -1,14 +1,21 @@
 """Partitioning: every on-chip layer split into core-sized blocks, the blocks placed on cores and chips.
 
-1. Split. A layer whose single output unit (a neuron; a head; a conv row) cannot
+Costs and policy follow the Loihi 2 model of compiler/targets.py, fitted to Intel's own
+compiler logs (synapse words per input axon, kernels once per core, < 4,096 neurons).
+
+1. Split. A layer whose single output unit (a neuron; a head; a conv column) cannot
    fit a core with all of its inputs is split by input into the fewest equal
    parts that fit (dense: input features; attention: the tokens of the KV cache;
    conv: input channels). Each part's blocks then send partial sums to added
    accumulator neurons, `<layer>+acc`, which are blocks like any other and are
-   reported. Output units are then cut greedily into the largest blocks that fit.
-2. Place. Blocks, in topological order, go first-fit onto the open cores of the
-   current chip, a new core when none has room, a new chip when the chip is
-   full. Consecutive layers therefore share a chip, which keeps spikes between
+   reported. Output units are then cut into blocks: `intel` packing (the default)
+   as Intel's compiler does (conv and input layers in power-of-two column tiles,
+   other layers on k cores, k multiplied by the largest ratio of need to limit
+   until every core fits); `tight` packing into the largest blocks that fit.
+2. Place. Blocks, in topological order, go onto the current chip: `intel` gives
+   every block a core of its own (the logs show no two layers on one core),
+   `tight` fits each into the first open core with room; a new chip when the chip
+   is full. Consecutive layers therefore share a chip, which keeps spikes between
    chips to the layer boundaries that a chip boundary must cut.
 3. Refine. Messages per token between every pair of cores are traced from each
    source layer's measured or estimated message rate; whole cores then swap
@@ -32,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from nxcompile.compiler.layers import LayerSpec, Network
-from nxcompile.compiler.targets import TARGETS, Target
+from nxcompile.compiler.targets import CONV_INPUT_AXONS, TARGETS, Target
 from nxcompile.errors import NxError
 from nxcompile.files import write_atomically
 
@@ -47,7 +54,7 @@ class DoesNotFit(NxError):
 class Block:
     """Output neurons [start, stop) of `layer` for input part `part` of `parts`,
     on global core `core` of chip `chip`. `inputs` are the source neuron ranges
-    it reads; `neurons`, `synapse_bits`, `axons` what the partitioner booked."""
+    it reads; `neurons`, `synapse_words`, `axons` what the partitioner booked."""
     layer: str
     role: str                      # "neurons" | "partial" | "accumulator"
     start: int
@@ -56,7 +63,7 @@ class Block:
     parts: int
     inputs: tuple[tuple[str, int, int], ...]
     neurons: int
-    synapse_bits: int
+    synapse_words: int
     axons: int
     core: int = -1
     chip: int = -1
@@ -75,14 +82,21 @@ class Placement:
     accumulators: dict[str, int]           # layer -> input parts merged by its accumulator
     traffic: dict[str, float] = field(default_factory=dict)   # messages per token
     seconds: dict[str, float] = field(default_factory=dict)
+    packing: str = "intel"
 
     def core_usage(self, target: Target) -> np.ndarray:
         """[cores_used, 3] fractions of neurons, synaptic memory and input axons booked on each core."""
         usage = np.zeros((self.cores_used, 3))
         for b in self.blocks:
-            usage[b.core] += (b.neurons, b.synapse_bits, b.axons)
-        return usage / np.array([target.neurons_per_core, target.synaptic_memory_bits_per_core,
-                                 target.input_axons_per_core])
+            usage[b.core] += (b.neurons, b.synapse_words, b.axons)
+        return usage / capacity(target)
+
+    def cores_per_layer(self) -> dict[str, int]:
+        """How many cores each layer's blocks (its accumulators apart) occupy."""
+        cores: dict[str, set[int]] = {}
+        for b in self.blocks:
+            cores.setdefault(b.layer, set()).add(b.core)
+        return {layer: len(used) for layer, used in cores.items()}
 
     def chip_of_core(self) -> np.ndarray:
         """The chip each used core sits on."""
@@ -105,56 +119,96 @@ class Placement:
 
 
 # --- what a block of each layer kind needs ------------------------------------
+# Costs follow compiler/targets.py's Loihi 2 model, fitted to Intel's compiler logs: a dense
+# synapse takes its signed weight bits plus `synapse_overhead_bits` in words of
+# `synapse_word_bits`, packed per input axon; conv kernels are stored once per core.
 
 def _part_range(length: int, part: int, parts: int) -> tuple[int, int]:
     """Part `part` of `parts` near-equal contiguous pieces of range(length)."""
     return part * length // parts, (part + 1) * length // parts
 
 
-def _dense(layer, units, part, parts, weight_bits):
+def synapse_words(targets: int, weight_bits: int, target: Target) -> int:
+    """Words one input axon's synapses to `targets` neurons of a core take."""
+    return -(-targets * (weight_bits + target.synapse_overhead_bits) // target.synapse_word_bits)
+
+
+def weight_bits(layer: LayerSpec, target: Target) -> int:
+    """A layer's signed weight bits: its own where known (netx files, quantised graphs), else the target's."""
+    return layer.params.get("weight_bits") or target.weight_mantissa_bits
+
+
+def _dense(layer, units, part, parts, target):
     lo, hi = _part_range(layer.params["in_features"], part, parts)
     sources = layer.inputs or (HOST,)
     n = units[1] - units[0]
-    return n, n * (hi - lo) * weight_bits, tuple((s, lo, hi) for s in sources)
+    words = (hi - lo) * synapse_words(n, weight_bits(layer, target), target)
+    return n, words, hi - lo, tuple((s, lo, hi) for s in sources)
 
 
-def _elementwise(layer, units, part, parts, weight_bits):
+def _elementwise(layer, units, part, parts, target):
     n = units[1] - units[0]
-    return n, n * len(layer.inputs) * weight_bits, tuple((s, *units) for s in layer.inputs)
+    ports = len(layer.inputs)
+    return n, ports * n * synapse_words(1, weight_bits(layer, target), target), ports * n, \
+        tuple((s, *units) for s in layer.inputs)
 
 
-def _norm(layer, units, part, parts, weight_bits):
+def _norm(layer, units, part, parts, target):
+    """Each output neuron reads its input feature; two statistic neurons per block (mean and
+    variance) read every feature: an in-block feature's axon reaches 3 neurons, any other 2."""
     features = layer.params["features"]
     n = units[1] - units[0]
-    # Each output neuron: its input, the mean and the variance; two statistic
-    # neurons per block read every input.
-    return n + 2, (3 * n + 2 * features) * weight_bits, tuple((s, 0, features) for s in layer.inputs)
+    bits = weight_bits(layer, target)
+    words = n * synapse_words(3, bits, target) + (features - n) * synapse_words(2, bits, target)
+    return n + 2, words, features, tuple((s, 0, features) for s in layer.inputs)
 
 
-def _attention(layer, units, part, parts, weight_bits):
+def _attention(layer, units, part, parts, target):
+    """A head's cached keys and values, for its part of the KV cache's tokens (x steps per token):
+    each cached token-step holds the head's keys and values at implied positions, kv_bits each."""
     p = layer.params
     first_token, end_token = _part_range(p["kv_capacity"], part, parts)
     heads = units[1] - units[0]
     lo, hi = units[0] * p["head_dim"], units[1] * p["head_dim"]
-    kv_bits = heads * (end_token - first_token) * p["timesteps"] * p["head_dim"] * 2 * p["kv_bits"]
-    return hi - lo, kv_bits, tuple((s, lo, hi) for s in layer.inputs)
+    entries = -(-2 * p["head_dim"] * p["kv_bits"] // target.array_word_bits)
+    return hi - lo, heads * (end_token - first_token) * p["timesteps"] * entries, 3 * (hi - lo), \
+        tuple((s, lo, hi) for s in layer.inputs)
 
 
-def _conv(layer, units, part, parts, weight_bits):
-    """Unit = one output channel of one output row; a block stores the kernels of
-    the channels it computes, for its part of the input channels."""
+def _columns(layer, units) -> int:
+    """Neurons of a block of whole output columns (every row and channel)."""
+    c, h, _ = layer.params["out_shape"]
+    return (units[1] - units[0]) * h * c
+
+
+def _conv(layer, units, part, parts, target):
+    """Unit = one output column, every row and channel (Intel's compiler tiles convs in columns);
+    the kernels of all output channels for the part's input channels are stored once per core,
+    and the input arrives through CONV_INPUT_AXONS axons."""
     p = layer.params
     c_in, h_in, w_in = p["in_shape"]
-    c_out, _, w_out = p["out_shape"]
-    (kh, kw), (sy, _), (py, _), (dy, _) = p["kernel"], p["stride"], p["padding"], p["dilation"]
-    first_out_row, last_out_row = units[0] // c_out, (units[1] - 1) // c_out
-    first_row = max(0, first_out_row * sy - py)
-    end_row = min(h_in, last_out_row * sy - py + dy * (kh - 1) + 1)
+    c_out = p["out_shape"][0]
+    (kh, kw), (_, sx), (_, px), (_, dx) = p["kernel"], p["stride"], p["padding"], p["dilation"]
+    first_col = max(0, units[0] * sx - px)
+    end_col = min(w_in, (units[1] - 1) * sx - px + dx * (kw - 1) + 1)
     ci0, ci1 = _part_range(c_in, part, parts)
-    inputs = tuple((s, (r * c_in + ci0) * w_in, (r * c_in + ci1) * w_in)
-                   for s in layer.inputs for r in range(first_row, end_row))
-    channels = min(c_out, units[1] - units[0])
-    return (units[1] - units[0]) * w_out, channels * (ci1 - ci0) * kh * kw * weight_bits, inputs
+    if (ci0, ci1) == (0, c_in):
+        inputs = tuple((s, first_col * h_in * c_in, end_col * h_in * c_in) for s in layer.inputs)
+    else:
+        inputs = tuple((s, (col * h_in + r) * c_in + ci0, (col * h_in + r) * c_in + ci1) for s in layer.inputs
+                       for col in range(first_col, end_col) for r in range(h_in))
+    kernel_words = (ci1 - ci0) * kh * kw * -(-c_out * weight_bits(layer, target) // target.array_word_bits)
+    return _columns(layer, units), kernel_words, CONV_INPUT_AXONS, inputs
+
+
+def _input(layer, units, part, parts, target):
+    """An on-chip input layer: neurons driven by their bias (or the host), no synapses."""
+    return (_columns(layer, units) if "out_shape" in layer.params else units[1] - units[0]), 0, 0, ()
+
+
+def _whole_columns(layer) -> int:
+    c, h, _ = layer.params["out_shape"]
+    return h * c
 
 
 # kind -> (cost of a block, neurons per output unit, most input parts)
@@ -163,31 +217,33 @@ KIND_RULES = {
     "elementwise": (_elementwise, lambda l: 1, lambda l: 1),
     "norm": (_norm, lambda l: 1, lambda l: 1),
     "attention": (_attention, lambda l: l.params["head_dim"], lambda l: l.params["kv_capacity"]),
-    "conv": (_conv, lambda l: l.params["out_shape"][2], lambda l: l.params["in_shape"][0]),
+    "conv": (_conv, _whole_columns, lambda l: l.params["in_shape"][0]),
+    "input": (_input, lambda l: _whole_columns(l) if "out_shape" in l.params else 1, lambda l: 1),
 }
+COLUMN_KINDS = ("conv", "input")       # tiled in power-of-two columns by Intel's compiler
+PACKINGS = ("intel", "tight")
 
 
 def _booking(layer: LayerSpec, units: tuple[int, int], part: int, parts: int, target: Target):
-    """(neurons, synapse bits, input axons, inputs) of a block, and the limits it exceeds."""
+    """(neurons, synapse words, input axons, inputs) of a block, and the limits it exceeds."""
     cost, _, _ = KIND_RULES[layer.kind]
-    neurons, bits, inputs = cost(layer, units, part, parts, target.weight_mantissa_bits)
-    axons = sum(hi - lo for _, lo, hi in inputs)
+    neurons, words, axons, inputs = cost(layer, units, part, parts, target)
     over = [(need, have, unit) for need, have, unit in (
         (neurons, target.neurons_per_core, "neurons"),
-        (bits, target.synaptic_memory_bits_per_core, "bits of synaptic memory"),
+        (words, target.synapse_words_per_core, "words of synaptic memory"),
         (axons, target.input_axons_per_core, "input axons")) if need > have]
-    return (neurons, bits, axons, inputs), over
+    return (neurons, words, axons, inputs), over
 
 
 def _block(layer: LayerSpec, role: str, units: tuple[int, int], part: int, parts: int,
            target: Target) -> Block | None:
     """The block of output units [u0, u1) and input part, or None if it exceeds a core."""
-    (neurons, bits, axons, inputs), over = _booking(layer, units, part, parts, target)
+    (neurons, words, axons, inputs), over = _booking(layer, units, part, parts, target)
     if over:
         return None
     size = KIND_RULES[layer.kind][1](layer)
     return Block(layer.name, role, units[0] * size, units[1] * size, part, parts, inputs,
-                 neurons, bits, axons)
+                 neurons, words, axons)
 
 
 def _too_big(layer: LayerSpec, target: Target) -> str:
@@ -197,10 +253,13 @@ def _too_big(layer: LayerSpec, target: Target) -> str:
     return f"layer {layer.name}: even its smallest piece needs {what} on {target.name}"
 
 
-def _blocks_of(layer: LayerSpec, role: str, part: int, parts: int, target: Target) -> list[Block]:
+def _units(layer: LayerSpec) -> int:
+    return layer.neurons // KIND_RULES[layer.kind][1](layer)
+
+
+def _tight_blocks(layer: LayerSpec, role: str, part: int, parts: int, target: Target) -> list[Block]:
     """Greedy cut of all output units into the largest blocks that fit."""
-    _, unit_size, _ = KIND_RULES[layer.kind]
-    units = layer.neurons // unit_size(layer)
+    units = _units(layer)
     blocks, start = [], 0
     while start < units:
         lo, hi = start + 1, units          # largest stop in [lo, hi] that fits
@@ -216,6 +275,38 @@ def _blocks_of(layer: LayerSpec, role: str, part: int, parts: int, target: Targe
         blocks.append(block)
         start = lo
     return blocks
+
+
+def _equal_blocks(layer: LayerSpec, role: str, part: int, parts: int, size: int, target: Target) -> list[Block] | None:
+    """Output units dealt `size` per block (the last takes the rest); None if the first, largest, does not fit."""
+    units = _units(layer)
+    blocks = [_block(layer, role, (start, min(start + size, units)), part, parts, target)
+              for start in range(0, units, size)]
+    return None if any(b is None for b in blocks) else blocks
+
+
+def _intel_blocks(layer: LayerSpec, role: str, part: int, parts: int, target: Target) -> list[Block]:
+    """Intel's compiler ([Log], compiler/targets.py): conv and input layers in tiles of the most
+    columns, a power of two, that fit a core; other layers on k cores, k multiplied by the largest
+    ratio of need to limit until every core fits (1 -> 6 -> 12 for PilotNet's 2,560 -> 100)."""
+    units = _units(layer)
+    if layer.kind in COLUMN_KINDS:
+        width = 1 << (units.bit_length() - 1) if units else 1
+        while width >= 1:
+            blocks = _equal_blocks(layer, role, part, parts, width, target)
+            if blocks is not None:
+                return blocks
+            width //= 2
+        raise DoesNotFit(_too_big(layer, target))
+    cores = 1
+    while True:
+        size = -(-units // cores)
+        (neurons, words, axons, _), over = _booking(layer, (0, size), part, parts, target)
+        if not over:
+            return _equal_blocks(layer, role, part, parts, size, target)
+        if size == 1:
+            raise DoesNotFit(_too_big(layer, target))
+        cores = min(units, cores * max(math.ceil(need / have) for need, have, _ in over))
 
 
 def input_parts(layer: LayerSpec, target: Target) -> int:
@@ -239,53 +330,58 @@ def accumulator_layer(layer: LayerSpec, parts: int) -> LayerSpec:
                      rate_measured=layer.rate_measured)
 
 
-def split_layers(network: Network, target: Target) -> tuple[list[Block], dict[str, int]]:
+def split_layers(network: Network, target: Target, packing: str = "intel") -> tuple[list[Block], dict[str, int]]:
     """All blocks of all on-chip layers, in topological order, and which layers were split by input."""
+    blocks_of = _intel_blocks if packing == "intel" else _tight_blocks
     blocks: list[Block] = []
     split: dict[str, int] = {}
     for layer in network.chip_layers():
         parts = input_parts(layer, target)
         role = "neurons" if parts == 1 else "partial"
         for part in range(parts):
-            blocks += _blocks_of(layer, role, part, parts, target)
+            blocks += blocks_of(layer, role, part, parts, target)
         if parts > 1:
             split[layer.name] = parts
-            blocks += _blocks_of(accumulator_layer(layer, parts), "accumulator", 0, 1, target)
+            blocks += blocks_of(accumulator_layer(layer, parts), "accumulator", 0, 1, target)
     return blocks, split
 
 
-def place_blocks(blocks: list[Block], target: Target) -> list[Block]:
-    """First-fit onto the open cores of the current chip; a new chip when it is full."""
-    capacity = np.array([target.neurons_per_core, target.synaptic_memory_bits_per_core,
-                         target.input_axons_per_core], dtype=np.int64)
+def capacity(target: Target) -> np.ndarray:
+    """A core's neurons, synapse words and input axons."""
+    return np.array([target.neurons_per_core, target.synapse_words_per_core, target.input_axons_per_core],
+                    dtype=np.int64)
+
+
+def place_blocks(blocks: list[Block], target: Target, packing: str = "intel") -> list[Block]:
+    """Blocks onto cores, chip by chip: `intel` gives every block a core of its own (Intel's compiler
+    put no two layers on one core, [Log]); `tight` fits each into the first open core with room."""
+    limits = capacity(target)
     free = np.empty((0, 3), dtype=np.int64)   # free capacity of the current chip's open cores
     chip, first_core, placed = 0, 0, []
     for block in blocks:
-        need = np.array([block.neurons, block.synapse_bits, block.axons], dtype=np.int64)
-        fits = np.flatnonzero((free >= need).all(axis=1))
+        need = np.array([block.neurons, block.synapse_words, block.axons], dtype=np.int64)
+        fits = np.flatnonzero((free >= need).all(axis=1)) if packing == "tight" else np.empty(0, dtype=np.int64)
         if fits.size:
             slot = int(fits[0])
         elif len(free) < target.cores_per_chip:
-            free = np.vstack([free, capacity])
+            free = np.vstack([free, limits])
             slot = len(free) - 1
         else:
             chip, first_core = chip + 1, first_core + len(free)
-            free, slot = capacity[None].copy(), 0
+            free, slot = limits[None].copy(), 0
         free[slot] -= need
         placed.append(replace(block, core=first_core + slot, chip=chip))
     return placed
 
 
 def lower_bound_cores(network: Network, target: Target) -> int:
-    """Cores no placement can beat: total neurons and total synaptic memory over one core's."""
-    neurons = sum(layer.neurons for layer in network.chip_layers())
-    bits = 0
+    """Cores no placement can beat: total neurons and total synapse words over one core's."""
+    neurons, words = 0, 0
     for layer in network.chip_layers():
-        cost, unit_size, _ = KIND_RULES[layer.kind]
-        whole = (0, layer.neurons // unit_size(layer))
-        bits += cost(layer, whole, 0, 1, target.weight_mantissa_bits)[1]
-    return max(1, math.ceil(neurons / target.neurons_per_core),
-               math.ceil(bits / target.synaptic_memory_bits_per_core))
+        cost = KIND_RULES[layer.kind][0]
+        booked_neurons, booked_words, _, _ = cost(layer, (0, _units(layer)), 0, 1, target)
+        neurons, words = neurons + booked_neurons, words + booked_words
+    return max(1, math.ceil(neurons / target.neurons_per_core), math.ceil(words / target.synapse_words_per_core))
 
 
 def _outputs_index(blocks: list[Block]) -> dict[str, tuple[list[int], list[Block]]]:
@@ -431,21 +527,20 @@ def _chip_array(blocks: list[Block], cores: int) -> np.ndarray:
 
 def _target_that_fits(failed: Target, cores: int) -> str:
     """The smallest target with the same per-core limits and enough cores."""
-    same_core = [t for t in TARGETS.values() if t.neurons_per_core == failed.neurons_per_core
-                 and t.synaptic_memory_bits_per_core == failed.synaptic_memory_bits_per_core]
+    same_core = [t for t in TARGETS.values() if np.array_equal(capacity(t), capacity(failed))]
     sized = sorted((t for t in same_core if t.chips is not None and t.total_cores >= cores),
                    key=lambda t: t.total_cores)
     return sized[0].name if sized else next(t.name for t in same_core if t.chips is None)
 
 
-def partition(network: Network, target: Target) -> Placement:
+def partition(network: Network, target: Target, packing: str = "intel") -> Placement:
     """Split, place and measure; raises DoesNotFit when the target is too small."""
     seconds = {}
     started = time.perf_counter()
-    blocks, split = split_layers(network, target)
+    blocks, split = split_layers(network, target, packing)
     seconds["split"] = time.perf_counter() - started
     started = time.perf_counter()
-    placed = place_blocks(blocks, target)
+    placed = place_blocks(blocks, target, packing)
     seconds["place"] = time.perf_counter() - started
     cores = 1 + max((b.core for b in placed), default=-1)
     chips = 1 + max((b.chip for b in placed), default=-1)
@@ -465,4 +560,4 @@ def partition(network: Network, target: Target) -> Placement:
     placed = [replace(b, core=int(new_index[b.core]), chip=int(refined[b.core])) for b in placed]
     seconds["refine chips"] = time.perf_counter() - started
     return Placement(target.name, network.source, placed, cores, chips, lower_bound_cores(network, target),
-                     [layer.name for layer in network.layers if layer.host], split, traffic, seconds)
+                     [layer.name for layer in network.layers if layer.host], split, traffic, seconds, packing)

@@ -18,6 +18,37 @@ Every number carries its public source. Sources, cited below by key:
               lava/proc/lif/models.py (u, v 24-bit; du, dv 12-bit; bias mantissa
               13-bit, exponent 3-bit; graded s_out 24-bit) and
               lava/proc/dense/process.py (8-bit weights with a shared weight_exp).
+  [Log]       Intel's Loihi 2 compiler (lava-loihi) on PilotNet SNN and SDNN, its
+              logs verbatim in ../shared/loihi2-measured/README.md (from lava-dl's
+              benchmark notebooks): `cost_db.registers['SynMem'] = 12000`, the
+              allocations it printed while splitting the 2,560 -> 100 dense layer
+              (61,440 and 66,560 words on one core, 12,800 on six) and its
+              per-core table (means over each layer's cores).
+
+How the Loihi 2 per-core model follows from [Log] (tests/test_calibration.py
+checks every figure against the logs):
+  * synaptic memory is 12,000 words per core (the register limit the compiler hit);
+  * a dense layer stores, per input axon, its synapses to the core's n neurons in
+    ceil(n (b + 8) / 50) words, b a layer's signed weight bits as netx's
+    optimize_weight_bits finds them: the one rule, of 50 payload bits per word
+    and 8 bits per synapse besides its weight, that gives all 12 dense figures of
+    both logs exactly (61,440 = 2,560 x 24 words for n = 100 at b = 4; 66,560 =
+    2,560 x 26 at b = 5; 12,800 at n = 17; 1,300 / 1,500 / 150 / 10 per core);
+  * a conv layer stores its kernels once per core, ceil(C_out b / 64) words per input
+    channel and kernel tap (6 of the 10 logged conv figures exactly, one word short on
+    the others; an assumption, far below the limit on every logged layer), and reads
+    its input through 1 or 2 axons per core ([Log]: AxonIn 1-2 on every conv core);
+    a KV cache (not in the logs) is such an array too: 2 head_dim values of kv_bits
+    per cached token-step and head, ceil(2 head_dim kv_bits / 64) words;
+  * neurons: conv and input layers are tiled in power-of-two columns, every row and
+    channel per core, with fewer than 4,096 neurons (the logged tiles hold 2,048 to
+    3,168 neurons and the compiler never took a 4,096-neuron tile where one was
+    available: the limit lies in [3,168, 4,095], 4,095 taken); the same limit is
+    assumed for every layer (the brief's 8,192 is for the simplest neuron model);
+  * a layer too big for one core is split into k cores, k multiplied by the largest
+    ratio of need to limit until every core fits, neurons dealt ceil(n / k) per core
+    ([Log]: 1 -> 6 -> 12 cores for 2,560 -> 100, 11 cores of 9 neurons and one of 1).
+Input axons per core stay Loihi 1's 4,096 (not in the logs; 2,560 seen, not binding).
 
 Where Intel has not published a Loihi 2 figure, the Loihi 1 figure is used and
 the comment says so: such a number is an assumption, not a datasheet value.
@@ -27,6 +58,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from nxcompile.errors import UsageError
+
+
+# [Log] every conv core of both logs reads its input through 1 or 2 axons (AxonIn): a convolution's
+# input arrives on a few shared axons, whatever its size; 2 are booked per conv block.
+CONV_INPUT_AXONS = 2
 
 
 @dataclass(frozen=True)
@@ -47,7 +83,10 @@ class Target:
     chips: int | None
     cores_per_chip: int
     neurons_per_core: int
-    synaptic_memory_bits_per_core: int
+    synapse_words_per_core: int         # synaptic memory, in words
+    synapse_word_bits: int              # payload bits of one word
+    synapse_overhead_bits: int          # bits a dense synapse needs besides its weight
+    array_word_bits: int                # arrays at implied positions (conv kernels, KV caches): bits per word
     input_axons_per_core: int           # distinct source neurons a core can receive from
     output_axons_per_core: int          # routes out of a core
     weight_mantissa_bits: int           # signed
@@ -101,7 +140,10 @@ LOIHI1 = Target(
     chips=1,
     cores_per_chip=128,                         # [Davies18]
     neurons_per_core=1024,                      # [Davies18] 1,024 compartments per core
-    synaptic_memory_bits_per_core=16 * 2**20 * 8 // 128,   # [CAS22] 16 MB over 128 cores
+    synapse_words_per_core=16 * 2**20 * 8 // 128 // 64,   # [CAS22] 16 MB over 128 cores, as 64-bit words
+    synapse_word_bits=64,                       # assumed: weights packed without per-synapse overhead
+    synapse_overhead_bits=0,
+    array_word_bits=64,
     input_axons_per_core=4096,                  # [Davies18] Table 1, fan-in axons per core
     output_axons_per_core=4096,                 # [Davies18] Table 1, fan-out axons per core
     weight_mantissa_bits=8,                     # [Davies18] 1-9 bit weights incl. sign; 8 as in [Lava]
@@ -121,8 +163,11 @@ LOIHI2 = Target(
     description="Loihi 2, one chip",
     chips=1,
     cores_per_chip=128,                         # [Brief21]
-    neurons_per_core=8192,                      # [Brief21] 1M neurons / 128 cores
-    synaptic_memory_bits_per_core=128 * 1024 * 8,   # [Brief21] 128 KB SRAM per core
+    neurons_per_core=4095,                      # [Log] conv tiles < 4,096 neurons (module docstring)
+    synapse_words_per_core=12_000,              # [Log] cost_db.registers['SynMem'] = 12000
+    synapse_word_bits=50,                       # [Log] fitted: all 12 dense figures of both logs
+    synapse_overhead_bits=8,                    # [Log] fitted with it
+    array_word_bits=64,                         # [Log] fitted: 6 of 10 conv figures (module docstring)
     input_axons_per_core=4096,                  # not published for Loihi 2: Loihi 1's [Davies18] assumed
     output_axons_per_core=4096,                 # not published for Loihi 2: Loihi 1's [Davies18] assumed
     weight_mantissa_bits=8,                     # [Lava] 8-bit weights ...

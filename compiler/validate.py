@@ -14,56 +14,67 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import math
+
 import numpy as np
 
 from nxcompile.compiler.layers import LayerSpec, Network
-from nxcompile.compiler.targets import Target
+from nxcompile.compiler.targets import CONV_INPUT_AXONS, Target
 
 
 def _fraction(total: int, index: int, count: int) -> tuple[int, int]:
     return (total * index) // count, (total * (index + 1)) // count
 
 
-def _needs(layer: LayerSpec, block, weight_bits: int) -> tuple[int, int, dict[str, set]]:
-    """(neurons, synapse bits, {source: set of intervals}) block `block` of `layer` needs."""
+def _words(targets: int, weight_bits: int, target: Target) -> int:
+    """Synapse words of one input axon reaching `targets` neurons (targets.py's Loihi 2 format)."""
+    return math.ceil(targets * (weight_bits + target.synapse_overhead_bits) / target.synapse_word_bits)
+
+
+def _needs(layer: LayerSpec, block, target: Target) -> tuple[int, int, dict[str, set]]:
+    """(neurons, synapse words, {source: set of intervals}) block `block` of `layer` needs."""
     n = block.stop - block.start
     p = layer.params
+    bits = p.get("weight_bits") or target.weight_mantissa_bits
     sources = layer.inputs or ("host",)
     if layer.kind == "dense":
         lo, hi = _fraction(p["in_features"], block.part, block.parts)
-        return n, n * (hi - lo) * weight_bits, {s: {(lo, hi)} for s in sources}
+        return n, (hi - lo) * _words(n, bits, target), {s: {(lo, hi)} for s in sources}
     if layer.kind == "elementwise":
-        return n, n * len(sources) * weight_bits, {s: {(block.start, block.stop)} for s in sources}
+        return n, len(sources) * n * _words(1, bits, target), {s: {(block.start, block.stop)} for s in sources}
     if layer.kind == "norm":
         f = p["features"]
-        return n + 2, (3 * n + 2 * f) * weight_bits, {s: {(0, f)} for s in sources}
+        return n + 2, n * _words(3, bits, target) + (f - n) * _words(2, bits, target), {s: {(0, f)} for s in sources}
     if layer.kind == "attention":
         hd = p["head_dim"]
         heads = set(range(block.start // hd, (block.stop - 1) // hd + 1))
         t0, t1 = _fraction(p["kv_capacity"], block.part, block.parts)
-        bits = len(heads) * (t1 - t0) * p["timesteps"] * hd * 2 * p["kv_bits"]
-        return n, bits, {s: {(h * hd, (h + 1) * hd) for h in heads} for s in sources}
+        words = len(heads) * (t1 - t0) * p["timesteps"] * math.ceil(2 * hd * p["kv_bits"] / target.array_word_bits)
+        return n, words, {s: {(h * hd, (h + 1) * hd) for h in heads} for s in sources}
     if layer.kind == "conv":
-        return _conv_needs(layer, block, weight_bits)
+        return _conv_needs(layer, block, bits, target)
+    if layer.kind == "input":
+        return n, 0, {}
     raise ValueError(f"unknown kind {layer.kind}")
 
 
-def _conv_needs(layer: LayerSpec, block, weight_bits: int):
-    """Enumerates the block's output neurons, their channels and the input rows they touch."""
+def _conv_needs(layer: LayerSpec, block, bits: int, target: Target):
+    """Enumerates the block's output neurons and the columns they sit in; the kernels of every output
+    channel, for the block's input channels, stored once."""
     p = layer.params
     c_in, h_in, w_in = p["in_shape"]
-    c_out, h_out, w_out = p["out_shape"]
-    neuron = np.arange(block.start, block.stop)        # numbering: row, channel, column
-    rows = np.unique(neuron // (c_out * w_out))
-    channels = np.unique((neuron // w_out) % c_out)
-    kh, kw = p["kernel"]
-    taps = np.arange(kh) * p["dilation"][0] - p["padding"][0]
-    in_rows = np.unique(rows[:, None] * p["stride"][0] + taps[None])
-    in_rows = in_rows[(in_rows >= 0) & (in_rows < h_in)]
+    c_out, h_out, _ = p["out_shape"]
+    neuron = np.arange(block.start, block.stop)        # numbering: column, row, channel
+    columns = np.unique(neuron // (h_out * c_out))
+    kw = p["kernel"][1]
+    taps = np.arange(kw) * p["dilation"][1] - p["padding"][1]
+    in_cols = np.unique(columns[:, None] * p["stride"][1] + taps[None])
+    in_cols = in_cols[(in_cols >= 0) & (in_cols < w_in)]
     c0, c1 = _fraction(c_in, block.part, block.parts)
-    intervals = {((r * c_in + c0) * w_in, (r * c_in + c1) * w_in) for r in in_rows.tolist()}
-    bits = len(channels) * (c1 - c0) * kh * kw * weight_bits
-    return len(neuron), bits, {s: intervals for s in layer.inputs}
+    words = (c1 - c0) * p["kernel"][0] * kw * math.ceil(c_out * bits / target.array_word_bits)
+    if in_cols.size == 0:
+        raise ValueError(f"{layer.name}: block [{block.start}, {block.stop}) reads no input column")
+    return len(neuron), words, {}          # its input arrives on CONV_INPUT_AXONS shared axons
 
 
 def _union_length(intervals) -> int:
@@ -122,9 +133,10 @@ def _layer_of_block(network: Network, name: str) -> LayerSpec | None:
     return network.get(name.removesuffix("+acc"))
 
 
-def _accumulator_needs(base: LayerSpec, block, parts: int, weight_bits: int):
+def _accumulator_needs(base: LayerSpec, block, parts: int, target: Target):
     n = block.stop - block.start
-    return n, n * parts * weight_bits, {f"{base.name}#p{p}": {(block.start, block.stop)} for p in range(parts)}
+    words = n * parts * _words(1, base.params.get("weight_bits") or target.weight_mantissa_bits, target)
+    return n, words, {f"{base.name}#p{p}": {(block.start, block.stop)} for p in range(parts)}
 
 
 def validate(network: Network, placement, target: Target) -> list[str]:
@@ -132,8 +144,8 @@ def validate(network: Network, placement, target: Target) -> list[str]:
     problems: list[str] = []
     by_layer = defaultdict(list)
     per_core = defaultdict(lambda: [0, 0, defaultdict(set)])
+    conv_blocks: dict[int, int] = defaultdict(int)
     chip_of_core: dict[int, int] = {}
-    wb = target.weight_mantissa_bits
     parts_of = {b.layer: b.parts for b in placement.blocks if b.role == "partial"}
     for b in placement.blocks:
         layer = _layer_of_block(network, b.layer)
@@ -145,12 +157,13 @@ def validate(network: Network, placement, target: Target) -> list[str]:
             continue
         by_layer[layer.name].append(b)
         if b.role == "accumulator":
-            neurons, bits, sources = _accumulator_needs(layer, b, parts_of.get(layer.name, 1), wb)
+            neurons, words, sources = _accumulator_needs(layer, b, parts_of.get(layer.name, 1), target)
         else:
-            neurons, bits, sources = _needs(layer, b, wb)
+            neurons, words, sources = _needs(layer, b, target)
+        conv_blocks[b.core] += layer.kind == "conv" and b.role != "accumulator"
         core = per_core[b.core]
         core[0] += neurons
-        core[1] += bits
+        core[1] += words
         for source, intervals in sources.items():
             core[2][source] |= intervals
         if chip_of_core.setdefault(b.core, b.chip) != b.chip:
@@ -160,10 +173,10 @@ def validate(network: Network, placement, target: Target) -> list[str]:
             problems.append(f"{layer.name}: no block places it")
         else:
             _check_coverage(layer, by_layer[layer.name], problems)
-    for core, (neurons, bits, sources) in sorted(per_core.items()):
-        axons = sum(_union_length(intervals) for intervals in sources.values())
+    for core, (neurons, words, sources) in sorted(per_core.items()):
+        axons = sum(_union_length(intervals) for intervals in sources.values()) + CONV_INPUT_AXONS * conv_blocks[core]
         for need, have, what in ((neurons, target.neurons_per_core, "neurons"),
-                                 (bits, target.synaptic_memory_bits_per_core, "synaptic memory bits"),
+                                 (words, target.synapse_words_per_core, "synapse words"),
                                  (axons, target.input_axons_per_core, "input axons")):
             if need > have:
                 problems.append(f"core {core}: {need:,} {what}, limit {have:,} ({need / have:.2f}x)")

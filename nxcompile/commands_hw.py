@@ -13,7 +13,7 @@ from nxcompile.commands_snn import (add_conversion_arguments, add_model_argument
                                     save_figure)
 from nxcompile.errors import NxError
 
-RESOURCES = ("neurons", "synaptic memory", "input axons")
+RESOURCES = ("neurons", "synapse words", "input axons")
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def _network(args: argparse.Namespace, seconds: dict[str, float]):
 
     if args.model.endswith(".net"):
         started = time.perf_counter()
-        network = network_from_netx(Path(args.model))
+        network = network_from_netx(Path(args.model), args.skip_layers)
         seconds["read .net"] = time.perf_counter() - started
         return network
     started = time.perf_counter()
@@ -71,12 +71,12 @@ def _measured_rates(spiking, token_ids, timesteps: int) -> dict[str, float]:
     return run(spiking, token_ids[None], timesteps).spike_rate
 
 
-def place_and_validate(network, target, seconds: dict[str, float]):
+def place_and_validate(network, target, seconds: dict[str, float], packing: str = "intel"):
     """Partition, then check independently: a placement the validator rejects is never returned."""
     from nxcompile.compiler.partition import partition
     from nxcompile.compiler.validate import validate
 
-    placement = partition(network, target)
+    placement = partition(network, target, packing)
     started = time.perf_counter()
     problems = validate(network, placement, target)
     if problems:
@@ -106,9 +106,10 @@ def report(placement, network, target, per_core: bool = False) -> str:
         f"network      {network.source} ({len(network.chip_layers())} layers on chip, "
         f"{len(placement.host_layers)} on the host: {', '.join(placement.host_layers) or '-'})",
         f"target       {target.name}: {target.description}",
-        f"cores used   {placement.cores_used:,} on {placement.chips_used} chip(s)",
-        f"lower bound  {placement.lower_bound_cores:,} cores (total neurons and synaptic memory over one "
+        f"cores used   {placement.cores_used:,} on {placement.chips_used} chip(s), {placement.packing} packing",
+        f"lower bound  {placement.lower_bound_cores:,} cores (total neurons and synapse words over one "
         f"core's); used / bound = {placement.cores_used / placement.lower_bound_cores:.3f}",
+        "cores per layer " + ", ".join(f"{layer}: {n}" for layer, n in placement.cores_per_layer().items()),
         f"blocks       {len(placement.blocks):,}; {len(placement.accumulators)} layer(s) split by input "
         f"({', '.join(f'{k} x{v}' for k, v in placement.accumulators.items()) or 'none'}), "
         f"adding {accumulators:,} accumulator neurons",
@@ -161,7 +162,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
     target = get_target(args.target)
     seconds: dict[str, float] = {}
     network = _network(args, seconds)
-    placement = place_and_validate(network, target, seconds)
+    placement = place_and_validate(network, target, seconds, args.packing)
     print(report(placement, network, target, per_core=args.per_core))
     if args.plot:
         plot_utilisation(placement, target, args.plot)
@@ -185,6 +186,8 @@ def _model_stage_parser(commands, name: str, help_text: str, text_help: str) -> 
 
 
 def add_partition_parser(commands) -> None:
+    from nxcompile.compiler.partition import PACKINGS
+
     commands.add_parser("targets", help="the targets and their limits, with sources").set_defaults(
         handler=cmd_targets)
     parser = _model_stage_parser(commands, "partition", "place a model (or a lava-dl .net file) on a target",
@@ -194,6 +197,11 @@ def add_partition_parser(commands) -> None:
     parser.add_argument("--plot", type=Path, default=None, help="utilisation heat-map (PNG)")
     parser.add_argument("--output", "-o", type=Path, default=None, help="write the placement (JSON)")
     parser.add_argument("--per-core", action="store_true", help="list every core's utilisation")
+    parser.add_argument("--skip-layers", type=non_negative_int, default=0,
+                        help="a lava-dl .net file: its first N layers run on the host, as netx's skip_layers")
+    parser.add_argument("--packing", choices=PACKINGS, default="intel",
+                        help="intel: split and place as Intel's Loihi 2 compiler does (one layer per core, "
+                             "fitted to its logs); tight: the fewest cores our own packing finds")
     parser.set_defaults(handler=cmd_partition)
 
 

@@ -11,14 +11,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nxcompile.compiler.layers import LayerSpec, Network, network_from_graph, network_from_netx
-from nxcompile.compiler.partition import CoreFlows, DoesNotFit, partition, refine_chips
+from nxcompile.compiler.partition import PACKINGS, CoreFlows, DoesNotFit, partition, refine_chips
 from nxcompile.compiler.targets import LOIHI2, TARGETS
 from nxcompile.compiler.validate import validate
 
 
-def small_target(neurons=64, memory_bits=4096, axons=48, cores_per_chip=4, chips=None):
-    return dataclasses.replace(LOIHI2, name="test", neurons_per_core=neurons, synaptic_memory_bits_per_core=memory_bits,
-                               input_axons_per_core=axons, cores_per_chip=cores_per_chip, chips=chips)
+def small_target(neurons=64, words=512, axons=48, cores_per_chip=4, chips=None):
+    """Loihi 2's rules with small limits; 8-bit weights packed 8 to a 64-bit word (easy hand counts)."""
+    return dataclasses.replace(LOIHI2, name="test", neurons_per_core=neurons, synapse_words_per_core=words,
+                               synapse_word_bits=64, synapse_overhead_bits=0, input_axons_per_core=axons,
+                               cores_per_chip=cores_per_chip, chips=chips)
 
 
 def chain(widths: list[int], heads: int = 0) -> Network:
@@ -42,14 +44,14 @@ def chain(widths: list[int], heads: int = 0) -> Network:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(widths=st.lists(st.integers(1, 300), min_size=2, max_size=5),
        heads=st.integers(0, 3),
-       neurons=st.integers(16, 256), memory_bits=st.integers(512, 1 << 14),
-       axons=st.integers(16, 512), cores_per_chip=st.integers(1, 16))
-def test_validator_accepts_every_placement_the_partitioner_emits(widths, heads, neurons, memory_bits, axons,
-                                                                cores_per_chip):
+       neurons=st.integers(16, 256), words=st.integers(64, 1 << 11),
+       axons=st.integers(16, 512), cores_per_chip=st.integers(1, 16), packing=st.sampled_from(PACKINGS))
+def test_validator_accepts_every_placement_the_partitioner_emits(widths, heads, neurons, words, axons,
+                                                                cores_per_chip, packing):
     network = chain(widths, heads)
-    target = small_target(neurons, memory_bits, axons, cores_per_chip)
+    target = small_target(neurons, words, axons, cores_per_chip)
     try:
-        placement = partition(network, target)
+        placement = partition(network, target, packing)
     except DoesNotFit as exc:
         # Only allowed when a single output unit cannot fit a core at all.
         assert "even its smallest piece" in str(exc)
@@ -61,7 +63,7 @@ def test_validator_accepts_every_placement_the_partitioner_emits(widths, heads, 
 
 def _valid():
     network = chain([40, 100, 60, 30])
-    target = small_target(neurons=50, memory_bits=8 * 1200, axons=64, cores_per_chip=3)
+    target = small_target(neurons=50, words=150, axons=64, cores_per_chip=3)
     placement = partition(network, target)
     assert validate(network, placement, target) == []
     return network, placement, target
@@ -79,7 +81,7 @@ def test_validator_rejects_an_overfull_core():
     placement.blocks = [dataclasses.replace(b, core=0, chip=0) for b in placement.blocks]
     problems = validate(network, placement, target)
     assert any("core 0:" in p and "neurons" in p for p in problems)
-    assert any("synaptic memory" in p for p in problems)
+    assert any("synapse words" in p for p in problems)
 
 
 def test_validator_rejects_missing_and_duplicated_neurons():
@@ -109,7 +111,7 @@ def test_validator_rejects_host_layers_on_cores_and_too_many_chips_or_cores_per_
 def test_validator_rejects_an_under_declared_input_range():
     """The validator recomputes what a block reads; it does not trust the block's own list."""
     network = chain([100, 40])          # fan-in 100 over 64 axons: split in two by input
-    target = small_target(neurons=200, memory_bits=1 << 20, axons=64)
+    target = small_target(neurons=200, words=1 << 17, axons=64)
     placement = partition(network, target)
     cheat = [dataclasses.replace(b, role="neurons", parts=1, part=0, inputs=(("in", 0, 10),))
              for b in placement.blocks if b.role == "partial" and b.part == 0]
@@ -117,28 +119,41 @@ def test_validator_rejects_an_under_declared_input_range():
     assert any("input axons" in p for p in problems)
 
 
-def test_lower_bound_of_one_dense_layer_matches_hand_count():
+@pytest.mark.parametrize("packing", PACKINGS)
+def test_lower_bound_of_one_dense_layer_matches_hand_count(packing):
     network = chain([100, 300])
-    target = small_target(neurons=1000, memory_bits=8 * 5000, axons=4096)
-    placement = partition(network, target)
-    assert placement.lower_bound_cores == math.ceil(300 * 100 * 8 / (8 * 5000))
+    target = small_target(neurons=1000, words=625, axons=4096)
+    placement = partition(network, target, packing)
+    # each of the 100 input axons reaches 300 neurons: ceil(300 * 8 / 64) = 38 words
+    assert placement.lower_bound_cores == math.ceil(100 * 38 / 625)
     assert validate(network, placement, target) == []
+
+
+def test_intel_packing_multiplies_cores_by_the_ratio_of_need_to_limit():
+    """As Intel's compiler split PilotNet's 2,560 -> 100 layer (1 -> 6 -> 12 cores): 300 neurons over
+    100 axons need 3,800 words, 6.08 cores' worth: 7 cores of 43 neurons need 600 words each (fits)."""
+    placement = partition(chain([100, 300]), small_target(neurons=1000, words=625, axons=4096), "intel")
+    assert placement.cores_used == 7 and {b.stop - b.start for b in placement.blocks} == {43, 42}
+    tight = partition(chain([100, 300]), small_target(neurons=1000, words=625, axons=4096), "tight")
+    assert tight.cores_used == 7 and max(b.stop - b.start for b in tight.blocks) == 48     # 6 words x 100 axons
 
 
 def test_partitioning_is_deterministic():
     network = chain([64, 200, 90], heads=2)
-    target = small_target(neurons=70, memory_bits=8 * 3000, axons=200)
-    assert partition(network, target).blocks == partition(network, target).blocks
+    target = small_target(neurons=70, words=375, axons=200)
+    for packing in PACKINGS:
+        assert partition(network, target, packing).blocks == partition(network, target, packing).blocks
 
 
 def test_too_small_a_target_names_layer_and_a_target_that_fits():
-    network = chain([2000, 3000])  # 48 Mbit of weights: 46 Loihi 2 cores
+    network = chain([1000, 1000])  # 1,000 axons x ceil(1,000 x 16 / 50) = 320,000 Loihi 2 words
     eight_cores = dataclasses.replace(TARGETS["loihi2"], name="eight-cores", cores_per_chip=8)
-    with pytest.raises(DoesNotFit, match=r"needs 4\d cores .* eight-cores has 8 cores .* "
+    with pytest.raises(DoesNotFit, match=r"needs 53 cores .* eight-cores has 8 cores .* "
                                          r"left over is d0\); loihi2 would fit"):
         partition(network, eight_cores)
     with pytest.raises(DoesNotFit, match=r"layer d0: even its smallest piece needs"):
-        partition(chain([10, 10]), small_target(neurons=1, memory_bits=4, axons=1))
+        partition(chain([10, 10]), dataclasses.replace(small_target(neurons=1, words=1, axons=1),
+                                                       synapse_overhead_bits=60))   # one synapse: 2 words
 
 
 @pytest.mark.parametrize("name", ["tinynet", "pilotnet_sdnn", "oxford"])
@@ -159,16 +174,18 @@ def test_netx_reader_reads_conv_geometry(shared_netx):
     network = network_from_netx(shared_netx / "pilotnet_sdnn" / "network.net")
     conv = network.layer("layer3:conv")
     assert conv.params["in_shape"] == (36, 7, 24) and conv.params["out_shape"] == (64, 4, 22)
+    assert network.layer("layer0:input").kind == "input" and not network.layer("layer0:input").host
     assert conv.params["stride"] == (2, 1) and conv.params["padding"] == (1, 0)
     assert network.layer("layer6:dense").params["in_features"] == 2560
 
 
 def test_shipped_gpt2_places_on_one_loihi2_chip(tiny_graph):
     network = network_from_graph(tiny_graph)
-    placement = partition(network, TARGETS["loihi2"])
-    assert validate(network, placement, TARGETS["loihi2"]) == []
-    assert placement.host_layers == ["embed", "ln_f", "lm_head"]
-    assert placement.cores_used <= 1.1 * placement.lower_bound_cores
+    for packing in PACKINGS:
+        placement = partition(network, TARGETS["loihi2"], packing)
+        assert validate(network, placement, TARGETS["loihi2"]) == []
+        assert placement.host_layers == ["embed", "ln_f", "lm_head"] and placement.chips_used == 1
+    assert placement.cores_used <= 1.1 * placement.lower_bound_cores          # tight packing
     attention = network.layer("h0.attn.ssa")
     assert attention.kind == "attention" and attention.params["timesteps"] == 8
 
@@ -185,6 +202,6 @@ def test_chip_refinement_regroups_cores_that_talk():
 
 def test_chip_refinement_cuts_gpt2_traffic_across_chips(tiny_graph):
     network = network_from_graph(tiny_graph)
-    placement = partition(network, small_target(neurons=256, memory_bits=1 << 17, axons=512, cores_per_chip=8))
+    placement = partition(network, small_target(neurons=256, words=1 << 14, axons=512, cores_per_chip=8))
     assert placement.chips_used > 2
     assert placement.traffic["inter_chip"] < placement.traffic["inter_chip_before_refinement"]

@@ -1,0 +1,109 @@
+"""The Loihi 2 core model against Intel's own compiler: numbers parsed from the logs in
+../shared/loihi2-measured/README.md (lava-loihi on PilotNet SNN and SDNN), never typed in here."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nxcompile.cli import main
+from nxcompile.compiler.layers import network_from_netx
+from nxcompile.compiler.partition import partition, synapse_words, weight_bits
+from nxcompile.compiler.targets import TARGETS
+from nxcompile.compiler.validate import validate
+
+MEASURED = Path(__file__).resolve().parent.parent.parent / "shared" / "loihi2-measured"
+LOIHI2 = TARGETS["loihi2"]
+# (file, netx skip_layers as the notebook loaded it)
+NETWORKS = {"pilotnet_snn": 0, "pilotnet_sdnn": 1}
+
+
+def _log_section(name: str) -> str:
+    text = (MEASURED / "README.md").read_text()
+    start = text.index(f"`{name}/network.net`")
+    end = text.find("\n## ", start)
+    return text[start:end if end > 0 else None]
+
+
+def intel_log(name: str) -> dict:
+    """The compiler log of one network: its SynMem allocations and limit, its per-core table (rows from
+    the output layer to the input layer: AxonIn, NeuronGr, Neurons, Synapses, AxonMap, AxonMem, Cores)
+    and its total."""
+    section = _log_section(name)
+    allocations = [(int(a), int(b)) for a, b in re.findall(r"allocation=(\d+) self\.cost_db\.registers\[reg_name\]=(\d+)",
+                                                            section)]
+    rows = [tuple(int(x) for x in row) for row in re.findall(r"^\|" + r"\s*(\d+)\|" * 7, section, re.M)]
+    total = int(re.search(r"\| Total\s*\|\s*(\d+)\|", section).group(1))
+    return {"allocations": allocations, "rows": rows, "total": total}
+
+
+@pytest.fixture(scope="module", params=list(NETWORKS))
+def measured(request):
+    name = request.param
+    network = network_from_netx(MEASURED / name / "network.net", NETWORKS[name])
+    placement = partition(network, LOIHI2)
+    assert validate(network, placement, LOIHI2) == []
+    return name, network, placement, intel_log(name)
+
+
+def _chip_layers_output_first(network) -> list:
+    return list(reversed(network.chip_layers()))
+
+
+def test_totals_reproduce_intels_compiler_within_five_percent(measured):
+    _, _, placement, log = measured
+    assert log["total"] == sum(row[6] for row in log["rows"])          # the log parses whole
+    assert abs(placement.cores_used - log["total"]) <= 0.05 * log["total"]
+
+
+def test_every_layers_cores_reproduce_intels_within_ten_percent(measured):
+    _, network, placement, log = measured
+    layers = _chip_layers_output_first(network)
+    assert len(layers) == len(log["rows"])
+    cores = placement.cores_per_layer()
+    for layer, row in zip(layers, log["rows"]):
+        assert abs(cores[layer.name] - row[6]) <= 0.1 * row[6], (layer.name, cores[layer.name], row)
+
+
+def test_dense_synapse_words_and_neurons_per_core_are_the_logs(measured):
+    """The log's per-core figures are means over a layer's cores (its Neurons column truncated)."""
+    _, network, placement, log = measured
+    for layer, row in zip(_chip_layers_output_first(network), log["rows"]):
+        if layer.kind != "dense":
+            continue
+        blocks = [b for b in placement.blocks if b.layer == layer.name]
+        assert int(np.mean([b.neurons for b in blocks])) == row[2], layer.name
+        assert round(np.mean([b.synapse_words for b in blocks])) == row[3], layer.name
+        assert layer.params["in_features"] == row[0]                  # every core reads every input
+
+
+def test_the_synmem_limit_and_the_allocations_the_compiler_printed(measured):
+    """While splitting the 2,560 -> 100 layer the compiler printed its allocation on one core (100
+    neurons), then on six (17 neurons each): both are the synapse-word rule's."""
+    _, network, _, log = measured
+    limits = {limit for _, limit in log["allocations"]}
+    assert limits == {LOIHI2.synapse_words_per_core}
+    widest = max((layer for layer in network.chip_layers() if layer.kind == "dense"),
+                 key=lambda layer: layer.params["in_features"])
+    bits = weight_bits(widest, LOIHI2)
+    one_core = widest.params["in_features"] * synapse_words(widest.neurons, bits, LOIHI2)
+    six_cores = widest.params["in_features"] * synapse_words(-(-widest.neurons // 6), bits, LOIHI2)
+    assert [a for a, _ in log["allocations"]] == [one_core] * 3 + [six_cores]
+
+
+def test_conv_tiles_hold_the_logs_neurons(measured):
+    """Conv and input layers: whole-column tiles, the log's Neurons per core."""
+    _, network, placement, log = measured
+    for layer, row in zip(_chip_layers_output_first(network), log["rows"]):
+        if layer.kind in ("conv", "input"):
+            tiles = [b.neurons for b in placement.blocks if b.layer == layer.name]
+            assert max(tiles) == row[2], layer.name
+
+
+@pytest.mark.parametrize("name, skip", NETWORKS.items())
+def test_partition_command_reports_intels_totals(name, skip, capsys):
+    assert main(["partition", str(MEASURED / name / "network.net"), "--target", "loihi2",
+                 "--skip-layers", str(skip)]) == 0
+    assert f"cores used   {intel_log(name)['total']} on 1 chip(s)" in capsys.readouterr().out
