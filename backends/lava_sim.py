@@ -366,29 +366,37 @@ def _cores_by_node(placement: dict | None) -> dict[str, list[int]]:
 
 
 def run_netx(path, spikes_in: np.ndarray, steps: int, run_config=None, skip_layers: int = 0,
-             reset_interval: int | None = None, reset_offset: int = 0) -> np.ndarray:
-    """A foreign lava-dl netx network (standard layers only), built by netx's own builders and
-    run on `spikes_in` [..., time] for `steps`; returns the output layer's messages [..., steps].
-    nxcompile's loader reads the file first, so a damaged or unsupported file fails with one line."""
+             reset_interval: int | None = None, reset_offset: int = 0, every_layer: bool = False):
+    """A foreign lava-dl netx network, built by netx's own builders and run on `spikes_in` [..., time]
+    for `steps`; returns the output layer's messages [..., steps], or with `every_layer` the messages
+    of each of netx's layers (the on-chip layers, in order) as a list. nxcompile's loader reads the
+    file first, so a damaged or unsupported file fails with one line."""
     from lava.lib.dl import netx
     from lava.proc import io
 
     from nxcompile.compiler.layers import network_from_netx
 
-    network_from_netx(path)
-    net = netx.hdf5.Network(net_config=str(path), skip_layers=skip_layers, reset_interval=reset_interval,
-                            reset_offset=reset_offset)
+    network_from_netx(path, skip_layers)
+    try:
+        net = netx.hdf5.Network(net_config=str(path), skip_layers=skip_layers, reset_interval=reset_interval,
+                                reset_offset=reset_offset)
+    except (NotImplementedError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"lava-dl netx cannot build {path} ({type(exc).__name__}: {exc})") from None
     # An input block is fed at its neurons (netx's own tests do so; Lava has no compiler for the block's port).
     inp = net.in_layer.neuron.a_in if isinstance(net.in_layer, netx.blocks.process.Input) else net.inp
     if tuple(spikes_in.shape[:-1]) != tuple(inp.shape):
         raise UsageError(f"the input has shape {spikes_in.shape[:-1]} per step, but {path} expects "
                          f"{tuple(inp.shape)}")
     source = io.source.RingBuffer(data=spikes_in)
-    sink = io.sink.RingBuffer(shape=net.out_layer.out.shape, buffer=steps)
     source.s_out.connect(inp)
-    net.out_layer.out.connect(sink.a_in)
+    recorded = net.layers if every_layer else [net.out_layer]
+    sinks = [io.sink.RingBuffer(shape=layer.out.shape, buffer=steps) for layer in recorded]
+    for layer, sink in zip(recorded, sinks):
+        layer.out.connect(sink.a_in)
     try:
-        net.run(condition=RunSteps(num_steps=steps), run_cfg=run_config or simulator_config())
-        return sink.data.get()
+        with deferred_interrupt():
+            net.run(condition=RunSteps(num_steps=steps), run_cfg=run_config or simulator_config())
+        messages = [sink.data.get() for sink in sinks]
     finally:
         net.stop()
+    return messages if every_layer else messages[0]

@@ -154,8 +154,9 @@ def netx_value(group, key, default=None):
     return value.decode() if isinstance(value, bytes) else value
 
 
-# Layer types lava-dl netx (0.6) declares but cannot build: its _create raises NotImplementedError.
-NETX_UNBUILT = ("pool", "convT", "unpool", "average", "concat")
+# Layer types lava-dl netx (0.6) names but cannot build: its _create raises NotImplementedError, or
+# (dense_comp) calls a create_complex_dense it does not define; complex weights in a `dense` layer build.
+NETX_UNBUILT = ("pool", "convT", "unpool", "average", "concat", "dense_comp")
 # netx's default payload bits of a graded (sigma-delta) message; a CUBA layer's messageBits, if any.
 NETX_SDNN_MESSAGE_BITS = 16
 
@@ -225,7 +226,7 @@ def _netx_layer(index: int, group, previous: LayerSpec | None, previous_shape, h
             return None, shape
         params = {"out_shape": shape} if len(shape) == 3 else {}
         return LayerSpec(kind="input", neurons=math.prod(shape), params=params, **common), shape
-    if kind in ("dense", "dense_rec", "dense_comp"):
+    if kind in ("dense", "dense_rec"):
         weights = _dense_weights(group, name)
         in_features = sum(w.shape[1] for w in weights)
         if kind == "dense_rec":          # a recurrent layer also reads its own neurons

@@ -189,8 +189,8 @@ def _conv(layer, units, part, parts, target):
     c_in, h_in, w_in = p["in_shape"]
     c_out = p["out_shape"][0]
     (kh, kw), (_, sx), (_, px), (_, dx) = p["kernel"], p["stride"], p["padding"], p["dilation"]
-    first_col = max(0, units[0] * sx - px)
-    end_col = min(w_in, (units[1] - 1) * sx - px + dx * (kw - 1) + 1)
+    first_col = min(w_in, max(0, units[0] * sx - px))       # a padded edge column may read no input at all
+    end_col = max(first_col, min(w_in, (units[1] - 1) * sx - px + dx * (kw - 1) + 1))
     ci0, ci1 = _part_range(c_in, part, parts)
     if (ci0, ci1) == (0, c_in):
         inputs = tuple((s, first_col * h_in * c_in, end_col * h_in * c_in) for s in layer.inputs)

@@ -4,7 +4,7 @@ Every number carries its public source. Sources, cited below by key:
 
   [Davies18]  M. Davies et al., "Loihi: A Neuromorphic Manycore Processor with
               On-Chip Learning", IEEE Micro 38(1), 2018 (Table 1: core resources,
-              Table 2: energy per operation).
+              Table 2: energy per operation, whose price sets live in sim/energy).
   [CAS22]     IEEE Circuits and Systems Magazine Q2 2022, neuromorphic survey:
               "Loihi includes a total of 16MB of synaptic memory" over 128 cores.
   [Brief21]   Intel Labs, "Taking Neuromorphic Computing to the Next Level with
@@ -66,16 +66,6 @@ CONV_INPUT_AXONS = 2
 
 
 @dataclass(frozen=True)
-class EnergyPerOp:
-    """Energy of one operation on the chip, in picojoules."""
-    synaptic_op_pj: float       # one spike crossing one synapse (accumulate)
-    neuron_update_pj: float     # one active neuron (compartment) update
-    spike_in_tile_pj: float     # sending a spike within a tile
-    spike_per_hop_pj: float     # each router hop of a spike between tiles
-    source: str
-
-
-@dataclass(frozen=True)
 class Target:
     """One deployment target and its limits. `chips=None` means as many chips as needed."""
     name: str
@@ -98,7 +88,7 @@ class Target:
     bias_exponent_bits: int
     graded_payload_bits: int            # 0: binary spikes only
     max_delay_steps: int
-    energy: EnergyPerOp
+    energy_model: str                   # the price set of sim/energy for this chip
     simulated: bool = False
 
     @property
@@ -106,33 +96,10 @@ class Target:
         return None if self.chips is None else self.chips * self.cores_per_chip
 
     def describe(self) -> dict[str, object]:
-        """Every field, flattened, for printing."""
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, EnergyPerOp):
-                out.update({k.name: getattr(value, k.name) for k in fields(value)})
-            else:
-                out[f.name] = "as many as needed" if value is None else value
-        return out
+        """Every field, for printing."""
+        return {f.name: "as many as needed" if getattr(self, f.name) is None else getattr(self, f.name)
+                for f in fields(self)}
 
-
-LOIHI1_ENERGY = EnergyPerOp(
-    synaptic_op_pj=23.6,        # [Davies18] Table 2, synaptic spike op (min)
-    neuron_update_pj=81.0,      # [Davies18] Table 2, neuron update (active)
-    spike_in_tile_pj=1.7,       # [Davies18] Table 2, within-tile spike energy
-    spike_per_hop_pj=3.5,       # [Davies18] Table 2, cross-tile spike energy per hop
-    source="Davies et al., IEEE Micro 2018, Table 2 (Loihi 1, 14 nm)")
-
-# Intel has not published per-operation energies for Loihi 2: Loihi 1's are
-# used, an assumption stated wherever an energy figure is printed.
-LOIHI2_ENERGY = EnergyPerOp(
-    synaptic_op_pj=LOIHI1_ENERGY.synaptic_op_pj,
-    neuron_update_pj=LOIHI1_ENERGY.neuron_update_pj,
-    spike_in_tile_pj=LOIHI1_ENERGY.spike_in_tile_pj,
-    spike_per_hop_pj=LOIHI1_ENERGY.spike_per_hop_pj,
-    source="Loihi 1 figures (Davies et al. 2018, Table 2) assumed: "
-           "Intel has not published Loihi 2 per-operation energies")
 
 LOIHI1 = Target(
     name="loihi1",
@@ -155,7 +122,7 @@ LOIHI1 = Target(
     bias_exponent_bits=3,                       # [Lava]
     graded_payload_bits=0,                      # [Davies18] binary spikes only
     max_delay_steps=62,                         # [Davies18] 6-bit synaptic delays
-    energy=LOIHI1_ENERGY,
+    energy_model="loihi",                       # [Davies18] Table 2
 )
 
 LOIHI2 = Target(
@@ -179,7 +146,7 @@ LOIHI2 = Target(
     bias_exponent_bits=3,                       # [Lava]
     graded_payload_bits=24,                     # [Brief21] graded spikes; [Lava] 24-bit s_out
     max_delay_steps=62,                         # not published for Loihi 2: Loihi 1's assumed
-    energy=LOIHI2_ENERGY,
+    energy_model="loihi2",                      # sim/energy: fitted to a Loihi 2 measurement
 )
 
 

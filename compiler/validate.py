@@ -59,22 +59,12 @@ def _needs(layer: LayerSpec, block, target: Target) -> tuple[int, int, dict[str,
 
 
 def _conv_needs(layer: LayerSpec, block, bits: int, target: Target):
-    """Enumerates the block's output neurons and the columns they sit in; the kernels of every output
-    channel, for the block's input channels, stored once."""
+    """A conv block's neurons, and the kernels of every output channel for its input channels, stored
+    once; its input arrives on CONV_INPUT_AXONS shared axons, whatever columns it reads."""
     p = layer.params
-    c_in, h_in, w_in = p["in_shape"]
-    c_out, h_out, _ = p["out_shape"]
-    neuron = np.arange(block.start, block.stop)        # numbering: column, row, channel
-    columns = np.unique(neuron // (h_out * c_out))
-    kw = p["kernel"][1]
-    taps = np.arange(kw) * p["dilation"][1] - p["padding"][1]
-    in_cols = np.unique(columns[:, None] * p["stride"][1] + taps[None])
-    in_cols = in_cols[(in_cols >= 0) & (in_cols < w_in)]
-    c0, c1 = _fraction(c_in, block.part, block.parts)
-    words = (c1 - c0) * p["kernel"][0] * kw * math.ceil(c_out * bits / target.array_word_bits)
-    if in_cols.size == 0:
-        raise ValueError(f"{layer.name}: block [{block.start}, {block.stop}) reads no input column")
-    return len(neuron), words, {}          # its input arrives on CONV_INPUT_AXONS shared axons
+    c0, c1 = _fraction(p["in_shape"][0], block.part, block.parts)
+    words = (c1 - c0) * p["kernel"][0] * p["kernel"][1] * math.ceil(p["out_shape"][0] * bits / target.array_word_bits)
+    return block.stop - block.start, words, {}
 
 
 def _union_length(intervals) -> int:

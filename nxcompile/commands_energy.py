@@ -6,7 +6,8 @@ import math
 import sys
 from pathlib import Path
 
-from nxcompile.commands_snn import add_conversion_arguments, build_graph, load_from_args, positive_int
+from nxcompile.commands_snn import (add_conversion_arguments, build_graph, load_from_args, non_negative_int,
+                                    positive_int)
 from nxcompile.errors import UsageError
 
 
@@ -23,6 +24,21 @@ def add_energy_parser(commands) -> None:
     energy.add_argument("--energy-model", default="45nm", choices=tuple(ENERGY_MODELS),
                         help="per-op energies for the per-layer table (totals show every model)")
     energy.add_argument("--plot-dir", type=Path, default=None, help="write the PNG plots here")
+    foreign = energy.add_argument_group("a lava-dl netx network (not written by nxcompile), run in Lava")
+    foreign.add_argument("--input", type=Path, default=None, help="its input spikes (.npy, [..., time])")
+    foreign.add_argument("--steps", type=positive_int, default=None, help="steps to run (default: the input's)")
+    foreign.add_argument("--skip-layers", type=non_negative_int, default=0,
+                         help="netx's skip_layers: the first N layers run on the host, --input enters the next")
+    foreign.add_argument("--input-layer-on-chip", action="store_true",
+                         help="with --skip-layers 1: count the skipped input layer as on chip, sending --input "
+                              "(as when its neurons are driven through their bias, as in Intel's benchmarks)")
+    foreign.add_argument("--reset-interval", type=positive_int, default=None,
+                         help="netx's reset_interval: every neuron reset each N steps (a sample's length)")
+    foreign.add_argument("--reset-offset", type=int, default=0, help="netx's reset_offset")
+    foreign.add_argument("--steps-per-inference", type=positive_int, default=None,
+                         help="steps of one inference (default --reset-interval, else 1)")
+    foreign.add_argument("--measured-mj", type=float, default=None,
+                         help="a measured dynamic energy per inference (mJ) to compare every price set with")
     energy.set_defaults(handler=cmd_energy)
 
 
@@ -69,14 +85,7 @@ def summaries(rows) -> dict[str, dict]:
     return {scope: {m: total(rows, ENERGY_MODELS[m], where) for m in ENERGY_MODELS} for scope, where in scopes.items()}
 
 
-def cmd_energy(args: argparse.Namespace) -> int:
-    from nxcompile.sim.energy import ENERGY_MODELS, total
-
-    graph, tokenizer, name = _graph_and_tokenizer(args)
-    rows, tokens = counted_run(graph, tokenizer, args.tokens)
-    model = ENERGY_MODELS[args.energy_model]
-    print(f"{name}: operations per token, mean over {tokens} held-out tokens, T = "
-          f"{graph.meta['options']['timesteps']}, Loihi fixed point; energy model {model.name}: {model.source}")
+def _print_rows(rows, model) -> None:
     print(f"{'layer':22} {'op':11} {'spike rate':>10} {'accumulates':>11} {'MACs':>10} {'neuron upd':>10} "
           f"{'adds':>10} {'mults':>9} {'messages':>9} {'ANN MACs':>10} {'SNN nJ':>9} {'ANN nJ':>9}")
     for r in rows:
@@ -84,6 +93,65 @@ def cmd_energy(args: argparse.Namespace) -> int:
         print(f"{r.name:22} {r.op:11} {rate:>10} {r.accumulates:>11.0f} {r.macs:>10.0f} {r.neuron_updates:>10.0f} "
               f"{r.neuron_adds:>10.0f} {r.neuron_mults:>9.0f} {r.messages:>9.0f} {r.ann_macs:>10.0f} "
               f"{r.snn_pj(model) / 1e3:>9.2f} {r.ann_pj(model) / 1e3:>9.2f}")
+
+
+def netx_counts(path: Path, spikes, steps: int | None = None, skip_layers: int = 0, input_layer_on_chip: bool = False,
+                reset_interval: int | None = None, reset_offset: int = 0, steps_per_inference: int | None = None):
+    """Operations per inference of a lava-dl netx network, counted from its run in Lava (netx's builders)."""
+    from nxcompile.backends.lava_sim import run_netx
+    from nxcompile.compiler.layers import network_from_netx
+    from nxcompile.sim.energy import count_netx
+
+    network = network_from_netx(path, skip_layers)
+    steps = steps or spikes.shape[-1]
+    if input_layer_on_chip and not (skip_layers == 1 and network.layers[0].kind == "input"):
+        raise UsageError("--input-layer-on-chip counts a skipped input layer: give --skip-layers 1 for a network "
+                         "whose first layer is netx's input layer")
+    messages = run_netx(path, spikes, steps, None, skip_layers, reset_interval, reset_offset, every_layer=True)
+    sent_input = network.layers[0] if input_layer_on_chip else None
+    return count_netx(network, messages, spikes[..., :steps], steps_per_inference or reset_interval or 1, sent_input)
+
+
+def _cmd_energy_netx(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from nxcompile.sim.energy import ENERGY_MODELS, total
+
+    if args.input is None:
+        raise UsageError(f"{args.source} is a lava-dl netx network: give its input spikes with --input FILE.npy")
+    try:
+        spikes = np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {args.input} as a .npy array ({exc})") from None
+    rows = netx_counts(Path(args.source), spikes, args.steps, args.skip_layers, args.input_layer_on_chip,
+                       args.reset_interval, args.reset_offset, args.steps_per_inference)
+    model = ENERGY_MODELS[args.energy_model]
+    per = args.steps_per_inference or args.reset_interval or 1
+    print(f"{args.source}: operations per inference ({per} steps), from its Lava run on {args.input} "
+          f"(netx's builders, Loihi2SimCfg fixed point); energy model {model.name}: {model.source}")
+    _print_rows(rows, model)
+    for m in ENERGY_MODELS.values():
+        dynamic = total(rows, m).snn_pj / 1e9
+        line = f"dynamic energy per inference  {dynamic:.3f} mJ  ({m.name})"
+        if args.measured_mj:
+            line += f"; measured {args.measured_mj:.3f} mJ: predicted / measured = {dynamic / args.measured_mj:.2f}"
+        print(line)
+    return 0
+
+
+def cmd_energy(args: argparse.Namespace) -> int:
+    from nxcompile.sim.energy import ENERGY_MODELS, total
+
+    from nxcompile.commands_net import is_nxcompile_net
+
+    if Path(args.source).is_file() and not is_nxcompile_net(Path(args.source)):
+        return _cmd_energy_netx(args)
+    graph, tokenizer, name = _graph_and_tokenizer(args)
+    rows, tokens = counted_run(graph, tokenizer, args.tokens)
+    model = ENERGY_MODELS[args.energy_model]
+    print(f"{name}: operations per token, mean over {tokens} held-out tokens, T = "
+          f"{graph.meta['options']['timesteps']}, Loihi fixed point; energy model {model.name}: {model.source}")
+    _print_rows(rows, model)
     print("host layers (embedding, final norm, LM head) are the same on both sides and not counted; a graded "
           "spike crossing a synapse is a MAC, a binary one an accumulate; neuron updates are priced by their adds "
           "and multiplies (docs/energy.md)")

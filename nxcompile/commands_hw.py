@@ -18,6 +18,7 @@ RESOURCES = ("neurons", "synapse words", "input axons")
 
 def cmd_targets(args: argparse.Namespace) -> int:
     from nxcompile.compiler.targets import TARGETS
+    from nxcompile.sim.energy import ENERGY_MODELS
 
     rows = {name: target.describe() for name, target in TARGETS.items()}
     fields = [f for f in next(iter(rows.values())) if f not in ("name", "source", "description")]
@@ -27,7 +28,8 @@ def cmd_targets(args: argparse.Namespace) -> int:
         print(f"{field:32}" + "".join(f"{_cell(v):>22}" for v in values))
     print()
     for name, target in TARGETS.items():
-        print(f"{name}: {target.description}. Energy: {target.energy.source}.")
+        print(f"{name}: {target.description}. Energy ({target.energy_model}): "
+              f"{ENERGY_MODELS[target.energy_model].source}.")
     print("Sources of every figure: compiler/targets.py.")
     return 0
 

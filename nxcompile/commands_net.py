@@ -67,7 +67,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    ours = _is_ours(args.file)
+    ours = is_nxcompile_net(args.file)
     print("\n".join(_describe_ours(args.file) if ours else _describe_foreign(args.file)))
     return 0
 
@@ -116,7 +116,7 @@ def _describe_foreign(path: Path) -> list[str]:
     return lines
 
 
-def _is_ours(path: Path) -> bool:
+def is_nxcompile_net(path: Path) -> bool:
     import h5py
 
     try:
@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nxcompile.backends.loihi import run_config
 
     config = run_config(args.target)
-    if _is_ours(args.file):
+    if is_nxcompile_net(args.file):
         return _run_ours(args, config)
     return _run_foreign(args, config)
 

@@ -43,7 +43,8 @@ from nxcompile.compiler.graph import SSA, Add, Attention, Dense, Encode, GradedD
 
 @dataclass(frozen=True)
 class EnergyModel:
-    """Picojoules per operation, and where each figure comes from."""
+    """Picojoules per operation, and where each figure comes from. A chip's static power and time
+    per step, where measured, price the time a token or an inference takes on top."""
     name: str
     accumulate_pj: float       # a binary or ternary spike crossing a synapse
     mac_pj: float              # a graded spike crossing a synapse (payload x weight)
@@ -52,14 +53,45 @@ class EnergyModel:
     message_pj: float          # one spike or payload sent
     ann_mac_pj: float          # the ANN's multiply-accumulate
     source: str
+    static_w_per_chip: float = 0.0
+    seconds_per_step: float = 0.0
+
+    def static_pj(self, chips: int, steps: float) -> float:
+        """Static energy of `chips` chips held for `steps` steps."""
+        return self.static_w_per_chip * chips * self.seconds_per_step * steps * 1e12
+
+
+def _scaled(model: EnergyModel, name: str, factor: float, source: str, **static) -> EnergyModel:
+    """A price set whose on-chip figures are `model`'s times `factor` (the ANN's MAC unchanged)."""
+    return EnergyModel(name, model.accumulate_pj * factor, model.mac_pj * factor, model.add_pj * factor,
+                       model.mult_pj * factor, model.message_pj * factor, model.ann_mac_pj, source, **static)
 
 
 # Loihi 1's per-operation energies (Davies et al., IEEE Micro 38(1) 2018, Table 2): a synaptic
-# spike op 23.6 pJ, a neuron update 52 pJ (inactive; 81 active), a spike within a tile 1.7 pJ.
-# Loihi's CUBA update is about 6 operations (two decays, three adds, a compare): 52 / 6 pJ each
-# prices the other neurons' updates by what they compute (an assumption, as is a graded synaptic
-# op as a spike op plus one such multiply: Loihi 1 has no graded spikes).
-_LOIHI_OP_PJ = 52.0 / 6
+# spike op 23.6 pJ, a neuron update 81 pJ active (52 inactive: every neuron here integrates a
+# bias or input each step), a spike within a tile 1.7 pJ. Loihi's CUBA update is 6 operations
+# (`NEURON_OPS["cuba"]`): 81 / 6 pJ each prices other neurons by what they compute (an
+# assumption, as is a graded synaptic op as a spike op plus one such operation: Loihi 1 has no
+# graded spikes).
+_LOIHI_OP_PJ = 81.0 / 6
+LOIHI1 = EnergyModel("loihi", accumulate_pj=23.6, mac_pj=23.6 + _LOIHI_OP_PJ, add_pj=_LOIHI_OP_PJ,
+                     mult_pj=_LOIHI_OP_PJ, message_pj=1.7, ann_mac_pj=4.6,
+                     source="Davies et al., IEEE Micro 2018, Table 2 (Loihi 1): a synaptic spike op 23.6 pJ, a spike "
+                            "within a tile 1.7 pJ, an active neuron update 81 pJ over a CUBA update's 6 operations "
+                            "(13.5 pJ each, an assumption), a graded synaptic op as a spike op plus one of them; "
+                            "the ANN at Horowitz's 45 nm float MAC 4.6 pJ")
+# Loihi 2: no per-operation energies are published. Intel measured PilotNet SNN on one Loihi 2
+# chip (../shared/loihi2-measured: 1.094 mJ dynamic per 16-step inference, 0.232 W static, 408.91
+# inferences/s): LOIHI1's prices predict LOIHI2_FIT_PREDICTED_MJ for it from a Lava run on lava-dl's
+# input (`python bench/loihi2_energy.py`), so Loihi 1's figures scaled by measured / predicted are
+# fitted to that one number (the split between synaptic ops and neuron updates stays Loihi 1's).
+LOIHI2_MEASURED_MJ = 1.093544
+LOIHI2_FIT_PREDICTED_MJ = 1.3471            # `python bench/loihi2_energy.py`
+LOIHI2 = _scaled(LOIHI1, "loihi2", LOIHI2_MEASURED_MJ / LOIHI2_FIT_PREDICTED_MJ,
+                 "Loihi 1's figures scaled to Intel's one Loihi 2 measurement (PilotNet SNN, 1.094 mJ dynamic "
+                 "per inference; bench/loihi2_energy.py): fitted to that number alone; static 0.232 W per chip "
+                 "over 153 us per step, PilotNet SNN's measured step (1e6 / 408.91 / 16), for any network",
+                 static_w_per_chip=0.232078, seconds_per_step=1.0 / 408.91 / 16)
 ENERGY_MODELS = {m.name: m for m in (
     EnergyModel("45nm", accumulate_pj=0.9, mac_pj=4.6, add_pj=0.9, mult_pj=3.7, message_pj=0.0, ann_mac_pj=4.6,
                 source="Horowitz, ISSCC 2014, 45 nm 32-bit float: MAC 4.6 pJ (mult 3.7 + add 0.9), an accumulate "
@@ -70,12 +102,8 @@ ENERGY_MODELS = {m.name: m for m in (
                 source="Horowitz, ISSCC 2014, 45 nm 8-bit integer: MAC 0.23 pJ (mult 0.2 + add 0.03), an "
                        "accumulate or a neuron's add 0.03 pJ, a neuron's multiply 0.2 pJ (a lower bound: the "
                        "graded method's payloads are up to 24 bits)"),
-    EnergyModel("loihi", accumulate_pj=23.6, mac_pj=23.6 + _LOIHI_OP_PJ, add_pj=_LOIHI_OP_PJ, mult_pj=_LOIHI_OP_PJ,
-                message_pj=1.7, ann_mac_pj=4.6,
-                source="Davies et al., IEEE Micro 2018, Table 2 (Loihi 1): a synaptic spike op 23.6 pJ, a spike "
-                       "within a tile 1.7 pJ, a neuron update 52 pJ spread over a CUBA update's ~6 operations "
-                       "(8.7 pJ each, an assumption), a graded synaptic op as a spike op plus one of them; the "
-                       "ANN at Horowitz's 45 nm float MAC 4.6 pJ"),
+    LOIHI1,
+    LOIHI2,
 )}
 
 # (adds, multiplies) of one neuron update, read off sim/fixed_point's integer program. Adds count
@@ -100,6 +128,8 @@ NEURON_OPS = {
                                   # q = x // x0, r = x - q x0, (r + b) r + c, >> q); sum; probability
     "attention-query": (0, 1),    # per query and head: one reciprocal, 2**48 // sum
     "attention-feature": (4, 0),  # per output feature: rounding shift, saturation
+    "cuba": (4, 2),               # lava-dl netx's LOIHI/CUBA neuron: two decays, two adds, compare, reset
+    "sigma-delta": (5, 1),        # netx's SDNN neuron: sigma += input, + bias, ReLU, delta, compare, residue
 }
 
 
@@ -269,3 +299,63 @@ class EnergySummary:
 def total(rows: list[LayerCounts], model: EnergyModel, where=lambda row: True) -> EnergySummary:
     chosen = [r for r in rows if where(r)]
     return EnergySummary(sum(r.snn_pj(model) for r in chosen), sum(r.ann_pj(model) for r in chosen))
+
+
+def _taps(size_in: int, size_out: int, kernel: int, stride: int, padding: int, dilation: int) -> np.ndarray:
+    """For each input position along one axis, how many output positions' kernels cover it."""
+    position = np.arange(size_in)[:, None] + padding - np.arange(kernel)[None] * dilation
+    out = position // stride
+    return ((position % stride == 0) & (out >= 0) & (out < size_out)).sum(axis=1)
+
+
+def _netx_fan_out(layer, events: np.ndarray) -> float:
+    """Synaptic events into `layer` from input events [neurons, steps] of its source (Lava's (W, H, C)
+    order flattened): each reaches all neurons of a dense layer, one of an input layer, and the
+    output positions whose kernels cover it times the output channels of a conv layer."""
+    per_neuron = (events != 0).sum(axis=-1)
+    if layer.kind == "dense":
+        return float(per_neuron.sum()) * layer.neurons
+    if layer.kind == "conv":
+        p = layer.params
+        c_in, h_in, w_in = p["in_shape"]
+        c_out, h_out, w_out = p["out_shape"]
+        fan_y = _taps(h_in, h_out, p["kernel"][0], p["stride"][0], p["padding"][0], p["dilation"][0])
+        fan_x = _taps(w_in, w_out, p["kernel"][1], p["stride"][1], p["padding"][1], p["dilation"][1])
+        counts = per_neuron.reshape(w_in, h_in, c_in)
+        return float((counts * fan_x[:, None, None] * fan_y[None, :, None]).sum()) * c_out
+    return float(per_neuron.sum())
+
+
+def count_netx(network, messages: list[np.ndarray], spikes_in: np.ndarray, steps_per_inference: int,
+               sent_input=None) -> list[LayerCounts]:
+    """Operations per inference of a lava-dl netx network from a Lava run: `messages` are what each
+    on-chip layer sent ([..., steps], netx's layer order), `spikes_in` what entered the first. Binary
+    spikes into a layer are accumulates, graded ones (sigma-delta, messageBits) MACs; every neuron
+    updates every step (a CUBA or a sigma-delta update); the ANN is the same layers' MACs.
+    `sent_input`: a skipped input layer counted as on chip, its neurons driven by their bias and
+    sending `spikes_in`."""
+    layers = network.chip_layers()
+    steps = spikes_in.shape[-1]
+    inferences = max(1.0, steps / steps_per_inference)
+    rows = []
+    if sent_input is not None:
+        updates = sent_input.neurons * steps / inferences
+        cuba = NEURON_OPS["cuba"]
+        rows.append(LayerCounts(f"{sent_input.name} (bias-driven)", "input", None, 0.0, 0.0, updates, updates * cuba[0],
+                                updates * cuba[1], float((spikes_in != 0).sum()) / inferences, 0.0,
+                                float((spikes_in != 0).mean())))
+    for i, (layer, sent) in enumerate(zip(layers, messages)):
+        source = spikes_in if i == 0 else messages[i - 1]
+        source_graded = (layers[i - 1].message_bits > 1) if i else spikes_in.dtype != bool
+        events = _netx_fan_out(layer, source.reshape(-1, source.shape[-1])) / inferences
+        sent = sent.reshape(-1, sent.shape[-1])
+        update = NEURON_OPS["sigma-delta" if layer.message_bits > 1 else "cuba"]
+        updates = layer.neurons * steps / inferences
+        ann = layer.neurons * layer.params["in_features"] if layer.kind == "dense" else \
+            layer.neurons * layer.params["in_shape"][0] * int(np.prod(layer.params["kernel"])) \
+            if layer.kind == "conv" else 0
+        rows.append(LayerCounts(layer.name, layer.kind, None, 0.0 if source_graded else events,
+                                events if source_graded else 0.0, updates, updates * update[0], updates * update[1],
+                                float((sent != 0).sum()) / inferences, float(ann),
+                                float((sent != 0).mean()) if layer.message_bits == 1 else float("nan")))
+    return rows

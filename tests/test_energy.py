@@ -137,3 +137,17 @@ def test_energy_of_a_bad_source_is_one_line(source, message, capsys):
     assert main(["energy", source]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("size_in, size_out, kernel, stride, padding, dilation",
+                         [(24, 22, 3, 1, 0, 1), (7, 4, 3, 2, 1, 1), (200, 99, 3, 2, 0, 1), (9, 5, 3, 2, 2, 2)])
+def test_conv_fan_out_counts_the_kernels_covering_each_input(size_in, size_out, kernel, stride, padding, dilation):
+    from nxcompile.sim.energy import _taps
+
+    brute = np.zeros(size_in, dtype=int)
+    for out in range(size_out):
+        for k in range(kernel):
+            position = out * stride - padding + k * dilation
+            if 0 <= position < size_in:
+                brute[position] += 1
+    assert _taps(size_in, size_out, kernel, stride, padding, dilation).tolist() == brute.tolist()

@@ -1,18 +1,21 @@
 """Fuzzing the `.net` reader: mutated files (bytes, datasets' values, shapes and dtypes, deleted
 datasets, attributes) either load as a consistent network or fail with the project's own error.
-Bounded for CI: FUZZ_CASES mutations of each kind, counted and checked below."""
+Bounded for CI: FUZZ_CASES mutations of each kind, counted and checked below;
+NXCOMPILE_FUZZ=long runs 600 of each (README: `-m slow`)."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import h5py
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nxcompile.compiler.export import NetFileError, load_net
 
-FUZZ_CASES = 150
+FUZZ_CASES = 600 if os.environ.get("NXCOMPILE_FUZZ") == "long" else 150
 TRIED = {"bytes": 0, "datasets": 0}
 
 
@@ -23,6 +26,7 @@ def _loads_or_refuses(path) -> None:
         pass
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(data=st.data())
 def test_mutated_bytes_load_or_raise_our_error(small_net, tmp_path_factory, data):
@@ -56,6 +60,7 @@ REPLACEMENTS = {
 }
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(data=st.data())
 def test_mutated_datasets_and_attributes_load_or_raise_our_error(small_net, tmp_path_factory, data):
@@ -80,6 +85,7 @@ def test_mutated_datasets_and_attributes_load_or_raise_our_error(small_net, tmp_
     TRIED["datasets"] += 1
 
 
+@pytest.mark.slow
 def test_the_fuzzers_ran_every_case():
     """Runs after both fuzz tests (file order): says how many cases were tried."""
     assert TRIED == {"bytes": FUZZ_CASES, "datasets": FUZZ_CASES}, TRIED
