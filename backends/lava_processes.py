@@ -286,7 +286,7 @@ class _AttentionModel(_LayerModel):
         values = fx.ssa_heads(self.op, self.kv_cache[1, :token + 1, tau].astype(np.float64))
         scores = np.einsum("hd,jhd->jh", fx.ssa_heads(self.op, x["q"].astype(np.float64)), keys)
         out = np.einsum("jh,jhd->hd", scores, values)
-        return np.rint(out).astype(np.int64).reshape(-1) * self.op.scale
+        return self.op.score(np.rint(out).astype(np.int64).reshape(-1))
 
 
 class _SoftmaxAttentionModel(_LayerModel):

@@ -17,7 +17,8 @@ spike train is what the float graph makes up to rounding; a spike's value
 downstream (folded into the next weights) is kept in `NeuronModel.value`.
 
 SSA has no weights: its current is the integer count sum_j (Q.K_j) V_j times
-`scale`; its scale becomes 2**6 and each threshold theta / scale * 2**6.
+`scale`; its scale becomes 2**6 and each threshold theta / scale * 2**6 (a smaller
+power of two, a rounding shift on chip, where a threshold would overflow its bits).
 
 An on-chip Dense without neurons (a graded readout such as an attention or MLP
 output projection) gets the same weight and bias grid, kept in float units
@@ -121,9 +122,15 @@ def _quantise_readout(op: Dense, target: Target):
                  None), fmt
 
 
-def _ssa_unit(op: SSA) -> float:
-    """State units per float unit of an SSA population: its scale becomes 2**ALIGN_BITS."""
-    return 2.0 ** ALIGN_BITS / op.scale
+def _ssa_unit(op: SSA, target: Target) -> float:
+    """State units per float unit of an SSA population: its scale becomes 2**ALIGN_BITS, or a smaller
+    power of two where its thresholds would not fit their bits otherwise (graded Q, K and V: a
+    coincidence counts up to 255**3, so the float scale is 255**3 times smaller)."""
+    limit = 2 ** (target.threshold_bits + ALIGN_BITS) - 1
+    unit = 2.0 ** ALIGN_BITS / op.scale
+    while float(op.neuron.threshold.max()) * unit > limit:
+        unit /= 2
+    return unit
 
 
 def _quantise_op(op, target: Target):
@@ -131,9 +138,9 @@ def _quantise_op(op, target: Target):
     if isinstance(op, Dense) and op.neuron is None:
         return _quantise_readout(op, target)
     if isinstance(op, SSA):
-        unit = _ssa_unit(op)
+        unit = _ssa_unit(op, target)
         fmt = LayerFormat(0, ALIGN_BITS, 0, 1, 2 ** (target.threshold_bits + ALIGN_BITS) - 1)
-        return dataclasses.replace(op, scale=2.0 ** ALIGN_BITS,
+        return dataclasses.replace(op, scale=op.scale * unit,
                                    neuron=_quantise_neuron(op.neuron, fmt, target, unit)), fmt
     fmt = layer_format(_weights(op), op.neuron.threshold, op.bias, target)
     q = lambda w: _weight_on_grid(w, fmt, target)   # noqa: E731
@@ -154,7 +161,7 @@ def on_grid(op, target: Target):
     quantised, fmt = _quantise_op(op, target)
     if isinstance(op, Dense) and op.neuron is None:
         return quantised
-    unit = _ssa_unit(op) if isinstance(op, SSA) else 2.0 ** fmt.unit_log2
+    unit = _ssa_unit(op, target) if isinstance(op, SSA) else 2.0 ** fmt.unit_log2
     neuron = dataclasses.replace(quantised.neuron, threshold=quantised.neuron.threshold / unit,
                                  value=op.neuron.spike_value.clone())
     if isinstance(op, SSA):

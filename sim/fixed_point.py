@@ -11,7 +11,9 @@ agree bit for bit.
 Numbers on chip:
   spikes          integers per step: 0/1, -1/0/+1 or a graded-spike payload
   state           the quantiser's state units (weights m * 2**weight_exp,
-                  thresholds, biases): v, currents and thresholds are integers
+                  thresholds, biases): v, currents and thresholds are integers;
+                  SSA's count times its power-of-two scale (a rounding shift
+                  where the scale is below one)
   graded values   (residual stream, norms, readouts) 24-bit signed payloads
                   with GRADED_FRACTION_BITS fraction bits: value = p / 2**F,
                   saturating at +-2**23 (Loihi 2's graded spike)
@@ -106,7 +108,6 @@ class IntOp:
     unit_log2: int = 0                        # readout: state units per float unit
     n_head: int = 0
     head_dim: int = 0
-    scale: int = 0                            # ssa: state units per count
     kv_capacity: int = 0
     position_norm: bool = False               # ssa: divide query i's current by i + 1
     norm_weight: np.ndarray | None = None     # norm, payload units
@@ -118,7 +119,7 @@ class IntOp:
     acc_shift: int = 0                        # graded-dense: what Lava's Dense shifts sum(m x) right by
     activation: str = "identity"              # graded-dense: identity, or the model's GELU (its name)
     to_gelu: Requantise | None = None         # graded-dense: accumulator -> GELU input
-    score: Requantise | None = None           # attention: q.k -> i-exp input
+    score: Requantise | None = None           # attention: q.k -> i-exp input; ssa: count -> current
     out: Requantise | None = None             # graded-dense, attention: result -> message
     exact: frozenset = frozenset()            # kernels computed exactly in float64 (the study's ablations)
 
@@ -220,7 +221,7 @@ def _int_op(spiking: SpikingGraph, name: str) -> IntOp:
     neuron = _int_neuron(op.neuron, name)
     if isinstance(op, SSA):
         return IntOp("ssa", neuron, n_head=op.n_head, head_dim=op.head_dim,
-                     scale=int(_integers(torch.tensor([op.scale]), f"{name}: scale")[0]),
+                     score=rescaling(op.scale, SCORE_LIMIT),
                      kv_capacity=op.kv_capacity, position_norm=op.position_norm)
     if isinstance(op, Dense):
         return IntOp("dense", neuron, _integers(op.weight, f"{name}: weight"), _integers(op.bias, f"{name}: bias"))
@@ -442,7 +443,7 @@ def _ssa_current(op: IntOp, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.n
     scores = np.einsum("bithd,bjthd->bthij", qh, kh)
     scores *= np.tril(np.ones((q.shape[1], q.shape[1])))
     out = np.einsum("bthij,bjthd->bithd", scores, vh)
-    return np.rint(out).astype(np.int64).reshape(q.shape) * op.scale
+    return op.score(np.rint(out).astype(np.int64).reshape(q.shape))
 
 
 def _fire(neuron: IntNeuron, current: np.ndarray) -> np.ndarray:

@@ -135,7 +135,7 @@ def test_position_normalised_ssa_in_fixed_point_is_the_float_one():
     op = SSA(n_head=2, head_dim=4, scale=64.0, neuron=neuron, position_norm=True)
     floating = reference.fire(neuron, reference.ssa_current(op, q, k, v), 4)
     int_op = fx.IntOp("ssa", fx.IntNeuron(np.array([96]), np.array([48]), fx.DECAY_UNITS, False, 1),
-                      n_head=2, head_dim=4, scale=64, position_norm=True)
+                      n_head=2, head_dim=4, score=fx.rescaling(64, fx.SCORE_LIMIT), position_norm=True)
     fixed = fx.execute(int_op, {p: x.numpy().astype(np.int64) for p, x in zip("qkv", (q, k, v))}, 4)
     np.testing.assert_array_equal(fixed, floating.numpy())
     assert fixed.sum() > 0

@@ -93,3 +93,15 @@ def test_quantised_graph_round_trips_through_disk(tmp_path, quantised):
     assert loaded.meta["quantization"] == quantised.meta["quantization"]
     name = next(iter(quantised.meta["quantization"]["layers"]))
     assert torch.equal(loaded.op(name).neuron.spike_value, quantised.op(name).neuron.spike_value)
+
+
+def test_graded_qkv_ssa_thresholds_fit_their_bits_by_a_smaller_scale():
+    """8-bit graded Q, K, V count up to 255**3 per coincidence: the quantiser shrinks the SSA's unit (its
+    scale a power of two below 2**6, a rounding shift on chip) instead of clamping thresholds."""
+    from nxcompile.compiler.convert import ConversionOptions, convert
+    from tests.test_convert_reference import small_gpt2, token_batch
+
+    graph = quantize(convert(small_gpt2(), ConversionOptions(qkv_neuron="graded"), token_batch(2, 32, 200)), LOIHI2)
+    ssa = graph.op("h0.attn.ssa")
+    assert ssa.scale < 2 ** 6 and math.log2(ssa.scale) == round(math.log2(ssa.scale))
+    assert float(ssa.neuron.threshold.max()) < 2 ** (LOIHI2.threshold_bits + 6) - 1     # not clamped
