@@ -1,8 +1,10 @@
 """Partitioner quality and cost at GPT-2 scale: cores used over the lower bound,
 messages per token crossing chips before and after the rate-weighted
-refinement, compile time and peak memory, on one Loihi 2 chip, Kapoho Point and Hala Point.
+refinement, compile time and peak memory, on one Loihi 2 chip, Kapoho Point and Hala Point,
+for each conversion method, with Intel's packing (the Loihi 2 model fitted to its compiler).
 
-    python bench/partition_scale.py [--models random:gpt2-small,random:gpt2-xl] [-T 8]
+    python bench/partition_scale.py [--models random:gpt2-small,random:gpt2-xl]
+                                    [--methods neurtransformer,graded] [-T 8] [--packing intel]
 
 Goals (issue #5): cores / lower bound <= 1.10; gpt2-small under 30 s and gpt2-xl
 under 5 min on 2 cores. Compile time = partition + independent validation; the
@@ -21,7 +23,7 @@ import torch
 
 from nxcompile.compiler.convert import ConversionOptions, convert
 from nxcompile.compiler.layers import network_from_graph
-from nxcompile.compiler.partition import partition
+from nxcompile.compiler.partition import PACKINGS, partition
 from nxcompile.compiler.targets import TARGETS
 from nxcompile.compiler.validate import validate
 from nxcompile.models.zoo import load_model
@@ -29,12 +31,12 @@ from nxcompile.models.zoo import load_model
 TARGET_NAMES = ("loihi2", "loihi2-kapoho-point", "loihi2-hala-point")
 
 
-def compile_on(network, target) -> dict:
+def compile_on(network, target, packing: str) -> dict:
     """Partition and validate once, timing both and tracing the memory they allocate."""
     unlimited = dataclasses.replace(target, chips=None)
     tracemalloc.start()
     started = time.perf_counter()
-    placement = partition(network, unlimited)
+    placement = partition(network, unlimited, packing)
     problems = validate(network, placement, unlimited)
     seconds = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1]
@@ -50,28 +52,32 @@ def compile_on(network, target) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="random:gpt2-small,random:gpt2-xl")
-    parser.add_argument("-T", "--timesteps", type=int, default=8)
+    parser.add_argument("--methods", default="neurtransformer,graded")
+    parser.add_argument("-T", "--timesteps", type=int, default=8, help="for the rate-coded methods")
+    parser.add_argument("--packing", choices=PACKINGS, default="intel")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(f"{'model':20} {'target':22} {'fits':>5} {'cores':>8} {'chips':>6} {'bound':>8} {'ratio':>6} "
+    print(f"{'model':20} {'method':16} {'target':22} {'fits':>5} {'cores':>8} {'chips':>6} {'bound':>8} {'ratio':>6} "
           f"{'acc. neurons':>12} {'chip msgs/token (seq. -> refined)':>34} {'compile s':>10} {'peak MiB':>9}")
     for spec in args.models.split(","):
-        started = time.perf_counter()
-        loaded = load_model(spec)
-        ids = torch.randint(0, loaded.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
-        graph = convert(loaded.model, ConversionOptions(timesteps=args.timesteps), ids, model_name=spec)
-        del loaded
-        network = network_from_graph(graph)
-        del graph
-        convert_seconds = time.perf_counter() - started
-        for name in TARGET_NAMES:
-            r = compile_on(network, TARGETS[name])
-            print(f"{spec:20} {name:22} {'yes' if r['fits'] else 'no':>5} {r['cores']:>8,} {r['chips']:>6} "
-                  f"{r['bound']:>8,} {r['cores'] / r['bound']:>6.3f} {r['accumulators']:>12,} "
-                  f"{r['inter_chip_before']:>15,.0f} -> {r['inter_chip']:>15,.0f} "
-                  f"{r['seconds']:>10.2f} {r['peak_mb']:>9.1f}", flush=True)
-        print(f"{spec:20} (load + convert {convert_seconds:.1f} s, estimated spike rates; "
-              f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB)")
+        for method in args.methods.split(","):
+            started = time.perf_counter()
+            loaded = load_model(spec)
+            ids = torch.randint(0, loaded.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+            options = ConversionOptions(method=method, timesteps=1 if method == "graded" else args.timesteps)
+            graph = convert(loaded.model, options, ids, model_name=spec)
+            del loaded
+            network = network_from_graph(graph)
+            del graph
+            convert_seconds = time.perf_counter() - started
+            for name in TARGET_NAMES:
+                r = compile_on(network, TARGETS[name], args.packing)
+                print(f"{spec:20} {method:16} {name:22} {'yes' if r['fits'] else 'no':>5} {r['cores']:>8,} "
+                      f"{r['chips']:>6} {r['bound']:>8,} {r['cores'] / r['bound']:>6.3f} {r['accumulators']:>12,} "
+                      f"{r['inter_chip_before']:>15,.0f} -> {r['inter_chip']:>15,.0f} "
+                      f"{r['seconds']:>10.2f} {r['peak_mb']:>9.1f}", flush=True)
+            print(f"{spec:20} {method:16} (load + convert {convert_seconds:.1f} s, estimated spike rates; "
+                  f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ import runpy
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["reference_throughput.py", "spikedecoder_study.py", "partition_scale.py", "lava_per_token.py"]
+BENCHMARKS = ["reference_throughput.py", "spikedecoder_study.py", "graded_study.py", "partition_scale.py",
+              "lava_per_token.py", "loihi2_energy.py"]
 
 if __name__ == "__main__":
     for script in BENCHMARKS:
