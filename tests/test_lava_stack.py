@@ -22,11 +22,25 @@ def fixed_point_config() -> Loihi2SimCfg:
     return Loihi2SimCfg(select_tag="fixed_pt")
 
 
-def test_fixes_are_a_no_op_on_python_310(monkeypatch):
+def test_only_the_start_method_fix_applies_on_python_310(monkeypatch):
     monkeypatch.setattr(sys, "version_info", (3, 10, 14))
-    before = list(sys.meta_path)
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, lava_compat._LavaFinder)])
+    for name in (lava_compat.MULTIPROCESSING, lava_compat.VAR_MODEL):
+        monkeypatch.delitem(sys.modules, name)             # as before Lava's first import
     lava_compat.install()
-    assert sys.meta_path == before
+    finder = next(f for f in sys.meta_path if isinstance(f, lava_compat._LavaFinder))
+    assert set(finder.patches) == {lava_compat.MULTIPROCESSING}
+
+
+def test_lava_imports_after_multiprocessing_was_used():
+    """tqdm's lock (any model loading) fixes multiprocessing's start method before Lava's runtime module
+    asks for 'fork': a fresh interpreter that uses multiprocessing first still imports Lava."""
+    import subprocess
+
+    code = ("import multiprocessing; multiprocessing.RLock(); import nxcompile; "
+            "from lava.magma.core.process.process import AbstractProcess; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-400:]
 
 
 def test_slayer_object_detection_is_the_empty_stand_in():
