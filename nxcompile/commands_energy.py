@@ -139,6 +139,37 @@ def _cmd_energy_netx(args: argparse.Namespace) -> int:
     return 0
 
 
+def static_and_dynamic(by_model: dict, chips: int, period: int) -> str:
+    """Loihi's dynamic energy per token under Loihi 1's and the fitted Loihi 2 prices, and Loihi 2's
+    static energy for the chips held over a token's period (its measured power and step time)."""
+    from nxcompile.sim.energy import ENERGY_MODELS
+
+    loihi2 = ENERGY_MODELS["loihi2"]
+    static = loihi2.static_pj(chips, period)
+    return (f"at Loihi 1's per-op energies (Davies 2018) {by_model['loihi'].snn_pj / 1e3:.1f} nJ, at Loihi 2's "
+            f"(fitted to one chip measurement) {by_model['loihi2'].snn_pj / 1e3:.1f} nJ dynamic + "
+            f"{static / 1e3:,.0f} nJ static ({chips} chip(s) x {loihi2.static_w_per_chip:.3f} W x {period} steps x "
+            f"{1e6 * loihi2.seconds_per_step:.0f} us, PilotNet SNN's measured power and step)")
+
+
+def _chips_and_period(args, graph) -> tuple[int, int]:
+    """The chips a graph's placement takes on loihi2-sim (stored in a .net, else placed now) and its Lava
+    period of steps per token."""
+    from nxcompile.backends.lava_sim import schedule
+    from nxcompile.compiler.layers import network_from_graph
+    from nxcompile.compiler.partition import partition
+    from nxcompile.compiler.targets import get_target
+    from nxcompile.sim.fixed_point import integer_program
+
+    stored = None
+    if args.source.endswith(".net"):
+        from nxcompile.compiler.export import load_net
+
+        stored = load_net(Path(args.source))[1]
+    chips = stored["chips_used"] if stored else partition(network_from_graph(graph), get_target("loihi2-sim")).chips_used
+    return chips, schedule(graph, integer_program(graph), int(graph.meta["options"]["timesteps"])).period
+
+
 def cmd_energy(args: argparse.Namespace) -> int:
     from nxcompile.sim.energy import ENERGY_MODELS, total
 
@@ -159,10 +190,13 @@ def cmd_energy(args: argparse.Namespace) -> int:
     print(f"per block ({model.name}): " + " | ".join(
         f"{b}: SNN {total(rows, model, lambda r, b=b: r.block == b).snn_pj / 1e3:.1f} nJ, "
         f"ANN {total(rows, model, lambda r, b=b: r.block == b).ann_pj / 1e3:.1f} nJ" for b in blocks))
-    for scope, by_model in summaries(rows).items():
+    scoped = summaries(rows)
+    for scope, by_model in scoped.items():
         print(f"{scope}:")
         for m, s in by_model.items():
             print(f"  {m:10} SNN {s.snn_pj / 1e3:10.1f} nJ | ANN {s.ann_pj / 1e3:10.1f} nJ | SNN {s.change()}")
+    chips, period = _chips_and_period(args, graph)
+    print(f"on Loihi, per token: {static_and_dynamic(scoped['every on-chip layer'], chips, period)}")
     print("energy models:")
     for m in ENERGY_MODELS.values():
         print(f"  {m.name:10} {m.source}")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from nxcompile.commands_hw import place_and_validate
 from nxcompile.commands_net import prompt_ids
-from nxcompile.commands_energy import ATTENTION_OP, summaries
+from nxcompile.commands_energy import ATTENTION_OP, static_and_dynamic, summaries
 from nxcompile.commands_snn import build_graph, describe_graph, load_from_args, run_evaluation
 
 
@@ -92,7 +92,7 @@ def _summary(graph, loaded, target, placement, ev, lava, output: Path, prompt: d
                         f"reference twin: {twin}"),
         ("Lava speed", lava.speed()),
         ("Lava text", repr(prompt["text"])),
-        ("energy", _energy_line(prompt["energy"])),
+        ("energy", _energy_line(prompt["energy"], placement.chips_used, lava.plan.period)),
         (".net file", str(output)),
     ]
     if loaded.random_weights:
@@ -100,11 +100,10 @@ def _summary(graph, loaded, target, placement, ev, lava, output: Path, prompt: d
     print("\n".join(f"{key:<12} {value}" for key, value in lines))
 
 
-def _energy_line(by_scope: dict) -> str:
+def _energy_line(by_scope: dict, chips: int, period: int) -> str:
     """Energy per token of the tokens Lava ran, counted on Lava's own spikes."""
     whole = by_scope["every on-chip layer"]
     attention = by_scope[ATTENTION_OP]["45nm"]
     return (f"per token on chip: SNN {whole['45nm'].snn_pj / 1e3:.1f} nJ vs ANN {whole['45nm'].ann_pj / 1e3:.1f} nJ "
             f"({whole['45nm'].change()}; 45 nm figures, Horowitz 2014), attention op {attention.change()} than ANN "
-            f"attention; at Loihi's per-op energies (Davies 2018) SNN {whole['loihi'].snn_pj / 1e3:.1f} nJ; "
-            f"`nxcompile energy FILE.net` for the table")
+            f"attention; {static_and_dynamic(whole, chips, period)}; `nxcompile energy FILE.net` for the table")
