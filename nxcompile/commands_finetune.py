@@ -3,6 +3,7 @@ before/after evaluation on held-out text at the same T."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from tqdm import tqdm
 from nxcompile.commands_snn import (add_conversion_arguments, add_model_arguments, build_graph, load_from_args,
                                     non_negative_int, positive_int, text_token_ids)
 from nxcompile.errors import UsageError
+from nxcompile.files import write_atomically
 
 
 def add_finetune_parser(commands) -> None:
@@ -80,18 +82,34 @@ def _check_device(name: str) -> None:
         raise UsageError("--device cuda but this torch sees no CUDA device; use --device cpu")
 
 
-def _evaluate(args, loaded, graphs: dict, tokens: int) -> None:
+def _evaluate(args, loaded, graphs: dict, tokens: int) -> dict[str, dict]:
+    """Each graph quantised for loihi2-sim and scored in its fixed point against the ANN (printed)."""
     from nxcompile.commands_snn import evaluation_token_ids
+    from nxcompile.compiler.quantize import quantize
+    from nxcompile.compiler.targets import get_target
     from nxcompile.models.perplexity import windows
+    from nxcompile.sim import fixed_point
     from nxcompile.sim.evaluate import evaluate
 
     ids = windows(evaluation_token_ids(args, loaded), min(args.context, loaded.config.n_positions), tokens)
-    print(f"\nheld-out text, T = {args.timesteps}, {ids.numel()} tokens (reference simulator)")
-    print(f"{'graph':34} {'ANN ppl':>8} {'SNN ppl':>8} {'cos(lgt)':>8} {'cos(hid)':>8} {'top-1':>6}")
+    print(f"\nheld-out text, T = {args.timesteps}, {ids.numel()} tokens (reference simulator, loihi2-sim's fixed point)")
+    print(f"{'graph':34} {'ANN ppl':>8} {'SNN ppl':>8} {'change':>8} {'cos(lgt)':>8} {'cos(hid)':>8} {'top-1':>6}")
+    results = {}
     for label, graph in graphs.items():
-        ev = evaluate(loaded.model, graph, ids, args.timesteps)
-        print(f"{label:34} {ev.ann_perplexity:>8.2f} {ev.snn_perplexity:>8.2f} {ev.logits_cosine:>8.4f} "
-              f"{ev.mean_hidden_cosine:>8.4f} {100 * ev.top1_agreement:>5.1f}%", flush=True)
+        ev = evaluate(loaded.model, quantize(graph, get_target("loihi2-sim")), ids, args.timesteps,
+                      simulate=fixed_point.run)
+        print(f"{label:34} {ev.ann_perplexity:>8.2f} {ev.snn_perplexity:>8.2f} {100 * ev.perplexity_change:>+7.1f}% "
+              f"{ev.logits_cosine:>8.4f} {ev.mean_hidden_cosine:>8.4f} {100 * ev.top1_agreement:>5.1f}%", flush=True)
+        results[label] = {"tokens": ev.tokens, "ann_ppl": round(ev.ann_perplexity, 3),
+                          "snn_ppl": round(ev.snn_perplexity, 3), "ppl_change": round(ev.perplexity_change, 5),
+                          "cos_logits": round(ev.logits_cosine, 5), "cos_hidden": round(ev.mean_hidden_cosine, 5),
+                          "top1": round(ev.top1_agreement, 5)}
+    return results
+
+
+def record_path(output: Path) -> Path:
+    """The JSON beside a fine-tuned graph: its recipe, loss log and held-out figures."""
+    return output.with_suffix(".json")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -99,8 +117,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from nxcompile.compiler.graph import save_graph
     from nxcompile.compiler.targets import get_target
-    from nxcompile.models.finetune import (FinetuneOptions, TrainableGraph, TrainState, finetune, graph_on,
-                                           state_path, trainable_nodes)
+    from nxcompile.models.finetune import (FinetuneOptions, TrainState, finetune, graph_on, state_path,
+                                           trainable_nodes)
 
     _check_device(args.device)
     target = get_target(args.target)
@@ -143,18 +161,22 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         bar.close()
     on_checkpoint(trainable, state)
     seconds = time.perf_counter() - started
-    print(f"wrote {output} ({state.step} steps, {seconds:.1f} s this run; resumable state "
-          f"{state_path(output)})")
+    record = {"model": loaded.name, "conversion": converted.meta["options"], "finetune": state.options,
+              "steps": state.step, "train_seconds_this_run": round(seconds, 1), "torch_threads": torch.get_num_threads(),
+              "loss_every_10_steps": [round(x, 4) for x in state.losses[::10]]}
     if args.eval_tokens:
-        graph_only = TrainableGraph(converted, [], target)
         tuned = graph_on(trainable.deployable(), torch.device("cpu"))
-        _evaluate(args, loaded, {"converted (float)": converted,
-                                 f"converted, on the {target.name} grid": graph_only.deployable(),
-                                 f"fine-tuned ({args.scope}), on the grid": tuned}, args.eval_tokens)
+        record["held_out"] = _evaluate(args, loaded, {"converted": converted, f"fine-tuned ({args.scope})": tuned},
+                                       args.eval_tokens)
+    write_atomically(record_path(output), lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"),
+                     "choose a writable --output path")
+    print(f"wrote {output} and {record_path(output)} ({state.step} steps, {seconds:.1f} s this run; resumable "
+          f"state {state_path(output)})")
     return 0
 
 
 def _with_record(graph, state):
+    graph.meta.pop("origin", None)          # a reader says where the graph came from
     graph.meta["finetune"] = {"options": state.options, "steps": state.step,
                               "final_loss": state.losses[-1] if state.losses else None}
     return graph

@@ -52,30 +52,33 @@ def load_from_args(args: argparse.Namespace):
 def add_conversion_arguments(parser: argparse.ArgumentParser, shipped: bool = True) -> None:
     """The conversion flags; `shipped`: the command uses a model's shipped fine-tuned graph unless --raw."""
     from nxcompile.compiler.convert import (EMBEDDINGS, GELU_HINGES, METHODS, NEURON_MODELS, NORMS,
-                                            RESIDUALS, SSA_NORMS, THRESHOLDS)
+                                            RESIDUALS, SSA_NORMS, THRESHOLDS, ConversionOptions)
 
-    parser.add_argument("--method", default="neurtransformer", choices=METHODS)
+    default = ConversionOptions()          # the flags' defaults are the conversion's own
+    parser.add_argument("--method", default=default.method, choices=METHODS)
     parser.add_argument("--timesteps", "-T", type=positive_int, default=None,
                         help=f"time steps per token (default {DEFAULT_TIMESTEPS}; the graded method runs at 1)")
-    parser.add_argument("--neuron", default="if", choices=tuple(NEURON_MODELS))
-    parser.add_argument("--gelu", default="hinge3", choices=tuple(GELU_HINGES),
-                        help="GELU as 3 shifted ReLUs (default) or a plain ReLU")
-    parser.add_argument("--embedding", default="rate", choices=EMBEDDINGS,
+    parser.add_argument("--neuron", default=default.neuron, choices=tuple(NEURON_MODELS))
+    parser.add_argument("--gelu", default=default.gelu, choices=tuple(GELU_HINGES),
+                        help=f"GELU as 3 shifted ReLUs or a plain ReLU (default {default.gelu})")
+    parser.add_argument("--embedding", default=default.embedding, choices=EMBEDDINGS,
                         help="spikedecoder: text-to-spike embedding (spiking residual only)")
-    parser.add_argument("--norm", default="layernorm", choices=NORMS,
+    parser.add_argument("--norm", default=default.norm, choices=NORMS,
                         help="spikedecoder: normalisation variant")
-    parser.add_argument("--residual", default="spiking", choices=RESIDUALS,
+    parser.add_argument("--residual", default=default.residual, choices=RESIDUALS,
                         help="spikedecoder: residual stream as spikes or graded values")
-    parser.add_argument("--ssa-norm", default="sum", choices=SSA_NORMS,
-                        help="SSA: the method's sum over keys, or divided by the keys a query attends to")
-    parser.add_argument("--thresholds", default="layer", choices=THRESHOLDS,
+    parser.add_argument("--ssa-norm", default=default.ssa_norm, choices=SSA_NORMS,
+                        help=f"SSA: the method's sum over keys, or divided by the keys a query attends to "
+                             f"(default {default.ssa_norm})")
+    parser.add_argument("--thresholds", default=default.thresholds, choices=THRESHOLDS,
                         help="one threshold per layer; per SSA head; or per neuron where the next weights read "
-                             "the spikes (encoders, MLP hidden, SSA outputs)")
-    parser.add_argument("--qkv-neuron", default="", choices=("",) + tuple(NEURON_MODELS),
+                             f"the spikes (encoders, MLP hidden, SSA outputs) (default {default.thresholds})")
+    parser.add_argument("--qkv-neuron", default=default.qkv_neuron, choices=("",) + tuple(NEURON_MODELS),
                         help="neuron model of the Q, K, V populations (default: --neuron)")
-    parser.add_argument("--calibration-percentile", type=float, default=99.9,
-                        help="each threshold is this percentile of its population's input current (default 99.9)")
-    parser.add_argument("--host", default="embed,final_norm,lm_head",
+    parser.add_argument("--calibration-percentile", type=float, default=default.calibration_percentile,
+                        help=f"each threshold is this percentile of its population's input current "
+                             f"(default {default.calibration_percentile})")
+    parser.add_argument("--host", default=",".join(default.host),
                         help="comma list of nodes kept on the host: embed, norm (block norms), "
                              "final_norm, lm_head")
     parser.add_argument("--context", type=positive_int, default=DEFAULT_CONTEXT,

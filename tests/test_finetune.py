@@ -181,3 +181,20 @@ def test_fine_tuned_weights_reach_the_net_file_and_come_back_as_the_same_integer
             mantissa = back.weight * 2.0 ** quantised.meta["quantization"]["layers"][name]["unit_log2"] \
                 if deployed.neuron is None else back.weight / 2 ** quantised.meta["quantization"]["layers"][name]["weight_exp"]
             assert torch.equal(mantissa, mantissa.round()), name
+
+
+def test_spikedecoder_fine_tunes_through_its_spiking_residual_and_norms():
+    """SpikeDecoder's residual stream is a spike train (each add a signed population) read by LayerNorms of
+    spike windows: scope all trains the adds and encoders too, and the trained graph keeps every number
+    on the grid."""
+    model = small_gpt2(n_layer=1, n_embd=32, n_head=2)
+    graph = convert(model, ConversionOptions(method="spikedecoder", timesteps=4), token_batch(2, 32, 200))
+    names = trainable_nodes(graph, "all")
+    assert {"h0.attn.add", "h0.mlp.add", "embed.encode"} <= set(names)
+    trainable, state = finetune(model, graph, token_batch(12, 16, 200, seed=7), LOIHI2,
+                                dataclasses.replace(OPTIONS, scope="all"))
+    assert all(torch.isfinite(torch.tensor(state.losses)))
+    tuned = trainable.deployable()
+    assert not torch.equal(tuned.op("h0.attn.add").scale_b, graph.op("h0.attn.add").scale_b)
+    assert torch.equal(quantize(tuned, LOIHI2).op("h0.attn.add").neuron.threshold,
+                       quantize(quantize(tuned, LOIHI2), LOIHI2).op("h0.attn.add").neuron.threshold)
