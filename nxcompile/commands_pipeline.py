@@ -80,8 +80,9 @@ def _summary(graph, loaded, target, placement, ev, lava, output: Path, prompt: d
         ("model", f"{loaded.name} ({loaded.source})"),
         ("graph", f"{describe_graph(graph)}, T = {options['timesteps']}, neuron {options['neuron']}, "
                   f"GELU {options['gelu']}"),
-        ("target", f"{target.name}: {placement.cores_used} cores on {placement.chips_used} chip(s) "
-                   f"(lower bound {placement.lower_bound_cores}), {len(lava.processes)} Lava processes"),
+        ("target", f"{target.name}: {placement.cores_used} cores on {placement.chips_used} chip(s), "
+                   f"{placement.packing} packing (lower bound {placement.lower_bound_cores}), "
+                   f"{len(lava.processes) + len(lava.synapses)} Lava processes"),
         ("perplexity", f"ANN {ev.ann_perplexity:.2f} | SNN {ev.snn_perplexity:.2f} "
                        f"({100 * ev.perplexity_change:+.1f}%) on {ev.tokens} held-out tokens "
                        f"(reference simulator, Loihi fixed point)"),
