@@ -6,8 +6,8 @@ import math
 import sys
 from pathlib import Path
 
-from nxcompile.commands_snn import (add_conversion_arguments, build_graph, load_from_args, non_negative_int,
-                                    positive_int)
+from nxcompile.commands_net import add_netx_arguments, load_input
+from nxcompile.commands_snn import add_conversion_arguments, build_graph, load_from_args, positive_int
 from nxcompile.errors import UsageError
 
 
@@ -24,17 +24,10 @@ def add_energy_parser(commands) -> None:
     energy.add_argument("--energy-model", default="45nm", choices=tuple(ENERGY_MODELS),
                         help="per-op energies for the per-layer table (totals show every model)")
     energy.add_argument("--plot-dir", type=Path, default=None, help="write the PNG plots here")
-    foreign = energy.add_argument_group("a lava-dl netx network (not written by nxcompile), run in Lava")
-    foreign.add_argument("--input", type=Path, default=None, help="its input spikes (.npy, [..., time])")
-    foreign.add_argument("--steps", type=positive_int, default=None, help="steps to run (default: the input's)")
-    foreign.add_argument("--skip-layers", type=non_negative_int, default=0,
-                         help="netx's skip_layers: the first N layers run on the host, --input enters the next")
+    foreign = add_netx_arguments(energy)
     foreign.add_argument("--input-layer-on-chip", action="store_true",
                          help="with --skip-layers 1: count the skipped input layer as on chip, sending --input "
                               "(as when its neurons are driven through their bias, as in Intel's benchmarks)")
-    foreign.add_argument("--reset-interval", type=positive_int, default=None,
-                         help="netx's reset_interval: every neuron reset each N steps (a sample's length)")
-    foreign.add_argument("--reset-offset", type=int, default=0, help="netx's reset_offset")
     foreign.add_argument("--steps-per-inference", type=positive_int, default=None,
                          help="steps of one inference (default --reset-interval, else 1)")
     foreign.add_argument("--measured-mj", type=float, default=None,
@@ -113,16 +106,9 @@ def netx_counts(path: Path, spikes, steps: int | None = None, skip_layers: int =
 
 
 def _cmd_energy_netx(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from nxcompile.sim.energy import ENERGY_MODELS, total
 
-    if args.input is None:
-        raise UsageError(f"{args.source} is a lava-dl netx network: give its input spikes with --input FILE.npy")
-    try:
-        spikes = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {args.input} as a .npy array ({exc})") from None
+    spikes = load_input(args)
     rows = netx_counts(Path(args.source), spikes, args.steps, args.skip_layers, args.input_layer_on_chip,
                        args.reset_interval, args.reset_offset, args.steps_per_inference)
     model = ENERGY_MODELS[args.energy_model]

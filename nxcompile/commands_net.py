@@ -33,15 +33,35 @@ def add_net_parsers(commands) -> None:
     run.add_argument("--check", action="store_true",
                      help="also run the reference simulator's fixed-point mode on the same tokens and "
                           "check that every layer's spikes and the logits are identical")
-    run.add_argument("--input", type=Path, default=None,
-                     help="a foreign netx file's input spikes (.npy, [..., time])")
-    run.add_argument("--steps", type=positive_int, default=None, help="foreign netx: steps to run")
-    run.add_argument("--skip-layers", type=non_negative_int, default=0, help="foreign netx: input layers to skip")
-    run.add_argument("--reset-interval", type=positive_int, default=None,
-                     help="foreign netx: reset every neuron each N steps (a sample's length)")
-    run.add_argument("--reset-offset", type=int, default=0, help="foreign netx: phase of that reset")
-    run.add_argument("--output", "-o", type=Path, default=None, help="foreign netx: write the output (.npy)")
+    foreign = add_netx_arguments(run)
+    foreign.add_argument("--output", "-o", type=Path, default=None, help="write the output layer's messages (.npy)")
     run.set_defaults(handler=cmd_run)
+
+
+def add_netx_arguments(parser: argparse.ArgumentParser):
+    """How a lava-dl netx network (not written by nxcompile) runs in Lava, as netx's own options name it."""
+    group = parser.add_argument_group("a lava-dl netx network (not written by nxcompile), run in Lava")
+    group.add_argument("--input", type=Path, default=None, help="its input spikes (.npy, [..., time])")
+    group.add_argument("--steps", type=positive_int, default=None, help="steps to run")
+    group.add_argument("--skip-layers", type=non_negative_int, default=0,
+                       help="netx's skip_layers: the first N layers run on the host, --input enters the next")
+    group.add_argument("--reset-interval", type=positive_int, default=None,
+                       help="netx's reset_interval: every neuron reset each N steps (a sample's length)")
+    group.add_argument("--reset-offset", type=int, default=0, help="netx's reset_offset: the phase of that reset")
+    return group
+
+
+def load_input(args: argparse.Namespace):
+    """The --input spikes of a lava-dl netx network, read as data only."""
+    import numpy as np
+
+    if args.input is None:
+        raise UsageError(f"{getattr(args, 'file', None) or args.source} is a lava-dl netx network: give its "
+                         f"input spikes with --input FILE.npy")
+    try:
+        return np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {args.input} as a .npy array ({exc})") from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -186,10 +206,7 @@ def _run_foreign(args: argparse.Namespace, config) -> int:
     if args.input is None or args.steps is None:
         raise UsageError(f"{args.file} is a lava-dl netx network: give its input spikes with --input FILE.npy "
                          f"and the steps to run with --steps N")
-    try:
-        spikes = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {args.input} as a .npy array ({exc})") from None
+    spikes = load_input(args)
     output = run_netx(args.file, spikes, args.steps, config, args.skip_layers, args.reset_interval,
                       args.reset_offset)
     print(f"{args.file}: ran {args.steps} steps in Lava ({args.target}), output {output.shape}, "
