@@ -39,8 +39,9 @@ from nxcompile.sim.evaluate import evaluate
 
 RESULTS = Path(__file__).parent / "results" / "neurtransformer_study.json"
 GRAPHS = Path("out/study")
-# The base recipe: every on-chip population trained, 600 steps of 2 x 128 tokens at T = 8.
-BASE_CONVERSION = {"timesteps": 8}
+# The base recipe: the paper's SSA (a sum over keys), every on-chip population trained, 600 steps
+# of 2 x 128 tokens at T = 8.
+BASE_CONVERSION = {"timesteps": 8, "ssa_norm": "sum"}
 BASE_FINETUNE = {"steps": 600, "scope": "all", "learning_rate": 1e-3, "batch_size": 2, "context": 128,
                  "timesteps": 8}
 
@@ -60,6 +61,7 @@ class Row:
 
 
 POSITION = {"ssa_norm": "position"}
+RECIPE = {"learning_rate": 3e-3, "schedule": "cosine", "warmup_steps": 30}
 ROWS = [
     Row("converted", "no fine-tuning (conversion only)", finetune={"steps": 0}),
     Row("ssa-scope", "scope ssa (Q/K/V, SSA, attention output only)", finetune={"scope": "ssa"}),
@@ -85,7 +87,13 @@ ROWS = [
     Row("graded-all", "every population sends 8-bit graded spikes", conversion={"neuron": "graded"}),
     Row("percentile-99.99", "thresholds at the 99.99th percentile", conversion={"calibration_percentile": 99.99}),
     Row("percentile-99", "thresholds at the 99th percentile", conversion={"calibration_percentile": 99.0}),
+    Row("recipe-150", "position SSA, lr 3e-3 warm-up + cosine: 150 steps", conversion=POSITION,
+        finetune=RECIPE | {"steps": 150}),
+    Row("recipe-600", "position SSA, lr 3e-3 warm-up + cosine: 600 steps", conversion=POSITION, finetune=RECIPE),
+    Row("recipe-2400", "position SSA, lr 3e-3 warm-up + cosine: 2,400 steps", conversion=POSITION,
+        finetune=RECIPE | {"steps": 2400, "warmup_steps": 100}),
 ]
+SHIPPED_RECORD = Path(__file__).resolve().parent.parent / "models" / "gpt2_tiny" / "neurtransformer-finetuned.json"
 ROWS_BY_NAME = {row.name: row for row in ROWS}
 
 
@@ -120,16 +128,31 @@ def run_row(row: Row, loaded, eval_tokens: int) -> dict:
             "cos_hidden": ev.mean_hidden_cosine, "top1": ev.top1_agreement}
 
 
+def shipped_row() -> dict | None:
+    """The shipped graph's own record (`make finetune-tiny`), as a row."""
+    if not SHIPPED_RECORD.is_file():
+        return None
+    record = json.loads(SHIPPED_RECORD.read_text())
+    tuning = record["finetune"]
+    held_out = next(v for k, v in record["held_out"].items() if k.startswith("fine-tuned"))
+    return {"name": "shipped", "change": "the recipe for 8,000 steps (`make finetune-tiny`, the shipped graph)",
+            "finetune": tuning, "train_tokens": tuning["steps"] * tuning["batch_size"] * tuning["context"],
+            "train_seconds": record["train_seconds_this_run"], "snn_ppl": held_out["snn_ppl"],
+            "ppl_change": held_out["ppl_change"], "cos_logits": held_out["cos_logits"],
+            "cos_hidden": held_out["cos_hidden"], "top1": held_out["top1"], "ann_ppl": held_out["ann_ppl"],
+            "eval_tokens": held_out["tokens"]}
+
+
 def table(results: dict) -> str:
     lines = ["| row | change from the base | steps | train tokens | train s | SNN ppl | change | cos(logits) "
              "| cos(hidden) | top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in ROWS + [r for r in results.values() if r["name"] not in ROWS_BY_NAME]:
-        r = results.get(row.name if isinstance(row, Row) else row["name"])
-        if r is None:
-            continue
+    shipped = shipped_row()
+    rows = [results[row.name] for row in ROWS if row.name in results] + ([shipped] if shipped else [])
+    for r in rows:
         lines.append(f"| {r['name']} | {r['change']} | {r['finetune']['steps']:,} | {r['train_tokens']:,} | "
                      f"{r['train_seconds']:,.0f} | {r['snn_ppl']:.2f} | {100 * r['ppl_change']:+.1f} % | "
                      f"{r['cos_logits']:.4f} | {r['cos_hidden']:.4f} | {100 * r['top1']:.1f} % |")
+    results = {r["name"]: r for r in rows}
     ann = {round(r["ann_ppl"], 2) for r in results.values()}
     lines.append(f"\nANN perplexity {', '.join(f'{a:.2f}' for a in sorted(ann))} on "
                  f"{', '.join(sorted({str(r['eval_tokens']) for r in results.values()}))} held-out tokens.")
