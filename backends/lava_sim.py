@@ -149,8 +149,10 @@ def deferred_interrupt():
 
 @dataclass
 class TokenRecord:
-    """What every on-chip node sent during one token: spikes [T, N] or a payload [N]."""
+    """What every on-chip node sent during one token (spikes [T, N] or a payload [N]) and what the
+    host sent to the chip (its values [N], as the reference holds them)."""
     sent: dict[str, np.ndarray] = field(default_factory=dict)
+    host: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class LavaModel:
@@ -275,7 +277,8 @@ class LavaModel:
         self.steps_run += self.plan.period
         if self.record:
             self.records.append(TokenRecord({name: p.record.get().astype(np.int64)
-                                             for name, p in self.processes.items()}))
+                                             for name, p in self.processes.items()},
+                                            {name: before[name][0, 0].numpy() for name in self.sources}))
         logits = self._host_after(before)[0, 0]
         self.logits.append(logits)
         self.token_seconds += time.perf_counter() - token_started - (self.compile_seconds if len(self.token_ids) == 1
@@ -309,7 +312,7 @@ class LavaModel:
 
     def recorded_values(self) -> dict[str, np.ndarray]:
         """What every on-chip node sent, over every token fed, shaped as the reference's values
-        ([1, tokens, T, N] spikes, [1, tokens, N] payloads; host inputs as zeros of their shape),
+        ([1, tokens, T, N] spikes, [1, tokens, N] payloads and host inputs),
         so `sim.energy.count` reads this run's own spikes. Needs record=True."""
         if not self.records:
             raise UsageError("this Lava run kept no records; build LavaModel(..., record=True)")
@@ -318,7 +321,7 @@ class LavaModel:
             sent = np.stack([r.sent[name] for r in self.records])[None]
             values[name] = sent[:, :, 0] if op.kind in ONE_ROW_KINDS else sent
         for name in self.sources:
-            values[name] = np.zeros((1, len(self.records), self.spiking.op(name).out_features))
+            values[name] = np.stack([r.host[name] for r in self.records])[None]
         return values
 
     def compare(self, twin) -> list[str]:

@@ -159,3 +159,18 @@ def test_lava_run_of_the_graded_method_is_the_bit_exact_twin(tiny, quantised):
 def test_lava_refuses_the_studys_wider_weights(graded):
     with pytest.raises(UsageError, match="8 bits"):
         LavaModel(quantize(graded, TARGETS["loihi2-sim"], GradedPrecision(weight_bits=16)))
+
+
+@pytest.mark.slow
+def test_the_pipeline_and_run_check_work_for_the_graded_method(tmp_path, capsys):
+    """`nxcompile gpt2-tiny --method graded` through Lava (twin checked), then `run --check` on its file."""
+    from nxcompile.cli import main
+
+    out = tmp_path / "graded.net"
+    assert main(["gpt2-tiny", "--target", "loihi2-sim", "--method", "graded", "--max-tokens", "256",
+                 "--max-new-tokens", "1", "-o", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "method graded" in summary and "T = 1" in summary
+    assert "reference twin: identical spikes at every layer and logits" in summary
+    assert main(["run", str(out), "--prompt", "HAMLET.", "--max-new-tokens", "2", "--check"]) == 0
+    assert "identical spikes at every layer and identical logits" in capsys.readouterr().out
