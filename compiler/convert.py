@@ -3,8 +3,10 @@
 Method `neurtransformer` (Balaji et al., arXiv 2510.00133), steps (1) and (2):
   - attention becomes spiking self-attention: the block's LayerNorm output is
     encoded as ternary spikes, Q, K and V come from IF neurons, and
-    SSA(Q, K, V) = SN(mask(Q.K^T).V.s) runs per time step with no softmax; the
-    output projection reads the SSA spikes out as a graded value per token;
+    SSA(Q, K, V) = SN(mask(Q.K^T).V.s) runs per time step with no softmax (by
+    default each query's sum divided by the number of keys it attends to,
+    `ssa_norm`); the output projection reads the SSA spikes out as a graded
+    value per token;
   - each feed-forward block becomes its rate-coded equivalent: GELU is written
     as a sum of K shifted ReLUs, GELU(x) ~ sum_k a_k ReLU(x - b_k) (least
     squares on the model's own activation), each ReLU is a population of IF
@@ -71,8 +73,9 @@ NEURON_MODELS = {"if": (0.0, 1), "lif": (1.0 / 16, 1), "graded": (0.0, 255)}
 # least-squares error against gelu_new on a normal of std 2.
 GELU_HINGES = {"hinge3": (-2.75, -0.5, 0.25), "relu": ()}
 HOST_CHOICES = ("embed", "norm", "final_norm", "lm_head")
-# SSA variants that stay on chip: `sum` is the method's SSA; `position` divides query i's
-# sum by the i + 1 keys it attends to (graph.SSA.position_norm).
+# SSA variants that stay on chip: `sum` is the paper's SSA; `position` (the default, the study's
+# best: bench/neurtransformer_study.py) divides query i's sum by the i + 1 keys it attends to, a
+# per-position constant (graph.SSA.position_norm).
 SSA_NORMS = ("sum", "position")
 # How many thresholds a population has: one per layer; `head`: one per SSA head (a per-head
 # scale of attention); `neuron`: one per neuron wherever the value a spike stands for is folded
@@ -98,7 +101,7 @@ class ConversionOptions:
     embedding: str = "rate"
     norm: str = "layernorm"
     residual: str = "spiking"
-    ssa_norm: str = "sum"
+    ssa_norm: str = "position"
     thresholds: str = "layer"
     qkv_neuron: str = ""          # the Q, K and V populations' neuron model ("": as `neuron`)
 

@@ -271,3 +271,61 @@ def test_inspect_of_a_file_that_is_not_hdf5_is_one_line(tmp_path):
     path = tmp_path / "x.net"
     path.write_text("hello")
     assert_one_line_error(nxcompile("inspect", str(path)), 2, "not an HDF5 .net file")
+
+
+@pytest.fixture
+def shipped_graph(tmp_path, monkeypatch):
+    """gpt2-tiny's conversion saved as if fine-tuned and shipped, in place of the real shipped file."""
+    import json
+    from dataclasses import asdict
+
+    from nxcompile.compiler.convert import ConversionOptions, convert
+    from nxcompile.compiler.graph import save_graph
+    from nxcompile.models import zoo
+    from nxcompile.models.corpus import calibration_windows
+
+    loaded = zoo.load_model("gpt2-tiny")
+    graph = convert(loaded.model, ConversionOptions(), calibration_windows(loaded.tokenizer, 128), "gpt2-tiny")
+    graph.meta["finetune"] = {"options": {"scope": "all", "timesteps": 8}, "steps": 7, "final_loss": 1.0}
+    path = tmp_path / "shipped.safetensors"
+    save_graph(graph, path)
+    monkeypatch.setitem(zoo.SHIPPED_GRAPHS, ("gpt2-tiny", "neurtransformer"), path)
+    assert json.loads(json.dumps(asdict(ConversionOptions())))["ssa_norm"] == graph.meta["options"]["ssa_norm"]
+    return path
+
+
+def test_the_shipped_fine_tuned_graph_is_the_default_and_raw_converts(shipped_graph, tmp_path, capsys):
+    from nxcompile.cli import main
+    from nxcompile.compiler.export import load_net
+
+    assert main(["export", "gpt2-tiny", "-o", str(tmp_path / "a.net")]) == 0
+    assert "shipped.safetensors shipped with gpt2-tiny (fine-tuned: 7 steps" in capsys.readouterr().err
+    assert load_net(tmp_path / "a.net")[0].meta["origin"].startswith("shipped fine-tuned graph")
+    assert main(["export", "gpt2-tiny", "--raw", "-o", str(tmp_path / "b.net")]) == 0
+    assert "converting gpt2-tiny" in capsys.readouterr().err
+    assert load_net(tmp_path / "b.net")[0].meta["origin"] == "converted, not fine-tuned"
+    assert main(["export", "gpt2-tiny", "--neuron", "lif", "-o", str(tmp_path / "c.net")]) == 0
+    assert "made with other conversion flags (neuron 'if' -> 'lif'); converting without fine-tuning" in \
+        capsys.readouterr().err
+    assert main(["export", "gpt2-tiny", "-T", "4", "-o", str(tmp_path / "d.net")]) == 0
+    assert "running it at T = 4" in capsys.readouterr().err
+    assert load_net(tmp_path / "d.net")[0].meta["options"]["timesteps"] == 4
+
+
+def test_the_shipped_graph_matches_the_default_conversion_flags():
+    """What makes it the default: made with ConversionOptions' defaults (T apart), and fine-tuned."""
+    import json
+    from dataclasses import asdict
+
+    from nxcompile.compiler.convert import ConversionOptions
+    from nxcompile.compiler.graph import load_graph
+    from nxcompile.models.zoo import shipped_graph
+
+    path = shipped_graph("gpt2-tiny", "neurtransformer")
+    assert path is not None, "models/gpt2_tiny lacks its fine-tuned graph; make finetune-tiny writes it"
+    graph = load_graph(path)
+    defaults = json.loads(json.dumps(asdict(ConversionOptions())))
+    assert {k: v for k, v in graph.meta["options"].items() if k != "timesteps"} == \
+        {k: v for k, v in defaults.items() if k != "timesteps"}
+    assert graph.meta["finetune"]["steps"] > 0
+    assert path.with_suffix(".json").is_file()
