@@ -78,8 +78,7 @@ def _summary(graph, loaded, target, placement, ev, lava, output: Path, prompt: d
             else f"DIFFERS at {', '.join(prompt['differing'][:5])}")
     lines = [
         ("model", f"{loaded.name} ({loaded.source})"),
-        ("graph", f"{describe_graph(graph)}, T = {options['timesteps']}, neuron {options['neuron']}, "
-                  f"GELU {options['gelu']}"),
+        ("graph", f"{describe_graph(graph)}, T = {options['timesteps']}"),
         ("target", f"{target.name}: {placement.cores_used} cores on {placement.chips_used} chip(s), "
                    f"{placement.packing} packing (lower bound {placement.lower_bound_cores}), "
                    f"{len(lava.processes) + len(lava.synapses)} Lava processes"),

@@ -221,7 +221,10 @@ def describe_graph(spiking) -> str:
         method += f" (embedding {options['embedding']}, norm {options['norm']}, residual {options['residual']})"
     if method == "graded":
         method += " (one graded spike per layer and token: 8-bit weights, 16-bit activations, 8-bit KV cache)"
-    return f"{spiking.meta.get('origin', 'converted')}; method {method}"
+    if method == "graded":
+        return f"{spiking.meta.get('origin', 'converted')}; method {method}"
+    return (f"{spiking.meta.get('origin', 'converted')}; method {method}, neuron {options['neuron']}, "
+            f"GELU {options['gelu']}")
 
 
 def parse_timesteps_list(text: str) -> list[int]:
@@ -319,7 +322,7 @@ def cmd_eval(args) -> int:
     sweep = parse_timesteps_list(args.sweep_timesteps) if args.sweep_timesteps and options["method"] != "graded" \
         else [options["timesteps"]]
     results = []
-    print(f"{loaded.name} | {describe_graph(spiking)} | neuron {options['neuron']} | GELU {options['gelu']} | "
+    print(f"{loaded.name} | {describe_graph(spiking)} | "
           f"text {args.text or 'held-out plays'} | context {context_of(args, loaded)} | "
           + ("float graph" if args.float else f"{args.target}'s fixed point (the Lava run's twin)"))
     if loaded.random_weights:
