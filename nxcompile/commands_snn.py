@@ -214,17 +214,16 @@ def cmd_convert(args) -> int:
 
 
 def describe_graph(spiking) -> str:
-    """Which graph a report is about: where it came from and how it was converted."""
+    """Which graph a report is about: where it came from and how it was converted (neuron and GELU
+    only where the method has them)."""
     options = spiking.meta["options"]
-    method = options["method"]
-    if method == "spikedecoder":
-        method += f" (embedding {options['embedding']}, norm {options['norm']}, residual {options['residual']})"
-    if method == "graded":
-        method += " (one graded spike per layer and token: 8-bit weights, 16-bit activations, 8-bit KV cache)"
-    if method == "graded":
-        return f"{spiking.meta.get('origin', 'converted')}; method {method}"
-    return (f"{spiking.meta.get('origin', 'converted')}; method {method}, neuron {options['neuron']}, "
-            f"GELU {options['gelu']}")
+    origin = spiking.meta.get("origin", "converted")
+    if options["method"] == "graded":
+        return (f"{origin}; method graded (one graded spike per layer and token: 8-bit weights, 16-bit "
+                f"activations, 8-bit KV cache)")
+    details = (f" (embedding {options['embedding']}, norm {options['norm']}, residual {options['residual']})"
+               if options["method"] == "spikedecoder" else "")
+    return f"{origin}; method {options['method']}{details}, neuron {options['neuron']}, GELU {options['gelu']}"
 
 
 def parse_timesteps_list(text: str) -> list[int]:

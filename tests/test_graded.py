@@ -170,7 +170,7 @@ def test_the_pipeline_and_run_check_work_for_the_graded_method(tmp_path, capsys)
     assert main(["gpt2-tiny", "--target", "loihi2-sim", "--method", "graded", "--max-tokens", "256",
                  "--max-new-tokens", "1", "-o", str(out)]) == 0
     summary = capsys.readouterr().out
-    assert "method graded" in summary and "T = 1" in summary
+    assert "method graded" in summary and "T = 1" in summary and "GELU hinge3" not in summary
     assert "reference twin: identical spikes at every layer and logits" in summary
     assert main(["run", str(out), "--prompt", "HAMLET.", "--max-new-tokens", "2", "--check"]) == 0
     assert "identical spikes at every layer and identical logits" in capsys.readouterr().out
