@@ -42,7 +42,7 @@ test: install
 train-tiny: install
 	$(PY) -m nxcompile.models.train_tiny --corpus $(CORPUS) --out models/gpt2_tiny
 
-# Fine-tunes the shipped gpt2-tiny's NeurTransformer graph (about 80 minutes on 2 cores); the
+# Fine-tunes the shipped gpt2-tiny's NeurTransformer graph (60-80 minutes on 2 cores); the
 # recipe is the best of bench/neurtransformer_study.py's (README, "Fine-tuning SSA").
 FINETUNED := models/gpt2_tiny/neurtransformer-finetuned.safetensors
 finetune-tiny: install
