@@ -101,6 +101,12 @@ def schedule(spiking: SpikingGraph, program: dict[str, fx.IntOp], timesteps: int
                     before, after)
 
 
+def token_period(spiking: SpikingGraph) -> int:
+    """Steps Lava takes per token for a quantised graph at the T it was made for (what its static
+    energy is priced over), without building its processes."""
+    return schedule(spiking, fx.integer_program(spiking), int(spiking.meta["options"]["timesteps"])).period
+
+
 def _timing(kind: str, arrivals: dict[str, tuple[bool, int]], timesteps: int) -> Timing:
     if kind in GRADED_KINDS:
         start = max(first + timesteps - 1 if spikes else first for spikes, first in arrivals.values())

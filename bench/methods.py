@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
-from nxcompile.backends.lava_sim import LavaModel, schedule
-from nxcompile.commands_snn import DEFAULT_TIMESTEPS, build_graph, save_figure
-from nxcompile.compiler.convert import ConversionOptions
+from nxcompile.backends.lava_sim import LavaModel, token_period
+from nxcompile.commands_snn import DEFAULT_TIMESTEPS, add_conversion_arguments, build_graph, save_figure
 from nxcompile.compiler.layers import network_from_graph
 from nxcompile.compiler.partition import partition
 from nxcompile.compiler.quantize import quantize
@@ -41,13 +39,10 @@ PRICES = ("45nm", "45nm-int8", "loihi", "loihi2")
 
 
 def _graph(loaded, method: str, timesteps: int):
-    """The graph the CLI would build for this method and T (its conversion defaults)."""
-    defaults = ConversionOptions()
-    args = SimpleNamespace(graph=None, raw=False, method=method, timesteps=timesteps, neuron=defaults.neuron,
-                           gelu=defaults.gelu, host=",".join(defaults.host), embedding=defaults.embedding,
-                           norm=defaults.norm, residual=defaults.residual, ssa_norm=defaults.ssa_norm,
-                           thresholds=defaults.thresholds, qkv_neuron=defaults.qkv_neuron,
-                           calibration_percentile=defaults.calibration_percentile, context=loaded.config.n_positions)
+    """The graph the CLI builds for this method and T: its own flags, at their defaults."""
+    parser = argparse.ArgumentParser()
+    add_conversion_arguments(parser)
+    args = parser.parse_args(["--method", method, "--timesteps", str(timesteps)])
     return quantize(build_graph(args, loaded), TARGETS["loihi2-sim"])
 
 
@@ -60,7 +55,7 @@ def measure(loaded, method: str, timesteps: int, lava: bool, max_tokens: int, en
     ids = held_out.flatten()[:energy_tokens][None]
     rows = energy.count(graph, fixed_point.run(graph, ids, timesteps, keep_values=True).values, timesteps)
     placement = partition(network_from_graph(graph), TARGETS["loihi2-sim"])
-    period = schedule(graph, fixed_point.integer_program(graph), timesteps).period
+    period = token_period(graph)
     priced = {name: energy.total(rows, energy.ENERGY_MODELS[name]) for name in PRICES}
     result = {"method": method, "T": timesteps, "origin": graph.meta.get("origin", ""),
               "ppl_change": ev.perplexity_change, "cos": ev.logits_cosine, "top1": ev.top1_agreement,

@@ -6,7 +6,7 @@ import math
 import sys
 from pathlib import Path
 
-from nxcompile.commands_net import add_netx_arguments, load_input
+from nxcompile.commands_net import add_netx_arguments, is_nxcompile_net, load_input
 from nxcompile.commands_snn import add_conversion_arguments, build_graph, load_from_args, positive_int
 from nxcompile.errors import UsageError
 
@@ -41,11 +41,11 @@ def _graph_and_tokenizer(args):
     from nxcompile.compiler.targets import get_target
 
     if args.source.endswith(".net") or Path(args.source).is_file():
-        graph, _ = load_net(Path(args.source))
-        return graph, load_tokenizer(Path(args.source)), str(args.source)
+        graph, placement = load_net(Path(args.source))
+        return graph, load_tokenizer(Path(args.source)), str(args.source), placement
     args.model = args.source
     loaded = load_from_args(args)
-    return quantize(build_graph(args, loaded), get_target("loihi2-sim")), loaded.tokenizer, loaded.name
+    return quantize(build_graph(args, loaded), get_target("loihi2-sim")), loaded.tokenizer, loaded.name, None
 
 
 def counted_run(graph, tokenizer, tokens: int):
@@ -88,6 +88,11 @@ def _print_rows(rows, model) -> None:
               f"{r.snn_pj(model) / 1e3:>9.2f} {r.ann_pj(model) / 1e3:>9.2f}")
 
 
+def inference_steps(steps_per_inference: int | None, reset_interval: int | None) -> int:
+    """Steps of one inference of a netx network: as given, else its reset interval, else one."""
+    return steps_per_inference or reset_interval or 1
+
+
 def netx_counts(path: Path, spikes, steps: int | None = None, skip_layers: int = 0, input_layer_on_chip: bool = False,
                 reset_interval: int | None = None, reset_offset: int = 0, steps_per_inference: int | None = None):
     """Operations per inference of a lava-dl netx network, counted from its run in Lava (netx's builders)."""
@@ -102,17 +107,18 @@ def netx_counts(path: Path, spikes, steps: int | None = None, skip_layers: int =
                          "whose first layer is netx's input layer")
     messages = run_netx(path, spikes, steps, None, skip_layers, reset_interval, reset_offset, every_layer=True)
     sent_input = network.layers[0] if input_layer_on_chip else None
-    return count_netx(network, messages, spikes[..., :steps], steps_per_inference or reset_interval or 1, sent_input)
+    return count_netx(network, messages, spikes[..., :steps], inference_steps(steps_per_inference, reset_interval),
+                      sent_input)
 
 
 def _cmd_energy_netx(args: argparse.Namespace) -> int:
     from nxcompile.sim.energy import ENERGY_MODELS, total
 
     spikes = load_input(args)
+    per = inference_steps(args.steps_per_inference, args.reset_interval)
     rows = netx_counts(Path(args.source), spikes, args.steps, args.skip_layers, args.input_layer_on_chip,
-                       args.reset_interval, args.reset_offset, args.steps_per_inference)
+                       args.reset_interval, args.reset_offset, per)
     model = ENERGY_MODELS[args.energy_model]
-    per = args.steps_per_inference or args.reset_interval or 1
     print(f"{args.source}: operations per inference ({per} steps), from its Lava run on {args.input} "
           f"(netx's builders, Loihi2SimCfg fixed point); energy model {model.name}: {model.source}")
     _print_rows(rows, model)
@@ -138,32 +144,25 @@ def static_and_dynamic(by_model: dict, chips: int, period: int) -> str:
             f"{1e6 * loihi2.seconds_per_step:.0f} us, PilotNet SNN's measured power and step)")
 
 
-def _chips_and_period(args, graph) -> tuple[int, int]:
-    """The chips a graph's placement takes on loihi2-sim (stored in a .net, else placed now) and its Lava
+def _chips_and_period(graph, placement: dict | None) -> tuple[int, int]:
+    """The chips a graph's placement takes on loihi2-sim (stored in its .net, else placed now) and its Lava
     period of steps per token."""
-    from nxcompile.backends.lava_sim import schedule
+    from nxcompile.backends.lava_sim import token_period
     from nxcompile.compiler.layers import network_from_graph
     from nxcompile.compiler.partition import partition
     from nxcompile.compiler.targets import get_target
-    from nxcompile.sim.fixed_point import integer_program
 
-    stored = None
-    if args.source.endswith(".net"):
-        from nxcompile.compiler.export import load_net
-
-        stored = load_net(Path(args.source))[1]
-    chips = stored["chips_used"] if stored else partition(network_from_graph(graph), get_target("loihi2-sim")).chips_used
-    return chips, schedule(graph, integer_program(graph), int(graph.meta["options"]["timesteps"])).period
+    chips = placement["chips_used"] if placement else \
+        partition(network_from_graph(graph), get_target("loihi2-sim")).chips_used
+    return chips, token_period(graph)
 
 
 def cmd_energy(args: argparse.Namespace) -> int:
     from nxcompile.sim.energy import ENERGY_MODELS, total
 
-    from nxcompile.commands_net import is_nxcompile_net
-
     if Path(args.source).is_file() and not is_nxcompile_net(Path(args.source)):
         return _cmd_energy_netx(args)
-    graph, tokenizer, name = _graph_and_tokenizer(args)
+    graph, tokenizer, name, placement = _graph_and_tokenizer(args)
     rows, tokens = counted_run(graph, tokenizer, args.tokens)
     model = ENERGY_MODELS[args.energy_model]
     print(f"{name}: operations per token, mean over {tokens} held-out tokens, T = "
@@ -181,7 +180,7 @@ def cmd_energy(args: argparse.Namespace) -> int:
         print(f"{scope}:")
         for m, s in by_model.items():
             print(f"  {m:10} SNN {s.snn_pj / 1e3:10.1f} nJ | ANN {s.ann_pj / 1e3:10.1f} nJ | SNN {s.change()}")
-    chips, period = _chips_and_period(args, graph)
+    chips, period = _chips_and_period(graph, placement)
     print(f"on Loihi, per token: {static_and_dynamic(scoped['every on-chip layer'], chips, period)}")
     print("energy models:")
     for m in ENERGY_MODELS.values():

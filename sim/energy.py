@@ -326,6 +326,16 @@ def _netx_fan_out(layer, events: np.ndarray) -> float:
     return float(per_neuron.sum())
 
 
+def _netx_ann_macs(layer) -> int:
+    """The MACs an ANN of the same layer spends per step: every weight once (a conv's kernel at every
+    output position); an input layer has none."""
+    if layer.kind == "dense":
+        return layer.neurons * layer.params["in_features"]
+    if layer.kind == "conv":
+        return layer.neurons * layer.params["in_shape"][0] * int(np.prod(layer.params["kernel"]))
+    return 0
+
+
 def count_netx(network, messages: list[np.ndarray], spikes_in: np.ndarray, steps_per_inference: int,
                sent_input=None) -> list[LayerCounts]:
     """Operations per inference of a lava-dl netx network from a Lava run: `messages` are what each
@@ -351,11 +361,8 @@ def count_netx(network, messages: list[np.ndarray], spikes_in: np.ndarray, steps
         sent = sent.reshape(-1, sent.shape[-1])
         update = NEURON_OPS["sigma-delta" if layer.message_bits > 1 else "cuba"]
         updates = layer.neurons * steps / inferences
-        ann = layer.neurons * layer.params["in_features"] if layer.kind == "dense" else \
-            layer.neurons * layer.params["in_shape"][0] * int(np.prod(layer.params["kernel"])) \
-            if layer.kind == "conv" else 0
         rows.append(LayerCounts(layer.name, layer.kind, None, 0.0 if source_graded else events,
                                 events if source_graded else 0.0, updates, updates * update[0], updates * update[1],
-                                float((sent != 0).sum()) / inferences, float(ann),
+                                float((sent != 0).sum()) / inferences, float(_netx_ann_macs(layer)),
                                 float((sent != 0).mean()) if layer.message_bits == 1 else float("nan")))
     return rows
