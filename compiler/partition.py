@@ -29,7 +29,6 @@ Deterministic: no randomness, and ties go to the lowest core index.
 """
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import time
@@ -384,8 +383,8 @@ def lower_bound_cores(network: Network, target: Target) -> int:
     return max(1, math.ceil(neurons / target.neurons_per_core), math.ceil(words / target.synapse_words_per_core))
 
 
-def _outputs_index(blocks: list[Block]) -> dict[str, tuple[list[int], list[Block]]]:
-    """For each message source name, its blocks sorted by first neuron (for range lookups)."""
+def _outputs_index(blocks: list[Block]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each message source name, its blocks' (starts, stops, cores) sorted by first neuron."""
     index: dict[str, list[Block]] = {}
     for b in blocks:
         if b.role == "partial":
@@ -395,8 +394,9 @@ def _outputs_index(blocks: list[Block]) -> dict[str, tuple[list[int], list[Block
         else:
             name = b.layer
         index.setdefault(name, []).append(b)
-    return {name: ([b.start for b in bs], bs) for name, bs in
-            ((n, sorted(bs, key=lambda b: b.start)) for n, bs in index.items())}
+    sorted_blocks = ((n, sorted(bs, key=lambda b: b.start)) for n, bs in index.items())
+    return {name: tuple(np.array([getattr(b, f) for b in bs], dtype=np.int64) for f in ("start", "stop", "core"))
+            for name, bs in sorted_blocks}
 
 
 def _rate(network: Network, name: str) -> float:
@@ -417,32 +417,58 @@ class CoreFlows:
     chip_to_host: float
 
 
+def _expand_ranges(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(which range, index) for every index of the ranges [first[r], last[r]), in order."""
+    counts = np.maximum(last - first, 0)
+    which = np.repeat(np.arange(len(first)), counts)
+    offsets = np.arange(len(which)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return which, first[which] + offsets
+
+
+def _source_overlaps(starts: np.ndarray, stops: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    """For reads of neurons [lo, hi) from a source whose blocks cover [starts, stops):
+    (read, source block, neurons read from that block) for every overlap, reads in order."""
+    first = np.maximum(np.searchsorted(starts, lo, side="right") - 1, 0)
+    last = np.searchsorted(starts, hi, side="left")
+    read, block = _expand_ranges(first, last)
+    overlap = np.minimum(hi[read], stops[block]) - np.maximum(lo[read], starts[block])
+    keep = overlap > 0
+    return read[keep], block[keep], overlap[keep]
+
+
 def core_flows(network: Network, blocks: list[Block]) -> CoreFlows:
-    """Every block's inputs traced to the blocks that send them, summed per core pair."""
+    """Every block's inputs traced to the blocks that send them, summed per core pair.
+    Vectorised per source (gpt2-xl has tens of millions of core pairs); sums are taken
+    in block order, so the totals do not depend on how the work is grouped."""
     outputs = _outputs_index(blocks)
-    flows: dict[tuple[int, int], float] = {}
+    reads = [(source, lo, hi, b.core) for b in blocks for source, lo, hi in b.inputs]
+    by_source: dict[str, list[int]] = {}
+    for i, (source, *_rest) in enumerate(reads):
+        by_source.setdefault(source, []).append(i)
     host_to_chip = 0.0
-    for b in blocks:
-        for source, lo, hi in b.inputs:
-            rate = _rate(network, source)
-            if source not in outputs:      # host layer or one-hot input
-                host_to_chip += (hi - lo) * rate
-                continue
-            starts, source_blocks = outputs[source]
-            i = max(0, bisect.bisect_right(starts, lo) - 1)
-            while i < len(source_blocks) and source_blocks[i].start < hi:
-                s = source_blocks[i]
-                overlap = min(hi, s.stop) - max(lo, s.start)
-                if overlap > 0:
-                    key = (s.core, b.core)
-                    flows[key] = flows.get(key, 0.0) + overlap * rate
-                i += 1
+    order, codes, messages = [], [], []
+    cores = 1 + max((b.core for b in blocks), default=-1)
+    for source, read_ids in by_source.items():
+        ids = np.array(read_ids, dtype=np.int64)
+        lo, hi, dst = (np.array([reads[i][k] for i in read_ids], dtype=np.int64) for k in (1, 2, 3))
+        rate = _rate(network, source)
+        if source not in outputs:      # host layer or one-hot input
+            host_to_chip += float(((hi - lo) * rate).sum())
+            continue
+        starts, stops, src = outputs[source]
+        read, block, overlap = _source_overlaps(starts, stops, lo, hi)
+        order.append(ids[read])
+        codes.append(src[block] * cores + dst[read])
+        messages.append(overlap * rate)
+    order, codes, messages = (np.concatenate(a) if a else np.zeros(0) for a in (order, codes, messages))
+    in_block_order = np.argsort(order, kind="stable")
+    unique, inverse = np.unique(codes[in_block_order].astype(np.int64), return_inverse=True)
     chip_to_host = sum(network.layer(s).neurons * network.layer(s).messages_per_token
                        for layer in network.layers if layer.host
                        for s in layer.inputs if not network.layer(s).host)
-    pairs = np.array(sorted(flows), dtype=np.int64).reshape(-1, 2)
-    messages = np.array([flows[tuple(p)] for p in pairs.tolist()], dtype=np.float64)
-    return CoreFlows(pairs, messages, host_to_chip, chip_to_host)
+    pairs = np.stack([unique // max(cores, 1), unique % max(cores, 1)], axis=1).reshape(-1, 2)
+    totals = np.bincount(inverse, weights=messages[in_block_order], minlength=len(unique))
+    return CoreFlows(pairs, totals.astype(np.float64), host_to_chip, chip_to_host)
 
 
 def traffic_totals(flows: CoreFlows, chip_of_core: np.ndarray) -> dict[str, float]:
@@ -476,35 +502,55 @@ def _best_swaps(weights: np.ndarray, on_a: np.ndarray, max_swaps: int) -> np.nda
     return on_a
 
 
+def _chip_pair_traffic(chips: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                       messages: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs of chips that exchange messages, the heaviest first (ties: the lower chips)."""
+    crossing = chips[src] != chips[dst]
+    a, b = chips[src][crossing], chips[dst][crossing]
+    n_chips = int(chips.max()) + 1
+    codes, inverse = np.unique(np.minimum(a, b) * n_chips + np.maximum(a, b), return_inverse=True)
+    traffic = np.bincount(inverse, weights=messages[crossing], minlength=len(codes))
+    low, high = codes // n_chips, codes % n_chips
+    order = np.lexsort((high, low, -traffic))
+    return list(zip(low[order].tolist(), high[order].tolist()))
+
+
+def _traffic_among(cores: np.ndarray, edge_start: np.ndarray, dst: np.ndarray, messages: np.ndarray,
+                   n_cores: int) -> np.ndarray:
+    """[n, n] symmetric messages among `cores` (ascending), from the flows leaving each of
+    them (`edge_start` indexes the flows, sorted by source core, by core)."""
+    local = np.full(n_cores, -1)
+    local[cores] = np.arange(len(cores))
+    owner, edges = _expand_ranges(edge_start[cores], edge_start[cores + 1])
+    inside = local[dst[edges]] >= 0
+    weights = np.zeros((len(cores), len(cores)))
+    np.add.at(weights, (owner[inside], local[dst[edges[inside]]]), messages[edges[inside]])
+    weights = weights + weights.T
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
 def refine_chips(flows: CoreFlows, chip_of_core: np.ndarray, sweeps: int = 3) -> np.ndarray:
     """Moves cores (with everything on them) between chips to cut the rate-weighted
     traffic that crosses chips: pairwise Kernighan-Lin over every pair of chips
     that exchange messages, heaviest pair first, for a few sweeps. Core counts per
     chip never change, so the placement stays valid."""
     chips = chip_of_core.copy()
-    src, dst = flows.pairs[:, 0], flows.pairs[:, 1]
+    by_source = np.lexsort((flows.pairs[:, 1], flows.pairs[:, 0]))
+    src, dst = flows.pairs[by_source, 0], flows.pairs[by_source, 1]
+    messages = flows.messages[by_source]
+    edge_start = np.searchsorted(src, np.arange(len(chips) + 1))
     for _ in range(sweeps):
         crossing = chips[src] != chips[dst]
         if not crossing.any():
             break
-        before = float(flows.messages[crossing].sum())
-        pair_traffic: dict[tuple[int, int], float] = {}
-        for a, b, m in zip(chips[src][crossing].tolist(), chips[dst][crossing].tolist(),
-                           flows.messages[crossing].tolist()):
-            key = (min(a, b), max(a, b))
-            pair_traffic[key] = pair_traffic.get(key, 0.0) + m
-        for chip_a, chip_b in sorted(pair_traffic, key=lambda k: (-pair_traffic[k], k)):
+        before = float(messages[crossing].sum())
+        for chip_a, chip_b in _chip_pair_traffic(chips, src, dst, messages):
             cores = np.flatnonzero((chips == chip_a) | (chips == chip_b))
-            local = np.full(len(chips), -1)
-            local[cores] = np.arange(len(cores))
-            inside = (local[src] >= 0) & (local[dst] >= 0)
-            weights = np.zeros((len(cores), len(cores)))
-            np.add.at(weights, (local[src[inside]], local[dst[inside]]), flows.messages[inside])
-            weights = weights + weights.T
-            np.fill_diagonal(weights, 0.0)
+            weights = _traffic_among(cores, edge_start, dst, messages, len(chips))
             on_a = _best_swaps(weights, chips[cores] == chip_a, len(cores) // 2)
             chips[cores] = np.where(on_a, chip_a, chip_b)
-        after = float(flows.messages[chips[src] != chips[dst]].sum())
+        after = float(messages[chips[src] != chips[dst]].sum())
         if after > before * (1 - 1e-3):
             break
     return chips
