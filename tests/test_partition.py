@@ -59,6 +59,18 @@ def test_validator_accepts_every_placement_the_partitioner_emits(widths, heads, 
     assert validate(network, placement, target) == []
     assert placement.cores_used >= placement.lower_bound_cores
     assert placement.traffic["inter_chip"] <= placement.traffic["inter_chip_before_refinement"] + 1e-6
+    read = sum((hi - lo) * messages_per_neuron(network, source)
+               for b in placement.blocks for source, lo, hi in b.inputs)
+    traced = sum(placement.traffic[k] for k in ("inter_core", "within_core", "host_to_chip"))
+    assert traced == pytest.approx(read)          # every message a block reads is traced to one sender
+
+
+def messages_per_neuron(network: Network, source: str) -> float:
+    """Per token: a partial sum sends one per step, a host input one, a layer its own rate."""
+    if "#p" in source:
+        return float(network.timesteps)
+    layer = network.get(source)
+    return 1.0 if layer is None else layer.messages_per_token
 
 
 def _valid():
