@@ -69,19 +69,29 @@ def _round_to(x: torch.Tensor, step: float, limit: int) -> torch.Tensor:
 
 def layer_format(weights: list[torch.Tensor], threshold: torch.Tensor, bias: torch.Tensor,
                  target: Target) -> LayerFormat:
-    """The per-layer scaling: full weight mantissas, thresholds within their bits."""
+    """The per-layer scaling: full weight mantissas, thresholds and biases within their bits.
+    Where a bias would overflow its mantissa at the largest exponent (a population reading
+    graded spikes has tiny folded weights, hence a large unit, beside a bias of ordinary
+    size), the weights give up mantissa bits instead: clipping the bias would move every
+    neuron's operating point (a GELU hinge's breakpoint, an encoder's offset)."""
     largest = max(float(w.abs().max()) for w in weights) if weights else 0.0
     mantissa_max = 2 ** (target.weight_mantissa_bits - 1) - 1
     k = math.floor(math.log2(mantissa_max / largest)) if largest > 0 else 0
-    weight_exp = ALIGN_BITS
     threshold_limit = 2 ** (target.threshold_bits + ALIGN_BITS) - 1
-    while weight_exp > 0 and float(threshold.max()) * 2.0 ** (k + weight_exp) > threshold_limit:
-        weight_exp -= 1
-    unit = 2.0 ** (k + weight_exp)
     bias_limit = 2 ** (target.bias_mantissa_bits - 1) - 1
-    scaled_bias = float(bias.abs().max()) * unit if bias.numel() else 0.0
+    bias_exp_max = 2 ** target.bias_exponent_bits - 1
+    largest_bias = float(bias.abs().max()) if bias.numel() else 0.0
+    bias_fits = lambda unit: largest_bias * unit <= bias_limit * 2.0 ** bias_exp_max   # noqa: E731
+    weight_exp = ALIGN_BITS
+    while weight_exp > 0 and (float(threshold.max()) * 2.0 ** (k + weight_exp) > threshold_limit
+                              or not bias_fits(2.0 ** (k + weight_exp))):
+        weight_exp -= 1
+    while largest * 2.0 ** k >= 2 and not bias_fits(2.0 ** (k + weight_exp)):
+        k -= 1
+    unit = 2.0 ** (k + weight_exp)
+    scaled_bias = largest_bias * unit
     bias_exp = max(0, math.ceil(math.log2(scaled_bias / bias_limit))) if scaled_bias > bias_limit else 0
-    bias_exp = min(bias_exp, 2 ** target.bias_exponent_bits - 1)
+    bias_exp = min(bias_exp, bias_exp_max)
     used = max(1, math.ceil(math.log2(largest * 2.0 ** k + 1)) + 1) if largest > 0 else 1
     return LayerFormat(weight_exp, k + weight_exp, bias_exp, used, threshold_limit)
 

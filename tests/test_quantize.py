@@ -105,3 +105,22 @@ def test_graded_qkv_ssa_thresholds_fit_their_bits_by_a_smaller_scale():
     ssa = graph.op("h0.attn.ssa")
     assert ssa.scale < 2 ** 6 and math.log2(ssa.scale) == round(math.log2(ssa.scale))
     assert float(ssa.neuron.threshold.max()) < 2 ** (LOIHI2.threshold_bits + 6) - 1     # not clamped
+
+
+def test_a_bias_too_large_for_its_bits_costs_weight_bits_not_the_bias():
+    """A population reading 8-bit graded spikes has weights ~255x smaller than its bias (a GELU hinge's
+    breakpoint): at full weight mantissas the bias would need more than 13 + 7 bits and be clipped.
+    The quantised bias must stay the float bias (to its grid step), and the spikes follow."""
+    torch.manual_seed(1)
+    weight = torch.randn(16, 32) * 1e-3
+    bias = torch.full((16,), 2.75)
+    op = Dense(weight, bias, NeuronModel(threshold=torch.full((16,), 0.01), payload_max=255))
+    graph = SpikingGraph(__import__("networkx").DiGraph(), {})
+    graph.add("d", op)
+    q = quantize(graph, LOIHI2).op("d")
+    unit = 2.0 ** layer_format([weight], op.neuron.threshold, bias, LOIHI2).unit_log2
+    assert torch.allclose(q.bias / unit, bias, rtol=1e-3)
+    payloads = torch.randint(0, 256, (2, 5, 8, 32)).float()
+    float_rate = fire(op.neuron, payloads @ weight.T + bias, 8).mean()
+    fixed_rate = fire(q.neuron, payloads @ q.weight.T + q.bias, 8).mean()
+    assert fixed_rate == pytest.approx(float(float_rate), rel=0.02)
