@@ -399,7 +399,7 @@ def _outputs_index(blocks: list[Block]) -> dict[str, tuple[np.ndarray, np.ndarra
             for name, bs in sorted_blocks}
 
 
-def _rate(network: Network, name: str) -> float:
+def messages_per_neuron(network: Network, name: str) -> float:
     """Messages per neuron per token sent by a message source."""
     if "#p" in name:  # a partial sum: one graded message per neuron per step
         return float(network.timesteps)
@@ -441,17 +441,15 @@ def core_flows(network: Network, blocks: list[Block]) -> CoreFlows:
     Vectorised per source (gpt2-xl has tens of millions of core pairs); sums are taken
     in block order, so the totals do not depend on how the work is grouped."""
     outputs = _outputs_index(blocks)
-    reads = [(source, lo, hi, b.core) for b in blocks for source, lo, hi in b.inputs]
-    by_source: dict[str, list[int]] = {}
-    for i, (source, *_rest) in enumerate(reads):
-        by_source.setdefault(source, []).append(i)
+    reads_by_source: dict[str, list[tuple[int, int, int, int]]] = {}   # (read in block order, lo, hi, core)
+    for seq, (core, (source, lo, hi)) in enumerate((b.core, read) for b in blocks for read in b.inputs):
+        reads_by_source.setdefault(source, []).append((seq, lo, hi, core))
     host_to_chip = 0.0
     order, codes, messages = [], [], []
     cores = 1 + max((b.core for b in blocks), default=-1)
-    for source, read_ids in by_source.items():
-        ids = np.array(read_ids, dtype=np.int64)
-        lo, hi, dst = (np.array([reads[i][k] for i in read_ids], dtype=np.int64) for k in (1, 2, 3))
-        rate = _rate(network, source)
+    for source, reads in reads_by_source.items():
+        ids, lo, hi, dst = np.array(reads, dtype=np.int64).T
+        rate = messages_per_neuron(network, source)
         if source not in outputs:      # host layer or one-hot input
             host_to_chip += float(((hi - lo) * rate).sum())
             continue
@@ -502,10 +500,10 @@ def _best_swaps(weights: np.ndarray, on_a: np.ndarray, max_swaps: int) -> np.nda
     return on_a
 
 
-def _chip_pair_traffic(chips: np.ndarray, src: np.ndarray, dst: np.ndarray,
-                       messages: np.ndarray) -> list[tuple[int, int]]:
-    """Pairs of chips that exchange messages, the heaviest first (ties: the lower chips)."""
-    crossing = chips[src] != chips[dst]
+def _chip_pair_traffic(chips: np.ndarray, src: np.ndarray, dst: np.ndarray, messages: np.ndarray,
+                       crossing: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs of chips that exchange messages (`crossing` flags the flows between two chips),
+    the heaviest first (ties: the lower chips)."""
     a, b = chips[src][crossing], chips[dst][crossing]
     n_chips = int(chips.max()) + 1
     codes, inverse = np.unique(np.minimum(a, b) * n_chips + np.maximum(a, b), return_inverse=True)
@@ -545,7 +543,7 @@ def refine_chips(flows: CoreFlows, chip_of_core: np.ndarray, sweeps: int = 3) ->
         if not crossing.any():
             break
         before = float(messages[crossing].sum())
-        for chip_a, chip_b in _chip_pair_traffic(chips, src, dst, messages):
+        for chip_a, chip_b in _chip_pair_traffic(chips, src, dst, messages, crossing):
             cores = np.flatnonzero((chips == chip_a) | (chips == chip_b))
             weights = _traffic_among(cores, edge_start, dst, messages, len(chips))
             on_a = _best_swaps(weights, chips[cores] == chip_a, len(cores) // 2)

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nxcompile.compiler.layers import LayerSpec, Network, network_from_graph, network_from_netx
-from nxcompile.compiler.partition import PACKINGS, CoreFlows, DoesNotFit, partition, refine_chips
+from nxcompile.compiler.partition import (PACKINGS, CoreFlows, DoesNotFit, messages_per_neuron, partition,
+                                          refine_chips)
 from nxcompile.compiler.targets import LOIHI2, TARGETS
 from nxcompile.compiler.validate import validate
 
@@ -63,14 +64,6 @@ def test_validator_accepts_every_placement_the_partitioner_emits(widths, heads, 
                for b in placement.blocks for source, lo, hi in b.inputs)
     traced = sum(placement.traffic[k] for k in ("inter_core", "within_core", "host_to_chip"))
     assert traced == pytest.approx(read)          # every message a block reads is traced to one sender
-
-
-def messages_per_neuron(network: Network, source: str) -> float:
-    """Per token: a partial sum sends one per step, a host input one, a layer its own rate."""
-    if "#p" in source:
-        return float(network.timesteps)
-    layer = network.get(source)
-    return 1.0 if layer is None else layer.messages_per_token
 
 
 def _valid():
