@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import networkx as nx
 import pytest
 import torch
 
@@ -51,6 +52,13 @@ def test_quantising_twice_changes_nothing(quantised):
             assert torch.equal(a.neuron.spike_value, b.neuron.spike_value)
 
 
+def quantised_alone(op):
+    """`op` quantised for Loihi 2 as the only node of a graph."""
+    graph = SpikingGraph(nx.DiGraph(), {})
+    graph.add("d", op)
+    return quantize(graph, LOIHI2).op("d")
+
+
 def test_weights_already_on_the_grid_give_identical_spikes():
     """Scaling a population's weights, bias and threshold together changes no spike
     (checked here with the executor, independently of the quantiser)."""
@@ -59,9 +67,7 @@ def test_weights_already_on_the_grid_give_identical_spikes():
     weight = torch.randint(-127, 128, (24, 40)).float() * 64 / unit   # exactly representable
     bias = torch.randint(-500, 500, (24,)).float() / unit
     op = Dense(weight, bias, NeuronModel(threshold=torch.full((24,), 3000.0 / unit)))
-    graph = SpikingGraph(__import__("networkx").DiGraph(), {})
-    graph.add("d", op)
-    q = quantize(graph, LOIHI2).op("d")
+    q = quantised_alone(op)
     assert torch.equal(q.weight / 2.0 ** layer_format([weight], op.neuron.threshold, bias, LOIHI2).unit_log2,
                        weight)
     spikes_in = (torch.rand(2, 5, 8, 40) < 0.3).float()
@@ -115,9 +121,7 @@ def test_a_bias_too_large_for_its_bits_costs_weight_bits_not_the_bias():
     weight = torch.randn(16, 32) * 1e-3
     bias = torch.full((16,), 2.75)
     op = Dense(weight, bias, NeuronModel(threshold=torch.full((16,), 0.01), payload_max=255))
-    graph = SpikingGraph(__import__("networkx").DiGraph(), {})
-    graph.add("d", op)
-    q = quantize(graph, LOIHI2).op("d")
+    q = quantised_alone(op)
     unit = 2.0 ** layer_format([weight], op.neuron.threshold, bias, LOIHI2).unit_log2
     assert torch.allclose(q.bias / unit, bias, rtol=1e-3)
     payloads = torch.randint(0, 256, (2, 5, 8, 32)).float()
