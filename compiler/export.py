@@ -5,8 +5,9 @@ Layout (DESIGN.md "The `.net` file"):
     type               netx's `dense` for a Dense layer of binary CUBA-like neurons (plus
                        `weight`, `bias`, `shape` and `neuron/{type, iDecay, vDecay, vThMant,
                        refDelay, wgtExp}` exactly where netx reads them); an extension type
-                       (`embed`, `layernorm`, `encode`, `readout`, `ssa`, `add`, and the graded
-                       method's `graded_dense`, `attention`) otherwise.
+                       (`embed`, `layernorm`, `encode`, `readout`, `ssa`, `add`, `dense_vth`
+                       for binary neurons with a threshold each, and the graded method's
+                       `graded_dense`, `attention`) otherwise.
     nx_fields, nx/     the op's own fields as JSON (`graph.flatten_op`, as the graph file
                        stores them) and its tensors as datasets: what nxcompile reads back
                        (netx ignores it).
@@ -40,7 +41,8 @@ FORMAT = "nxcompile-net"
 VERSION = 1
 EXTENSION_TYPES = {Embed: "embed", LayerNorm: "layernorm", Encode: "encode", SSA: "ssa", Add: "add",
                    GradedDense: "graded_dense", Attention: "attention"}
-TYPE_OPS = {"dense": Dense, "readout": Dense, **{name: cls for cls, name in EXTENSION_TYPES.items()}}
+TYPE_OPS = {"dense": Dense, "dense_vth": Dense, "readout": Dense,
+            **{name: cls for cls, name in EXTENSION_TYPES.items()}}
 DECAY_UNITS = 4096          # lava-dl CUBA decays are 12-bit: 4096 = everything decays
 
 
@@ -49,10 +51,13 @@ class NetFileError(UsageError):
 
 
 def layer_type(op) -> str:
-    """netx's `dense` where netx can build the layer; an extension type otherwise."""
+    """netx's `dense` where netx can build the layer: binary neurons sharing one threshold (netx's
+    CUBA has one `vThMant` per layer). `dense_vth` for binary neurons with a threshold each, which
+    netx would build with a wrong threshold; an extension type otherwise."""
     if isinstance(op, Dense):
-        binary = op.neuron is not None and op.neuron.kind == "binary"
-        return "dense" if binary else "readout"
+        if op.neuron is None or op.neuron.kind != "binary":
+            return "readout"
+        return "dense" if op.neuron.threshold.numel() == 1 else "dense_vth"
     return EXTENSION_TYPES[type(op)]
 
 
@@ -78,7 +83,7 @@ def _write_netx_dense(group: h5py.Group, op: Dense) -> None:
     _dataset(neuron, "type", "CUBA")
     _dataset(neuron, "iDecay", np.int64(DECAY_UNITS))             # no current carried between steps
     _dataset(neuron, "vDecay", np.int64(round(op.neuron.leak * DECAY_UNITS)))
-    _dataset(neuron, "vThMant", np.int64(round(float(op.neuron.threshold.max()))))
+    _dataset(neuron, "vThMant", np.int64(round(float(op.neuron.threshold))))
     _dataset(neuron, "refDelay", np.int64(1))
     _dataset(neuron, "wgtExp", np.int64(0))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import h5py
 import networkx as nx
 import numpy as np
 import pytest
@@ -10,10 +11,13 @@ import torch
 
 import nxcompile  # noqa: F401  (installs the Lava fixes before lava is imported)
 from lava.lib.dl import netx
+from nxcompile.compiler.convert import ConversionOptions, convert
 from nxcompile.compiler.export import NetFileError, export_net, layer_type, load_net
 from nxcompile.compiler.graph import Dense, NeuronModel, SpikingGraph
+from nxcompile.compiler.layers import netx_value
 from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
+from tests.test_convert_reference import small_gpt2, token_batch
 
 
 def assert_same_graph(a: SpikingGraph, b: SpikingGraph) -> None:
@@ -73,6 +77,19 @@ def test_netx_builds_a_network_of_standard_layers_from_our_file(tmp_path):
     assert network.layers[0].neuron.vth.get() == 300 and network.layers[0].neuron.dv.get() == 1024
 
 
+def test_a_layer_with_a_threshold_per_neuron_is_not_netx_dense(tmp_path):
+    """netx's CUBA has one threshold per layer: a layer with one per neuron (`--thresholds neuron`)
+    would be built by netx with a wrong one, so it is written as nxcompile's own type and read back
+    exactly."""
+    graph = quantize(convert(small_gpt2(), ConversionOptions(thresholds="neuron"), token_batch(2, 24, 200)),
+                     TARGETS["loihi2"])
+    export_net(graph, tmp_path / "m.net")
+    with h5py.File(tmp_path / "m.net", "r") as handle:
+        types = {netx_value(layer, "nx_name"): layer["type"][0] for layer in handle["layer"].values()}
+    assert types["h0.mlp.c_fc"] == b"dense_vth" and graph.op("h0.mlp.c_fc").neuron.threshold.numel() > 1
+    assert_same_graph(graph, load_net(tmp_path / "m.net")[0])
+
+
 def test_a_foreign_netx_file_is_named_as_such(shared_netx):
     with pytest.raises(NetFileError, match="not one nxcompile wrote"):
         load_net(shared_netx / "tinynet" / "network.net")
@@ -80,8 +97,6 @@ def test_a_foreign_netx_file_is_named_as_such(shared_netx):
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "unknown type"])
 def test_a_damaged_file_is_one_clear_error(quantised_tiny, tmp_path, damage):
-    import h5py
-
     path = tmp_path / "m.net"
     export_net(quantised_tiny, path)
     if damage == "truncate":

@@ -181,6 +181,16 @@ def test_spikedecoder_delay_lines_run_bit_exact_in_lava(tiny):
 
 
 @pytest.mark.slow
+def test_a_threshold_per_neuron_runs_bit_exact_in_lava(tiny):
+    """`--thresholds neuron`: encoders, MLP hidden and SSA outputs with a threshold each, 4 tokens at T = 2."""
+    ids = torch.tensor(tiny.tokenizer(load_corpus().train[:4000])["input_ids"][:256]).reshape(2, 128)
+    graph = quantize(convert(tiny.model, ConversionOptions(thresholds="neuron", timesteps=2), ids,
+                             model_name="gpt2-tiny"), TARGETS["loihi2-sim"])
+    assert graph.op("h0.mlp.c_fc").neuron.threshold.unique().numel() > 1
+    _assert_twins(graph, tiny.tokenizer(PROMPT)["input_ids"][:4], 2)
+
+
+@pytest.mark.slow
 def test_cli_run_generates_and_checks_its_twin(net_file, capsys):
     assert main(["run", str(net_file), "--prompt", "HAMLET.", "--max-new-tokens", "2", "--check"]) == 0
     out = capsys.readouterr().out
