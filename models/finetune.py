@@ -48,6 +48,7 @@ from nxcompile.sim.evaluate import ann_forward
 
 SCOPES = ("ssa", "all")
 SCHEDULES = ("constant", "cosine")
+STEP_SIZES = ("absolute", "relative")
 # slayer's surrogate on v / theta: derivative scale_rho / (2 tau_rho) * exp(-|v/theta - 1| / tau_rho),
 # slayer's own defaults (tau_grad = scale_grad = 1 in its neuron classes).
 TAU_RHO = 1.0
@@ -73,6 +74,7 @@ class FinetuneOptions:
     lm_weight: float = 1.0
     schedule: str = "constant"
     warmup_steps: int = 0
+    step_size: str = "absolute"
     device: str = "cpu"
 
     def __post_init__(self):
@@ -83,6 +85,7 @@ class FinetuneOptions:
                   (self.scope in SCOPES, f"unknown scope {self.scope!r}; choose {SCOPES}"),
                   (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose {SCHEDULES}"),
                   (self.warmup_steps >= 0, "warm-up steps must be >= 0"),
+                  (self.step_size in STEP_SIZES, f"unknown step size {self.step_size!r}; choose {STEP_SIZES}"),
                   (min(self.kl_weight, self.hidden_weight, self.lm_weight) >= 0
                    and max(self.kl_weight, self.hidden_weight, self.lm_weight) > 0,
                    "loss weights must be >= 0 and not all 0")]
@@ -235,6 +238,29 @@ class TrainState:
                              f"delete it or leave out --resume") from exc
 
 
+def parameter_groups(trainable: TrainableGraph, step_size: str) -> list[dict]:
+    """Adam moves every parameter by about the learning rate per step, whatever its size. `absolute`
+    keeps that (one group). `relative` gives each tensor the learning rate times its initial RMS, so
+    a step changes every tensor by the same fraction of itself: a graded population's spikes stand
+    for about 1/255 of a binary one's, so its thresholds and the weights reading it are that much
+    smaller, and absolute steps of 1e-3 rewrite them many times over (README, the study's
+    `graded-all`). A tensor that starts at zero (an encoder's bias) takes the RMS of its op's
+    threshold, the unit of the current it adds to, or of a readout's weight."""
+    params = dict(trainable.params.items())
+    if step_size == "absolute":
+        return [{"params": list(params.values()), "unit": 1.0}]
+    return [{"params": [param], "unit": relative_unit(params, key)} for key, param in params.items()]
+
+
+def relative_unit(params: dict[str, torch.Tensor], key: str) -> float:
+    """The size `relative` steps are a fraction of: the tensor's RMS, else its op's threshold's or weight's."""
+    op = key.split("/")[0]
+    for candidate in (key, f"{op}/neuron:threshold", f"{op}/weight"):
+        if candidate in params and params[candidate].detach().abs().max() > 0:
+            return float(params[candidate].detach().pow(2).mean().sqrt())
+    raise ValueError(f"{key}: no non-zero tensor to size its steps by")
+
+
 def state_path(output: Path) -> Path:
     return output.with_name(output.name + ".train-state.pt")
 
@@ -256,7 +282,7 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
     spiking = graph_on(spiking, device)
     model = model.to(device).eval()
     trainable = TrainableGraph(spiking, trainable_nodes(spiking, options.scope), target)
-    optimizer = torch.optim.Adam(trainable.parameters(), lr=options.learning_rate)
+    optimizer = torch.optim.Adam(parameter_groups(trainable, options.step_size), lr=options.learning_rate)
     state = TrainState(0, {}, {}, dataclasses.asdict(options), [])
     if resume is not None:
         trainable.params.load_state_dict({k: v.to(device) for k, v in resume.params.items()})
@@ -264,7 +290,7 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
         state = dataclasses.replace(resume, options=dataclasses.asdict(options))
     for step in range(state.step, options.steps):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(step, options)
+            group["lr"] = learning_rate_at(step, options) * group["unit"]
         ids = batch_for_step(train_windows, step, options).to(device)
         ann_logits, ann_hidden = ann_forward(model, ids)
         run = reference.run(spiking, ids, options.timesteps, ops=trainable.grid_ops(), spike=slayer_spike)

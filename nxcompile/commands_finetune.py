@@ -17,7 +17,7 @@ from nxcompile.files import write_atomically
 
 
 def add_finetune_parser(commands) -> None:
-    from nxcompile.models.finetune import SCHEDULES, SCOPES
+    from nxcompile.models.finetune import SCHEDULES, SCOPES, STEP_SIZES
 
     parser = commands.add_parser("finetune", help="fine-tune the spiking model with lava-dl surrogate gradients")
     add_model_arguments(parser)
@@ -37,6 +37,9 @@ def add_finetune_parser(commands) -> None:
     parser.add_argument("--schedule", choices=SCHEDULES, default="constant",
                         help="learning rate: constant, or a cosine decay to a tenth after the warm-up")
     parser.add_argument("--warmup-steps", type=non_negative_int, default=0, help="linear warm-up steps")
+    parser.add_argument("--step-size", choices=STEP_SIZES, default="absolute",
+                        help="absolute: every parameter moves by about --lr per step (Adam); relative: by --lr "
+                             "times its tensor's initial RMS (for graded neurons, whose tensors are small)")
     parser.add_argument("--kl-weight", type=float, default=1.0, help="weight of KL(ANN logits || SNN logits)")
     parser.add_argument("--hidden-weight", type=float, default=1.0,
                         help="weight of 1 - cos between the ANN's and the SNN's residual streams")
@@ -126,7 +129,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                               context=args.train_context or args.context, timesteps=args.timesteps, scope=args.scope,
                               seed=args.seed, kl_weight=args.kl_weight, hidden_weight=args.hidden_weight,
                               lm_weight=args.lm_weight, schedule=args.schedule, warmup_steps=args.warmup_steps,
-                              device=args.device)
+                              step_size=args.step_size, device=args.device)
     output = args.output or Path(f"finetuned-{args.model.replace(':', '-')}.safetensors")
     resume = TrainState.load(state_path(output)) if args.resume else None
     if not args.resume and state_path(output).exists():

@@ -90,6 +90,25 @@ def test_scope_all_trains_every_on_chip_population(small):
     assert not torch.equal(trainable.deployable().op("h0.mlp.c_fc").weight, untrained.op("h0.mlp.c_fc").weight)
 
 
+@pytest.mark.parametrize("step_size", ["absolute", "relative"])
+def test_a_first_step_moves_each_tensor_by_the_learning_rate_in_its_own_units(small, step_size):
+    """Adam's first step is lr * sign(gradient) per element. `relative` scales it by the tensor's initial
+    RMS (a zero tensor: its op's threshold's, or a readout's weight's), so small tensors (graded
+    populations') move by the same fraction as large ones."""
+    model, graph, ids = small
+    options = dataclasses.replace(OPTIONS, steps=1, scope="all", step_size=step_size)
+    initial = {key: p.detach().clone() for key, p in TrainableGraph(graph, trainable_nodes(graph, "all"),
+                                                                   LOIHI2).params.items()}
+    _, state = finetune(model, graph, ids, LOIHI2, options)
+    for key, before in initial.items():
+        op = key.split("/")[0]
+        unit = next(float(t.pow(2).mean().sqrt()) for t in (before, initial.get(f"{op}/neuron:threshold"),
+                                                            initial.get(f"{op}/weight")) if t is not None and t.any())
+        expected = options.learning_rate * (unit if step_size == "relative" else 1.0)
+        moved = (state.params[key] - before).abs().max().item()
+        assert moved == pytest.approx(expected, rel=1e-3), key
+
+
 def test_training_changes_only_the_scope_and_keeps_every_trained_number_on_the_grid(small):
     model, graph, ids = small
     trainable, state = finetune(model, graph, ids, LOIHI2, OPTIONS)
