@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from nxcompile.compiler.convert import ConversionOptions, convert
-from nxcompile.compiler.graph import save_graph
+from nxcompile.compiler.graph import Dense, load_graph, save_graph
 from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
 from nxcompile.models.corpus import calibration_windows, load_corpus, token_windows
@@ -62,6 +62,8 @@ class Row:
 
 POSITION = {"ssa_norm": "position"}
 RECIPE = {"learning_rate": 3e-3, "schedule": "cosine", "warmup_steps": 30}
+GRADED = {"neuron": "graded"}
+RELATIVE = {"step_size": "relative", "learning_rate": 1e-2}
 ROWS = [
     Row("converted", "no fine-tuning (conversion only)", finetune={"steps": 0}),
     Row("ssa-scope", "scope ssa (Q/K/V, SSA, attention output only)", finetune={"scope": "ssa"}),
@@ -84,7 +86,15 @@ ROWS = [
     Row("head-threshold", "SSA thresholds per head (a trained per-head scale)", conversion={"thresholds": "head"}),
     Row("neuron-threshold", "thresholds per neuron (encoders, MLP hidden, SSA output)",
         conversion={"thresholds": "neuron"}),
-    Row("graded-all", "every population sends 8-bit graded spikes", conversion={"neuron": "graded"}),
+    Row("graded-all", "every population sends 8-bit graded spikes", conversion=GRADED),
+    Row("graded-all-relative", "every population graded, relative steps (lr 1e-2 x each tensor's RMS)",
+        conversion=GRADED, finetune=RELATIVE),
+    Row("graded-all-position", "every population graded, relative steps (lr 1e-2), position SSA",
+        conversion=POSITION | GRADED, finetune=RELATIVE),
+    Row("graded-all-recipe", "every population graded, the recipe at 600 steps with relative steps (peak 1e-2)",
+        conversion=POSITION | GRADED, finetune=RECIPE | RELATIVE),
+    Row("graded-all-2400", "every population graded, relative steps (lr 1e-2): 2,400 steps",
+        conversion=GRADED, finetune=RELATIVE | {"steps": 2400}),
     Row("percentile-99.99", "thresholds at the 99.99th percentile", conversion={"calibration_percentile": 99.99}),
     Row("percentile-99", "thresholds at the 99th percentile", conversion={"calibration_percentile": 99.0}),
     Row("recipe-150", "position SSA, lr 3e-3 warm-up + cosine: 150 steps", conversion=POSITION,
@@ -92,6 +102,12 @@ ROWS = [
     Row("recipe-600", "position SSA, lr 3e-3 warm-up + cosine: 600 steps", conversion=POSITION, finetune=RECIPE),
     Row("recipe-2400", "position SSA, lr 3e-3 warm-up + cosine: 2,400 steps", conversion=POSITION,
         finetune=RECIPE | {"steps": 2400, "warmup_steps": 100}),
+    Row("recipe-600-neuron", "the recipe at 600 steps with thresholds per neuron",
+        conversion=POSITION | {"thresholds": "neuron"}, finetune=RECIPE),
+    Row("recipe-600-lr-1e-2", "the recipe at 600 steps with peak lr 1e-2", conversion=POSITION,
+        finetune=RECIPE | {"learning_rate": 1e-2}),
+    Row("recipe-600-relative", "the recipe at 600 steps, relative steps (peak lr 1e-2 x each tensor's RMS)",
+        conversion=POSITION, finetune=RECIPE | RELATIVE),
 ]
 SHIPPED_RECORD = Path(__file__).resolve().parent.parent / "models" / "gpt2_tiny" / "neurtransformer-finetuned.json"
 ROWS_BY_NAME = {row.name: row for row in ROWS}
@@ -101,11 +117,18 @@ def held_out_windows(tokenizer, context: int, tokens: int) -> torch.Tensor:
     return token_windows(tokenizer, load_corpus().held_out, context, tokens)
 
 
+def converted(row: Row, loaded):
+    """The row's graph before fine-tuning, calibrated as the CLI does."""
+    conversion, tuning = row.options()
+    torch.manual_seed(tuning.seed)
+    return convert(loaded.model, conversion, calibration_windows(loaded.tokenizer, loaded.config.n_positions),
+                   "gpt2-tiny")
+
+
 def run_row(row: Row, loaded, eval_tokens: int) -> dict:
     conversion, tuning = row.options()
     context = loaded.config.n_positions
-    torch.manual_seed(tuning.seed)
-    graph = convert(loaded.model, conversion, calibration_windows(loaded.tokenizer, context), "gpt2-tiny")
+    graph = converted(row, loaded)
     train = token_windows(loaded.tokenizer, load_corpus().train, tuning.context)
     target = TARGETS["loihi2"]
     bar = tqdm(total=tuning.steps, desc=row.name, unit="step", leave=False)
@@ -143,6 +166,25 @@ def shipped_row() -> dict | None:
             "eval_tokens": held_out["tokens"]}
 
 
+def drift(row: Row, loaded) -> str:
+    """How far fine-tuning moved the row's tensors, each as |after - before| / |before|: the median
+    and largest (and which) over the on-chip weight matrices, and over the thresholds."""
+    before, after = converted(row, loaded), load_graph(GRAPHS / f"{row.name}.safetensors")
+    moved = {"weight": {}, "threshold": {}}
+    for name in before.order():
+        op, tuned = before.op(name), after.op(name)
+        if isinstance(op, Dense) and name != "lm_head":
+            moved["weight"][name] = float((tuned.weight - op.weight).norm() / op.weight.norm())
+        if getattr(op, "neuron", None) is not None:
+            moved["threshold"][name] = float((tuned.neuron.threshold - op.neuron.threshold).norm()
+                                             / op.neuron.threshold.norm())
+    cells = []
+    for by_name in moved.values():
+        most = max(by_name, key=by_name.get)
+        cells.append(f"{statistics.median(by_name.values()):.3g} | {by_name[most]:.3g} ({most})")
+    return f"| {row.name} | " + " | ".join(cells) + " |"
+
+
 def table(results: dict) -> str:
     lines = ["| row | change from the base | steps | train tokens | train s | SNN ppl | change | cos(logits) "
              "| cos(hidden) | top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -166,7 +208,17 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="run rows already in the results again")
     parser.add_argument("--table", action="store_true", help="only print the table of the stored results")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--drift", metavar="ROWS",
+                        help="only print how far fine-tuning moved these rows' weights and thresholds (from "
+                             "their graphs in out/study)")
     args = parser.parse_args()
+    if args.drift:
+        loaded = load_model("gpt2-tiny")
+        print("| row | weights, median | weights, largest | thresholds, median | thresholds, largest |\n"
+              "|---|---:|---:|---:|---:|")
+        for name in args.drift.split(","):
+            print(drift(ROWS_BY_NAME[name], loaded))
+        return
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     if not args.table:
         loaded = load_model("gpt2-tiny")
