@@ -166,10 +166,19 @@ def shipped_row() -> dict | None:
             "eval_tokens": held_out["tokens"]}
 
 
+def row_named(name: str) -> Row:
+    if name not in ROWS_BY_NAME:
+        raise SystemExit(f"unknown row {name!r}; rows: {', '.join(ROWS_BY_NAME)}")
+    return ROWS_BY_NAME[name]
+
+
 def drift(row: Row, loaded) -> str:
     """How far fine-tuning moved the row's tensors, each as |after - before| / |before|: the median
     and largest (and which) over the on-chip weight matrices, and over the thresholds."""
-    before, after = converted(row, loaded), load_graph(GRAPHS / f"{row.name}.safetensors")
+    tuned_file = GRAPHS / f"{row.name}.safetensors"
+    if not tuned_file.is_file():
+        raise SystemExit(f"{tuned_file} not found: run the row first (--rows {row.name})")
+    before, after = converted(row, loaded), load_graph(tuned_file)
     moved = {"weight": {}, "threshold": {}}
     for name in before.order():
         op, tuned = before.op(name), after.op(name)
@@ -213,21 +222,22 @@ def main() -> None:
                              "their graphs in out/study)")
     args = parser.parse_args()
     if args.drift:
+        rows = [row_named(name) for name in args.drift.split(",")]
         loaded = load_model("gpt2-tiny")
         print("| row | weights, median | weights, largest | thresholds, median | thresholds, largest |\n"
               "|---|---:|---:|---:|---:|")
-        for name in args.drift.split(","):
-            print(drift(ROWS_BY_NAME[name], loaded))
+        for row in rows:
+            print(drift(row, loaded))
         return
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     if not args.table:
+        rows = [row_named(name) for name in args.rows.split(",")]
         loaded = load_model("gpt2-tiny")
-        for name in args.rows.split(","):
-            if name not in ROWS_BY_NAME:
-                raise SystemExit(f"unknown row {name!r}; rows: {', '.join(ROWS_BY_NAME)}")
+        for row in rows:
+            name = row.name
             if name in results and not args.force:
                 continue
-            results[name] = run_row(ROWS_BY_NAME[name], loaded, args.eval_tokens)
+            results[name] = run_row(row, loaded, args.eval_tokens)
             r = results[name]
             print(f"{name:18} {r['snn_ppl']:8.2f} ({100 * r['ppl_change']:+.1f} %) cos {r['cos_logits']:.4f} "
                   f"top-1 {100 * r['top1']:.1f} % [{r['train_seconds']:.0f} s]", flush=True)

@@ -160,13 +160,16 @@ class TrainableGraph(torch.nn.Module):
     def _key(name: str, path: str) -> str:
         return f"{name}/{path}".replace(".", ":")
 
+    def tensors(self, name: str) -> dict[str, torch.nn.Parameter]:
+        """The trained tensors of node `name`, by their path into its op."""
+        return {path: self.params[self._key(name, path)] for path in self.fields[name]}
+
     def _float_op(self, name: str, detached: bool):
         """The op with its current parameters (a neuron keeps the value its spikes stood for)."""
         op = self.spiking.op(name)
         if getattr(op, "neuron", None) is not None and not op.neuron.value.numel():
             op = _set(op, "neuron.value", op.neuron.spike_value.clone())
-        for path in self.fields[name]:
-            value = self.params[self._key(name, path)]
+        for path, value in self.tensors(name).items():
             value = value.clamp(min=MIN_THRESHOLD) if path.endswith("threshold") else value
             op = _set(op, path, value.detach() if detached else value)
         return op
@@ -246,19 +249,20 @@ def parameter_groups(trainable: TrainableGraph, step_size: str) -> list[dict]:
     smaller, and absolute steps of 1e-3 rewrite them many times over (README, the study's
     `graded-all`). A tensor that starts at zero (an encoder's bias) takes the RMS of its op's
     threshold, the unit of the current it adds to, or of a readout's weight."""
-    params = dict(trainable.params.items())
     if step_size == "absolute":
-        return [{"params": list(params.values()), "unit": 1.0}]
-    return [{"params": [param], "unit": relative_unit(params, key)} for key, param in params.items()]
+        return [{"params": list(trainable.parameters()), "unit": 1.0}]
+    return [{"params": [param], "unit": relative_unit(tensors, path)}
+            for tensors in map(trainable.tensors, trainable.names) for path, param in tensors.items()]
 
 
-def relative_unit(params: dict[str, torch.Tensor], key: str) -> float:
-    """The size `relative` steps are a fraction of: the tensor's RMS, else its op's threshold's or weight's."""
-    op = key.split("/")[0]
-    for candidate in (key, f"{op}/neuron:threshold", f"{op}/weight"):
-        if candidate in params and params[candidate].detach().abs().max() > 0:
-            return float(params[candidate].detach().pow(2).mean().sqrt())
-    raise ValueError(f"{key}: no non-zero tensor to size its steps by")
+def relative_unit(tensors: dict[str, torch.Tensor], path: str) -> float:
+    """The size `relative` steps of an op's tensor at `path` are a fraction of: its RMS, else the
+    op's threshold's or weight's."""
+    for candidate in (path, "neuron.threshold", "weight"):
+        tensor = tensors.get(candidate)
+        if tensor is not None and tensor.detach().abs().max() > 0:
+            return float(tensor.detach().pow(2).mean().sqrt())
+    raise ValueError(f"{path}: no non-zero tensor to size its steps by")
 
 
 def state_path(output: Path) -> Path:
