@@ -3,13 +3,13 @@
 One process per on-chip node of the spiking graph; a GradedDense node (the
 graded method) is two: Lava's own `lava.proc.dense.process.Dense` holding its
 8-bit weights (built by `backends.lava_sim`) and a `GradedNeuron` here. Their arithmetic is the
-integer program of `sim.fixed_point` (the reference simulator's fixed-point
-mode executes the same definitions on whole sequences); what these models add
+integer ops of `sim.fixed_point`, called as they are (the reference simulator's
+fixed-point mode executes the same ops on whole sequences); what these models add
 is Lava's execution: one message per port per step, one token at a time, a
 schedule that says at which step of the token's period each node integrates
-(`Timing`, computed by `backends.lava_sim.schedule`), delay lines where spikes
-of different depths meet, and the SSA's keys and values of earlier tokens kept
-in its `kv_cache` Var, written as the tokens arrive.
+(`sim.schedule.Timing`), delay lines where spikes of different depths meet, and
+the attention's keys and values of earlier tokens kept in its `kv_cache` Var,
+written as the tokens arrive.
 
 Messages are int32: spikes as integers, graded values as 24-bit payloads.
 A population sends zeros outside its window; a graded node holds its last
@@ -17,7 +17,6 @@ value on its port, so a consumer reads it whenever its own schedule says.
 """
 
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,37 +32,17 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from nxcompile.sim import fixed_point as fx
+from nxcompile.sim.schedule import Timing
 
 MESSAGE = np.int32
-# Ops that compute once per token, at their step, and hold the value on their port until the next.
-GRADED_KINDS = ("norm", "graded-add", "graded-dense", "attention")
-
-
-@dataclass(frozen=True)
-class PortTiming:
-    """When one input's messages are meant for this node.
-    Spikes: `delay` steps in this node's delay line before use (window ops), or the
-    step its window of T arrivals starts (`window_start`, graded ops summing it).
-    Graded: read as held, at this node's own step."""
-    spikes: bool
-    delay: int = 0
-    window_start: int = 0
-
-
-@dataclass(frozen=True)
-class Timing:
-    """A node's place in the token's period: its window's first step (spiking ops and
-    readouts) or the step it computes and sends its graded value (norms, graded adds)."""
-    start: int
-    ports: dict[str, PortTiming]
 
 
 class _Layer(AbstractProcess):
-    """An on-chip node: its integer op (`sim.fixed_point.IntOp`), timing and period.
+    """An on-chip node: its integer op (one of `sim.fixed_point`'s), timing and period.
     `record` holds what it sent in the current token: T rows of spikes, or one
     row with its graded payload."""
 
-    def __init__(self, *, name: str, op: fx.IntOp, timing: Timing, period: int, timesteps: int,
+    def __init__(self, *, name: str, op, timing: Timing, period: int, timesteps: int,
                  in_sizes: dict[str, int], out_size: int, record_rows: int, cores: list[int] | None = None):
         super().__init__(name=name, op=op, timing=timing, period=period, timesteps=timesteps, cores=cores)
         for port, size in in_sizes.items():
@@ -180,7 +159,7 @@ class _LayerModel(PyLoihiProcessModel):
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        self.op: fx.IntOp = proc_params["op"]
+        self.op = proc_params["op"]
         self.timing: Timing = proc_params["timing"]
         self.period: int = proc_params["period"]
         self.steps: int = proc_params["timesteps"]
@@ -195,7 +174,7 @@ class _LayerModel(PyLoihiProcessModel):
         messages = {port: getattr(self, port).recv().astype(np.int64) for port in self.PORTS}
         for port, line in self.lines.items():
             line.append(messages[port])
-        if self.op.kind in GRADED_KINDS:
+        if not self.op.windowed:
             self.out.send(self._graded_step(local, token, messages))
         else:
             self.out.send(self._window_step(local - self.timing.start, token, messages))
@@ -212,13 +191,8 @@ class _LayerModel(PyLoihiProcessModel):
         return self._held()
 
     def graded_value(self, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
-        """The value a graded node computes once per token from its inputs."""
-        if self.op.kind == "graded-add":
-            return fx.saturate(x["a"] + x["b"])
-        if self.op.kind == "graded-dense":
-            return fx.graded_neuron(self.op, x["x"])
-        spikes = self.timing.ports["x"].spikes
-        return fx.layer_norm(self.op, fx.window_payload(self.op, x["x"], self.steps) if spikes else x["x"])
+        """The value a graded node computes once per token from its inputs (a spike input: its window's sum)."""
+        return self.op.value(x, self.steps)
 
     def _held(self) -> np.ndarray:
         """The graded value this node holds on its port (zeros before its first)."""
@@ -233,20 +207,20 @@ class _LayerModel(PyLoihiProcessModel):
 
     def _window_step(self, tau: int, token: int, messages: dict[str, np.ndarray]) -> np.ndarray:
         """Step `tau` of the window: integrate and fire (or accumulate, for a readout)."""
-        readout = self.op.kind == "readout"
+        readout = not self.op.sends_spikes
         if not 0 <= tau < self.steps:
             return self._held() if readout else np.zeros(self.out.shape, dtype=np.int64)
         if tau == 0:
             self.accumulated = 0
-            self.membrane = None if readout else fx.neuron_reset(self.neuron(token), self.out.shape)
+            self.membrane = None if readout else self.neuron(token).reset(self.out.shape)
         current = self.current(tau, token, {port: self._input(port, messages) for port in self.PORTS})
         if readout:
             self.accumulated = self.accumulated + current
             if tau == self.steps - 1:
-                self.held = fx.readout_payload(self.op, self.accumulated, self.steps)
+                self.held = self.op.payload(self.accumulated, self.steps)
                 self.record[0] = self.held
             return self._held()
-        spikes, self.membrane = fx.neuron_step(self.neuron(token), self.membrane, current)
+        spikes, self.membrane = self.neuron(token).step(self.membrane, current)
         self.record[tau] = spikes
         return spikes
 
@@ -256,11 +230,7 @@ class _LayerModel(PyLoihiProcessModel):
 
     def current(self, tau: int, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
         """State-unit input current of this step."""
-        t = self.timing.ports
-        if self.op.kind == "add":
-            return sum(fx.synaptic_input(x[p], not t[p].spikes, self.op.weight[i]) for i, p in enumerate("ab")) \
-                + self.op.bias
-        return fx.synaptic_input(x["x"][None], not t["x"].spikes, self.op.weight)[0] + self.op.bias
+        return self.op.current(x)
 
 
 def _model(proc_cls, ports: tuple[str, ...], base=_LayerModel):
@@ -276,17 +246,13 @@ class _AttentionModel(_LayerModel):
     kv_cache: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=8)
 
     def neuron(self, token: int) -> fx.IntNeuron:
-        return fx.query_neuron(self.op, token)
+        return self.op.neuron_at(token)
 
     def current(self, tau: int, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
         """Writes this token's K, V spikes into the cache, then attends over every cached token."""
         self.kv_cache[0, token, tau] = x["k"]
         self.kv_cache[1, token, tau] = x["v"]
-        keys = fx.ssa_heads(self.op, self.kv_cache[0, :token + 1, tau].astype(np.float64))     # [j, H, hd]
-        values = fx.ssa_heads(self.op, self.kv_cache[1, :token + 1, tau].astype(np.float64))
-        scores = np.einsum("hd,jhd->jh", fx.ssa_heads(self.op, x["q"].astype(np.float64)), keys)
-        out = np.einsum("jh,jhd->hd", scores, values)
-        return self.op.score(np.rint(out).astype(np.int64).reshape(-1))
+        return self.op.current(x["q"][None], self.kv_cache[0, :token + 1, tau], self.kv_cache[1, :token + 1, tau])[0]
 
 
 class _SoftmaxAttentionModel(_LayerModel):
@@ -296,11 +262,17 @@ class _SoftmaxAttentionModel(_LayerModel):
         """Writes this token's key and value into the cache, then attends over every cached token."""
         self.kv_cache[0, token] = x["k"]
         self.kv_cache[1, token] = x["v"]
-        return fx.attend(self.op, x["q"][None], self.kv_cache[0, :token + 1], self.kv_cache[1, :token + 1])[0]
+        return self.op.attend(x["q"][None], self.kv_cache[0, :token + 1], self.kv_cache[1, :token + 1])[0]
+
+
+class _GradedNeuronModel(_LayerModel):
+    def graded_value(self, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
+        """The neurons' message from what their synapses (Lava's Dense) accumulated."""
+        return self.op.neuron_value(x["x"])
 
 
 PyPopulationModel = _model(Population, ("x",))
-PyGradedNeuronModel = _model(GradedNeuron, ("x",))
+PyGradedNeuronModel = _model(GradedNeuron, ("x",), base=_GradedNeuronModel)
 PySoftmaxAttentionModel = _model(SoftmaxAttention, ("q", "k", "v"), base=_SoftmaxAttentionModel)
 PyNormModel = _model(Norm, ("x",))
 PyResidualAddModel = _model(ResidualAdd, ("a", "b"))

@@ -22,7 +22,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import networkx as nx
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -32,22 +31,13 @@ from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.proc.dense.process import Dense as LavaDense
 from lava.utils.weightutils import SignMode
-from nxcompile.backends.lava_processes import (GRADED_KINDS, GradedNeuron, HostSink, HostSource, Norm, PortTiming,
-                                               Population, ResidualAdd, SoftmaxAttention, SpikingSelfAttention,
-                                               Timing)
+from nxcompile.backends import lava_processes as processes_of
+from nxcompile.backends.lava_processes import HostSink, HostSource
 from nxcompile.compiler.graph import SpikingGraph, out_kind
 from nxcompile.errors import UsageError
 from nxcompile.sim import fixed_point as fx
 from nxcompile.sim.reference import execute_node
-
-ONE_ROW_KINDS = GRADED_KINDS + ("readout",)       # record one payload per token, not T rows of spikes
-# Lava's Dense sends in step t what it accumulated in step t - 1 (its a_buff), so a message into
-# a GradedDense's neurons arrives one step after its sender's.
-SYNAPSE_DELAY = 1
-# Lava's Python processes receive, in step t, what was sent in step t (a recv waits for the
-# sender's send of the same step), so a connection adds no latency in loihi2-sim; Loihi
-# hardware adds one step per connection.
-LAVA_HOP = 0
+from nxcompile.sim.schedule import LAVA_HOP, schedule
 
 
 def simulator_config() -> Loihi2SimCfg:
@@ -55,81 +45,26 @@ def simulator_config() -> Loihi2SimCfg:
     return Loihi2SimCfg(select_tag="fixed_pt")
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """Every on-chip node's timing, the token period, and which host nodes run before and after the chip."""
-    timings: dict[str, Timing]
-    period: int
-    host_before: list[str]
-    host_after: list[str]
+# integer op type -> the process that runs it (a population by its input ports)
+PROCESS_OF = {fx.Readout: processes_of.Population, fx.Norm: processes_of.Norm, fx.GradedAdd: processes_of.ResidualAdd,
+              fx.SpikingAttention: processes_of.SpikingSelfAttention, fx.GradedLinear: processes_of.GradedNeuron,
+              fx.SoftmaxAttention: processes_of.SoftmaxAttention}
 
 
-def _host_split(spiking: SpikingGraph, program: dict) -> tuple[list[str], list[str]]:
-    """Host nodes that feed the chip and host nodes that read it; refuses a host node in between."""
-    before, after = [], []
-    for name in spiking.order():
-        if name in program:
-            continue
-        reads_chip = any(a in program or a in after for a in spiking.graph.predecessors(name))
-        if reads_chip and any(d in program for d in nx.descendants(spiking.graph, name)):
-            raise UsageError(f"host node {name} sits between on-chip nodes; the Lava backend runs the host "
-                             f"only before and after the chip (mark it on-chip when converting)")
-        (after if reads_chip else before).append(name)
-    return before, after
+def process_class(op):
+    """The Lava process class of an integer op."""
+    if isinstance(op, fx.Population):
+        return processes_of.ResidualAdd if op.ports == ("a", "b") else processes_of.Population
+    return PROCESS_OF[type(op)]
 
 
-def schedule(spiking: SpikingGraph, program: dict[str, fx.IntOp], timesteps: int, hop: int = LAVA_HOP) -> Schedule:
-    """When each on-chip node integrates, in steps from the start of a token's period.
-    A spiking node's first spike is sent at `start` and reaches its consumers `hop`
-    steps later; a graded node's value is sent at `start` and held; host values are
-    sent at step 0."""
-    before, after = _host_split(spiking, program)
-    timings: dict[str, Timing] = {}
-    for name in spiking.order():
-        if name not in program:
-            continue
-        arrivals = {}
-        for port, source in spiking.inputs(name).items():
-            spikes = source in program and out_kind(spiking.op(source)) != "graded"
-            first = _ready_step(program[source].kind, timings[source], timesteps) + hop if source in program else hop
-            arrivals[port] = (spikes, first + (SYNAPSE_DELAY if program[name].kind == "graded-dense" else 0))
-        timings[name] = _timing(program[name].kind, arrivals, timesteps)
-    last = [_ready_step(program[s].kind, timings[s], timesteps) + hop
-            + (timesteps - 1 if out_kind(spiking.op(s)) != "graded" else 0)     # a spike window, whole
-            for name in after for s in spiking.graph.predecessors(name) if s in program]
-    return Schedule(timings, max(last, default=max(t.start for t in timings.values()) + timesteps) + 1,
-                    before, after)
-
-
-def token_period(spiking: SpikingGraph) -> int:
-    """Steps Lava takes per token for a quantised graph at the T it was made for (what its static
-    energy is priced over), without building its processes."""
-    return schedule(spiking, fx.integer_program(spiking), int(spiking.meta["options"]["timesteps"])).period
-
-
-def _timing(kind: str, arrivals: dict[str, tuple[bool, int]], timesteps: int) -> Timing:
-    if kind in GRADED_KINDS:
-        start = max(first + timesteps - 1 if spikes else first for spikes, first in arrivals.values())
-        return Timing(start, {p: PortTiming(spikes, window_start=first) for p, (spikes, first) in arrivals.items()})
-    start = max(first for _, first in arrivals.values())
-    ports = {p: PortTiming(spikes, delay=start - first if spikes else 0) for p, (spikes, first) in arrivals.items()}
-    return Timing(start, ports)
-
-
-def _ready_step(kind: str, timing: Timing, timesteps: int) -> int:
-    return timing.start + timesteps - 1 if kind == "readout" else timing.start
-
-
-PROCESS_OF = {"encode": Population, "dense": Population, "readout": Population, "norm": Norm,
-              "add": ResidualAdd, "graded-add": ResidualAdd, "ssa": SpikingSelfAttention,
-              "graded-dense": GradedNeuron, "attention": SoftmaxAttention}
 LAVA_WEIGHT_BITS = 8          # Lava's Dense (fixed point) holds 8-bit weights
 
 
-def synapses(op: fx.IntOp, in_bits: int, name: str) -> LavaDense:
+def synapses(op: fx.GradedLinear, in_bits: int, name: str) -> LavaDense:
     """Lava's own Dense process for a GradedDense's weights: 2m with sign mode MIXED (which keeps even
     8-bit weights), weight_exp = -(1 + acc_shift), graded input of `in_bits` bits; it sends
-    `fx.dense_accumulate` of its input."""
+    `op.accumulate` of its input."""
     return LavaDense(weights=2 * op.weight, weight_exp=-(1 + op.acc_shift), num_message_bits=in_bits,
                      sign_mode=SignMode.MIXED, num_weight_bits=LAVA_WEIGHT_BITS, name=f"{name}.synapses")
 
@@ -169,7 +104,7 @@ class LavaModel:
             logits = model.feed(token_ids)
     """
 
-    def __init__(self, spiking: SpikingGraph, timesteps: int | None = None, placement: dict | None = None,
+    def __init__(self, spiking: SpikingGraph, timesteps: int | None = None, placement=None,
                  run_config=None, record: bool = False):
         self.spiking = spiking
         self.timesteps = timesteps or int(spiking.meta.get("options", {}).get("timesteps", 1))
@@ -179,7 +114,8 @@ class LavaModel:
         self.host_ops = {name: fx.in_float64(spiking.op(name)) for name in self.plan.host_after}
         self.run_config = run_config or simulator_config()
         self.record = record
-        self.kv_capacity = min((op.kv_capacity for op in self.program.values() if op.kind == "ssa"), default=None)
+        self.kv_capacity = min((op.kv_capacity for op in self.program.values() if hasattr(op, "kv_capacity")),
+                               default=None)
         self.processes, self.synapses, self.sources, self.sinks = self._build(_cores_by_node(placement))
         self.token_ids: list[int] = []
         self.steps_run = 0
@@ -196,16 +132,16 @@ class LavaModel:
         processes = {}
         for name, op in self.program.items():
             sizes = {port: spiking.op(source).out_features for port, source in spiking.inputs(name).items()}
-            if op.kind == "graded-dense":       # the neurons read their synapses' sums, one per neuron
+            if isinstance(op, fx.GradedLinear):       # the neurons read their synapses' sums, one per neuron
                 sizes = {"x": spiking.op(name).out_features}
-            rows = 1 if op.kind in ONE_ROW_KINDS else T
-            processes[name] = PROCESS_OF[op.kind](
+            rows = T if op.sends_spikes else 1
+            processes[name] = process_class(op)(
                 name=name, op=op, timing=self.plan.timings[name], period=self.plan.period, timesteps=T,
                 in_sizes=sizes, out_size=spiking.op(name).out_features, record_rows=rows, cores=cores.get(name))
         sources = {name: HostSource(name=f"host:{name}", size=spiking.op(name).out_features)
                    for name in self.plan.host_before if any(s in self.program for s in spiking.graph.successors(name))}
         dense = {name: synapses(op, fx.message_bits(spiking, spiking.inputs(name)["x"]), name)
-                 for name, op in self.program.items() if op.kind == "graded-dense"}
+                 for name, op in self.program.items() if isinstance(op, fx.GradedLinear)}
         sinks = {}
         for name in self.plan.host_after:
             for source in spiking.graph.predecessors(name):
@@ -325,7 +261,7 @@ class LavaModel:
         values = {}
         for name, op in self.program.items():
             sent = np.stack([r.sent[name] for r in self.records])[None]
-            values[name] = sent[:, :, 0] if op.kind in ONE_ROW_KINDS else sent
+            values[name] = sent if op.sends_spikes else sent[:, :, 0]
         for name in self.sources:
             values[name] = np.stack([r.host[name] for r in self.records])[None]
         return values
@@ -359,18 +295,18 @@ class LavaModel:
 def _check_lava_precision(spiking: SpikingGraph) -> None:
     """Lava's Dense holds 8-bit weights and the KV cache 8-bit values: wider ones (the graded method's
     study) run in the reference simulator only."""
-    precision = spiking.meta.get("quantization", {}).get("precision", {})
-    if max(precision.get("weight_bits", 0), precision.get("kv_bits", 0)) > LAVA_WEIGHT_BITS:
-        raise UsageError(f"this graph holds {precision['weight_bits']}-bit weights and {precision['kv_bits']}-bit keys "
+    precision = spiking.quantization.precision if spiking.quantization is not None else None
+    if precision is not None and max(precision.weight_bits, precision.kv_bits) > LAVA_WEIGHT_BITS:
+        raise UsageError(f"this graph holds {precision.weight_bits}-bit weights and {precision.kv_bits}-bit keys "
                          f"and values; Lava's Dense and the KV cache hold {LAVA_WEIGHT_BITS} bits: quantise with the "
                          f"default precision to run it in Lava")
 
 
-def _cores_by_node(placement: dict | None) -> dict[str, list[int]]:
+def _cores_by_node(placement) -> dict[str, list[int]]:
     """The cores the partitioner gave each node's blocks (passed to the processes for hardware)."""
     cores: dict[str, list[int]] = {}
-    for block in (placement or {}).get("blocks", []):
-        cores.setdefault(block["layer"], []).append(block["core"])
+    for block in placement.blocks if placement is not None else ():
+        cores.setdefault(block.layer, []).append(block.core)
     return cores
 
 

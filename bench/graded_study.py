@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from nxcompile.compiler.convert import ConversionOptions, convert
-from nxcompile.compiler.quantize import GradedPrecision, quantize
+from nxcompile.compiler.graph import GradedPrecision
+from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
 from nxcompile.models.corpus import calibration_windows, load_corpus, token_windows
 from nxcompile.models.zoo import load_model

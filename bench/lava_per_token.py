@@ -20,7 +20,7 @@ import torch
 
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
 from nxcompile.backends.lava_sim import LavaModel
-from nxcompile.compiler.convert import ConversionOptions, convert
+from nxcompile.compiler.convert import ConversionOptions, convert, timesteps_for
 from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
 from nxcompile.models.corpus import load_corpus
@@ -31,7 +31,7 @@ from nxcompile.sim import fixed_point, reference
 def measure(spec: str, method: str, timesteps: int, tokens: int) -> dict:
     loaded = load_model(spec)
     calibration = torch.tensor(loaded.tokenizer(load_corpus().train[:20000])["input_ids"][:256]).reshape(2, 128)
-    timesteps = 1 if method == "graded" else timesteps
+    timesteps = timesteps_for(method, timesteps)
     graph = quantize(convert(loaded.model, ConversionOptions(method=method, timesteps=timesteps), calibration,
                              model_name=spec), TARGETS["loihi2-sim"])
     ids = loaded.tokenizer(load_corpus().held_out[:2000])["input_ids"][:tokens]

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
-from nxcompile.commands_energy import netx_counts
-from nxcompile.sim.energy import ENERGY_MODELS, LOIHI2_MEASURED_MJ, total
+from nxcompile.sim.energy import ENERGY_MODELS, LOIHI2_MEASURED_MJ, netx_energy, total
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "loihi2-measured"
 
@@ -30,8 +29,8 @@ def main() -> None:
     parser.add_argument("--measured", type=Path, default=SHARED)
     args = parser.parse_args()
     folder = args.measured / "pilotnet_snn"
-    rows = netx_counts(folder / "network.net", np.load(folder / "input.npy", allow_pickle=False), steps=16,
-                       skip_layers=1, input_layer_on_chip=True, reset_interval=16, reset_offset=3)
+    rows = netx_energy(folder / "network.net", np.load(folder / "input.npy", allow_pickle=False), steps=16,
+                       skip_layers=1, input_layer_on_chip=True, reset_interval=16, reset_offset=3).rows
     synaptic = sum(r.synaptic_ops for r in rows)
     updates = sum(r.neuron_updates for r in rows)
     messages = sum(r.messages for r in rows)

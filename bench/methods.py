@@ -21,16 +21,18 @@ from pathlib import Path
 import torch
 
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
-from nxcompile.backends.lava_sim import LavaModel, token_period
-from nxcompile.commands_snn import DEFAULT_TIMESTEPS, add_conversion_arguments, build_graph, save_figure
+from nxcompile.backends.lava_sim import LavaModel
+from nxcompile.compiler.convert import DEFAULT_TIMESTEPS, ConversionOptions, resolve_graph
 from nxcompile.compiler.layers import network_from_graph
-from nxcompile.compiler.partition import partition
+from nxcompile.compiler.partition import place
 from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
+from nxcompile.files import save_figure
 from nxcompile.models.corpus import load_corpus, token_windows
 from nxcompile.models.zoo import load_model
 from nxcompile.sim import energy, fixed_point
 from nxcompile.sim.evaluate import evaluate
+from nxcompile.sim.schedule import token_period
 
 # (method, T, whether Lava is timed there)
 POINTS = [("neurtransformer", 4, False), ("neurtransformer", 8, True), ("neurtransformer", 16, False),
@@ -39,11 +41,10 @@ PRICES = ("45nm", "45nm-int8", "loihi", "loihi2")
 
 
 def _graph(loaded, method: str, timesteps: int):
-    """The graph the CLI builds for this method and T: its own flags, at their defaults."""
-    parser = argparse.ArgumentParser()
-    add_conversion_arguments(parser)
-    args = parser.parse_args(["--method", method, "--timesteps", str(timesteps)])
-    return quantize(build_graph(args, loaded), TARGETS["loihi2-sim"])
+    """The graph the CLI builds for this method and T (gpt2-tiny's shipped graph for neurtransformer),
+    quantised for loihi2-sim."""
+    graph = resolve_graph(loaded, ConversionOptions(method=method, timesteps=timesteps), loaded.config.n_positions)
+    return quantize(graph, TARGETS["loihi2-sim"])
 
 
 def measure(loaded, method: str, timesteps: int, lava: bool, max_tokens: int, energy_tokens: int,
@@ -54,7 +55,7 @@ def measure(loaded, method: str, timesteps: int, lava: bool, max_tokens: int, en
     ev = evaluate(loaded.model, graph, held_out, timesteps, simulate=fixed_point.run)
     ids = held_out.flatten()[:energy_tokens][None]
     rows = energy.count(graph, fixed_point.run(graph, ids, timesteps, keep_values=True).values, timesteps)
-    placement = partition(network_from_graph(graph), TARGETS["loihi2-sim"])
+    placement = place(network_from_graph(graph), TARGETS["loihi2-sim"])
     period = token_period(graph)
     priced = {name: energy.total(rows, energy.ENERGY_MODELS[name]) for name in PRICES}
     result = {"method": method, "T": timesteps, "origin": graph.meta.get("origin", ""),

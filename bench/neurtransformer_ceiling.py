@@ -24,18 +24,21 @@ from nxcompile.sim.evaluate import evaluate
 
 
 def splice(spiking: SpikingGraph, exact: SpikingGraph, branch: str) -> SpikingGraph:
-    """`spiking` with every block's `branch` ("attn" or "mlp") nodes replaced by `exact`'s: the branch
-    reads the block's norm and feeds the block's add, as in both graphs."""
+    """`spiking` with every block's `branch` ("attention" or "mlp") nodes replaced by `exact`'s: the
+    branch reads the block's norm and feeds the block's add, as in both graphs."""
     graph = spiking.graph.copy()
-    inside = lambda name: f".{branch}." in name and not name.endswith(".add")      # noqa: E731
-    graph.remove_nodes_from([n for n in list(graph.nodes) if inside(n)])
+
+    def inside(g, name):
+        role = g.nodes[name]["role"]
+        return role.branch == branch and role.part not in ("norm", "add")
+
+    graph.remove_nodes_from([n for n in list(graph.nodes) if inside(graph, n)])
     result = SpikingGraph(graph, dict(spiking.meta))
     for name in exact.order():
-        if inside(name):
-            data = exact.graph.nodes[name]
-            graph.add_node(name, op=data["op"], host=data["host"], block=data["block"])
+        if inside(exact.graph, name):
+            graph.add_node(name, **exact.graph.nodes[name])
     for source, target, data in exact.graph.edges(data=True):
-        if inside(source) or inside(target):
+        if inside(exact.graph, source) or inside(exact.graph, target):
             result.connect(source, target, data["port"])
     return result
 
@@ -53,9 +56,9 @@ def main() -> None:
                     calibration_windows(loaded.tokenizer, context), "gpt2-tiny")
     held_out = token_windows(loaded.tokenizer, load_corpus().held_out, context, args.max_tokens)
     rows = {"fine-tuned, as it is": (tuned, args.timesteps),
-            "exact attention (ANN), spiking MLP": (splice(tuned, exact, "attn"), args.timesteps),
+            "exact attention (ANN), spiking MLP": (splice(tuned, exact, "attention"), args.timesteps),
             "spiking attention (SSA), exact MLP": (splice(tuned, exact, "mlp"), args.timesteps),
-            "exact attention and MLP": (splice(splice(tuned, exact, "attn"), exact, "mlp"), args.timesteps),
+            "exact attention and MLP": (splice(splice(tuned, exact, "attention"), exact, "mlp"), args.timesteps),
             "fine-tuned, rate limit (T -> infinity)": (tuned, None)}
     print(f"{args.graph}: {held_out.numel()} held-out tokens, float reference at T = {args.timesteps}")
     print("| branches | SNN ppl | change | cos(logits) | cos(hidden) per block | top-1 |")

@@ -47,9 +47,13 @@ quantiser sizes its payload; the integer kernels are `sim.fixed_point`'s.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import networkx as nx
 import torch
@@ -62,7 +66,6 @@ from nxcompile.errors import UsageError
 from nxcompile.sim import reference
 from nxcompile.sim.reference import execute_node, node_current
 
-METHODS = ("neurtransformer", "spikedecoder", "graded")
 EMBEDDINGS = ("rate", "binary", "graded")
 NORMS = ("layernorm", "static", "none")
 RESIDUALS = ("spiking", "graded")
@@ -106,10 +109,12 @@ class ConversionOptions:
     qkv_neuron: str = ""          # the Q, K and V populations' neuron model ("": as `neuron`)
 
     def __post_init__(self):
-        checks = [(self.method in METHODS, f"unknown method {self.method!r}; choose {METHODS}"),
-                  (self.timesteps > 0, f"timesteps must be > 0, got {self.timesteps}"),
-                  (self.method != "graded" or self.timesteps == 1,
-                   "the graded method sends one graded spike per layer and token: it runs at T = 1"),
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}; choose {tuple(METHODS)}")
+        method = METHODS[self.method]
+        checks = [(self.timesteps > 0, f"timesteps must be > 0, got {self.timesteps}"),
+                  (method.fixed_timesteps in (None, self.timesteps),
+                   f"the {self.method} method runs at T = {method.fixed_timesteps} ({method.description})"),
                   (self.neuron in NEURON_MODELS, f"unknown neuron model {self.neuron!r}; "
                                                  f"choose {tuple(NEURON_MODELS)}"),
                   (self.gelu in GELU_HINGES, f"unknown GELU handling {self.gelu!r}; "
@@ -126,6 +131,17 @@ class ConversionOptions:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        fields = ConversionOptions.__dataclass_fields__
+        ignored = [name for name, spec in fields.items() if name not in COMMON_FIELDS + method.reads
+                   and getattr(self, name) != _default(spec)]
+        if ignored:
+            flag = lambda name: "--" + name.replace("_", "-")        # noqa: E731
+            raise UsageError(f"{', '.join(map(flag, ignored))}: not an option of the {self.method} method, which "
+                             f"reads {', '.join(map(flag, method.reads)) or 'none besides --timesteps and --host'}")
+
+
+def _default(spec: dataclasses.Field):
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
 
 
 def gelu_hinges(activation: str, breakpoints: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,9 +184,11 @@ class _CalibratingBuilder:
     """Adds nodes to a SpikingGraph and runs each on calibration tokens at once
     (rate limit), so every threshold is set from the activations it will see."""
 
-    def __init__(self, spiking: SpikingGraph, token_ids: torch.Tensor, percentile: float, model_config):
+    def __init__(self, spiking: SpikingGraph, token_ids: torch.Tensor, percentile: float, model_config,
+                 spiking_residual: bool):
         self.spiking, self.token_ids, self.percentile = spiking, token_ids, percentile
         self.model_config = model_config
+        self.spiking_residual = spiking_residual      # the residual stream a spike train (spikedecoder)
         self.values: dict[str, torch.Tensor] = {}
 
     def add(self, name: str, op, inputs: dict[str, str] | None = None, *, host: bool = False,
@@ -258,7 +276,7 @@ def _branch_input(b: _CalibratingBuilder, prefix: str, norm_name: str, norm, x: 
     as (source node, gain, shift): the value of a source spike per step is
     gain * s + shift, which the reading Dense layers fold into their weights."""
     scale, offset = _decoding(b, x)
-    if options.method == "neurtransformer" or options.norm == "layernorm":
+    if options.norm == "layernorm":
         node = _layer_norm(b, norm_name, norm, x, options, i, scale, offset)
         enc = b.add(f"{prefix}.encode", Encode(_width(b, node), _neuron(options, signed=True)), {"x": node},
                     block=i, groups=_groups(options, _width(b, node)))
@@ -283,7 +301,7 @@ def _layer_norm(b: _CalibratingBuilder, name: str, norm, x: str, options: Conver
 def _branch_output(b: _CalibratingBuilder, prefix: str, weight: torch.Tensor, bias: torch.Tensor,
                    source: str, x: str, options: ConversionOptions, i: int) -> str:
     """Projection back to the residual stream, and the residual add."""
-    spiking = options.method == "spikedecoder" and options.residual == "spiking"
+    spiking = b.spiking_residual
     proj = b.add(f"{prefix}.c_proj", Dense(_fold(weight, b.spike_value(source)), bias,
                                            _neuron(options, signed=True) if spiking else None),
                  {"x": source}, block=i)
@@ -378,7 +396,7 @@ def _embedding_spikes(b: _CalibratingBuilder, embed: str, options: ConversionOpt
     `binary` shifts each channel by its lowest possible value (the minimum over the
     vocabulary plus the minimum over positions), so 0/1 spikes carry it; the
     population's offset tells every receiver to add the shift back."""
-    if options.method != "spikedecoder" or options.residual != "spiking" or options.embedding == "graded":
+    if not b.spiking_residual or options.embedding == "graded":
         return embed
     if options.embedding == "rate":
         return b.add("embed.encode", Encode(_width(b, embed), _neuron(options, signed=True)), {"x": embed})
@@ -401,18 +419,18 @@ def convert(model: GPT2LMHeadModel, options: ConversionOptions, calibration_ids:
         "n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head, "vocab_size": config.vocab_size,
         "n_positions": config.n_positions, "activation": config.activation_function,
         "calibration_tokens": int(calibration_ids.numel())})
+    method = METHODS[options.method]
     with torch.no_grad():
-        b = _CalibratingBuilder(spiking, calibration_ids, options.calibration_percentile, config)
+        b = _CalibratingBuilder(spiking, calibration_ids, options.calibration_percentile, config,
+                                method.spiking_residual(options))
         x = b.add("embed", Embed(transformer.wte.weight.detach().float().clone(),
                                  transformer.wpe.weight.detach().float().clone()),
                   host="embed" in options.host)
         x = _embedding_spikes(b, x, options)
-        graded = options.method == "graded"
-        attention, feed_forward = (_graded_attention, _graded_feed_forward) if graded else (_attention, _feed_forward)
         block_outputs = []
         for i, block in enumerate(transformer.h):
-            x = attention(b, block, i, x, options)
-            x = feed_forward(b, block, i, x, options, config.activation_function)
+            x = method.attention(b, block, i, x, options)
+            x = method.feed_forward(b, block, i, x, options, config.activation_function)
             block_outputs.append(x)
         scale, offset = _decoding(b, x)
         final = _layer_norm(b, "ln_f", transformer.ln_f, x, options, None, scale, offset,
@@ -421,4 +439,171 @@ def convert(model: GPT2LMHeadModel, options: ConversionOptions, calibration_ids:
         b.add("lm_head", Dense(head, torch.zeros(head.shape[0])), {"x": final},
               host="lm_head" in options.host)
     spiking.meta.update(block_outputs=block_outputs, logits_node="lm_head")
+    return spiking
+
+
+# ---- the methods: one entry each --------------------------------------------------------------------
+
+COMMON_FIELDS = ("method", "timesteps", "host")
+_RATE_FIELDS = ("neuron", "gelu", "calibration_percentile", "ssa_scale", "ssa_norm", "thresholds", "qkv_neuron")
+
+
+def _hinge_count(options: dict) -> int:
+    """Rate-coded populations standing for one ANN MLP neuron: one per GELU hinge."""
+    return max(1, len(GELU_HINGES[options["gelu"]]))
+
+
+def _rate_details(spiking: SpikingGraph) -> str:
+    options = spiking.meta["options"]
+    return f", neuron {options['neuron']}, GELU {options['gelu']}"
+
+
+def _spikedecoder_details(spiking: SpikingGraph) -> str:
+    options = spiking.meta["options"]
+    return (f" (embedding {options['embedding']}, norm {options['norm']}, residual {options['residual']})"
+            + _rate_details(spiking))
+
+
+def _graded_details(spiking: SpikingGraph) -> str:
+    precision = spiking.quantization.precision if spiking.quantization is not None else None
+    if precision is None:
+        return " (one graded spike per layer and token; float, not quantised)"
+    return (f" (one graded spike per layer and token: {precision.weight_bits}-bit weights, "
+            f"{precision.activation_bits}-bit activations, {precision.kv_bits}-bit KV cache)")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One conversion method: what it is, the ConversionOptions fields it reads besides
+    COMMON_FIELDS (every other must keep its default), how it builds a block's attention and
+    feed-forward branches, whether its residual stream is a spike train, the T it runs at if
+    fixed, how many populations stand for one ANN MLP neuron (the ANN's MACs are counted per
+    ANN neuron) and how a report describes its graph."""
+    name: str
+    description: str
+    reads: tuple[str, ...]
+    attention: Callable
+    feed_forward: Callable
+    details: Callable[[SpikingGraph], str]
+    mlp_populations: Callable[[dict], int] = lambda options: 1
+    spiking_residual: Callable[[ConversionOptions], bool] = lambda options: False
+    fixed_timesteps: int | None = None
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("neurtransformer", "spiking self-attention and rate-coded MLPs (Balaji et al.)", _RATE_FIELDS,
+           _attention, _feed_forward, _rate_details, _hinge_count),
+    Method("spikedecoder", "also the residual stream in spikes (Beger et al.)",
+           _RATE_FIELDS + ("embedding", "norm", "residual"), _attention, _feed_forward, _spikedecoder_details,
+           _hinge_count, spiking_residual=lambda options: options.residual == "spiking"),
+    Method("graded", "one graded spike per layer and token, the transformer whole in integers", (),
+           _graded_attention, _graded_feed_forward, _graded_details, fixed_timesteps=1),
+)}
+DEFAULT_TIMESTEPS = ConversionOptions.__dataclass_fields__["timesteps"].default
+
+
+def method_of(spiking: SpikingGraph) -> Method:
+    """The registry entry of the method a graph was converted with."""
+    name = spiking.meta.get("options", {}).get("method")
+    if name not in METHODS:
+        raise UsageError(f"the graph was made by method {name!r}, which nxcompile does not know; "
+                         f"convert it again ({', '.join(METHODS)})")
+    return METHODS[name]
+
+
+def describe_graph(spiking: SpikingGraph) -> str:
+    """Which graph a report is about: where it came from and how it was converted."""
+    method = method_of(spiking)
+    return f"{spiking.meta.get('origin', 'converted')}; method {method.name}{method.details(spiking)}"
+
+
+# ---- which graph a command works on ------------------------------------------------------------------
+
+log = logging.getLogger(__name__)
+
+
+def timesteps_for(method: str, requested: int | None) -> int:
+    """--timesteps as asked, else DEFAULT_TIMESTEPS; a method with a fixed T runs at it whatever was
+    asked (a note says so)."""
+    fixed = METHODS[method].fixed_timesteps
+    if fixed is None:
+        return requested or DEFAULT_TIMESTEPS
+    if requested not in (None, fixed):
+        log.info(f"note: the {method} method runs at T = {fixed}; --timesteps is ignored")
+    return fixed
+
+
+def resolve_graph(loaded, options: ConversionOptions, context: int, graph_file: Path | None = None,
+                  shipped: bool = True) -> SpikingGraph:
+    """The spiking graph a command works on: `graph_file` if given; else, with `shipped`, the
+    fine-tuned graph shipped for this model and method when `options` are the ones it was made
+    with; else a fresh conversion of `loaded` (a models.zoo.LoadedModel) calibrated on windows of
+    `context` tokens of the training split. The graph records where it came from in
+    meta["origin"] and runs at options.timesteps."""
+    from nxcompile.models.corpus import calibration_windows
+
+    if graph_file is not None:
+        spiking = _read_graph(graph_file, loaded.name)
+        origin = f"graph file {graph_file}{_tuning(spiking)}"
+    elif shipped and (found := _shipped_graph(loaded.name, options)) is not None:
+        spiking, origin = found
+    else:
+        calibration = calibration_windows(loaded.tokenizer, min(context, loaded.config.n_positions))
+        log.info(f"converting {loaded.name} ({options.method}), calibrating on {calibration.numel()} training tokens")
+        spiking = convert(loaded.model, options, calibration, model_name=loaded.name)
+        origin = "converted, not fine-tuned"
+    spiking.meta["origin"] = origin
+    return _at_timesteps(spiking, options.timesteps)
+
+
+def _tuning(spiking: SpikingGraph) -> str:
+    tuned = spiking.meta.get("finetune")
+    if tuned is None:
+        return " (not fine-tuned)"
+    options = tuned["options"]
+    return f" (fine-tuned: {tuned['steps']:,} steps, scope {options['scope']}, T = {options['timesteps']})"
+
+
+def _shipped_graph(model_name: str, options: ConversionOptions) -> tuple[SpikingGraph, str] | None:
+    """(graph, origin) of the fine-tuned graph shipped for this model and method, or None: where none
+    is shipped, or where `options` differ from those it was made with (a note says so)."""
+    from nxcompile.compiler.graph import load_graph
+    from nxcompile.models.zoo import shipped_graph
+
+    path = shipped_graph(model_name, options.method)
+    if path is None:
+        return None
+    spiking = load_graph(path)
+    wanted, stored = json.loads(json.dumps(asdict(options))), spiking.meta["options"]
+    differing = [f"{key} {stored.get(key)!r} -> {value!r}" for key, value in wanted.items()
+                 if key != "timesteps" and stored.get(key) != value]
+    if differing:
+        log.info(f"note: the fine-tuned graph shipped for {model_name} was made with other conversion flags "
+                 f"({', '.join(differing)}); converting without fine-tuning")
+        return None
+    log.info(f"graph: the fine-tuned {path.name} shipped with {model_name}{_tuning(spiking)}; --raw for the "
+             f"conversion alone")
+    return spiking, f"shipped fine-tuned graph {path.name}{_tuning(spiking)}"
+
+
+def _at_timesteps(spiking: SpikingGraph, timesteps: int) -> SpikingGraph:
+    """The graph set to run at `timesteps` (thresholds do not depend on T; executors read it from
+    meta); a method with a fixed T keeps it."""
+    options = spiking.meta["options"]
+    if method_of(spiking).fixed_timesteps is not None:
+        return spiking
+    if options.get("timesteps") != timesteps:
+        log.info(f"note: the graph was made at T = {options.get('timesteps')}; running it at T = {timesteps}")
+        spiking.meta["options"] = {**options, "timesteps": timesteps}
+    return spiking
+
+
+def _read_graph(path: Path, model_name: str) -> SpikingGraph:
+    from nxcompile.compiler.graph import load_graph
+
+    spiking = load_graph(path)
+    if spiking.meta.get("model") != model_name:
+        raise UsageError(f"{path} was made from {spiking.meta.get('model')!r}, not {model_name!r}; "
+                         f"name that model or convert {model_name} again")
+    log.info(f"graph: {path}{_tuning(spiking)}, method {spiking.meta['options']['method']}")
     return spiking

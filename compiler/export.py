@@ -27,15 +27,16 @@ import json
 from pathlib import Path
 
 import h5py
-import networkx as nx
 import numpy as np
 import torch
 
 from nxcompile.compiler.graph import (SSA, Add, Attention, Dense, Embed, Encode, GradedDense, LayerNorm, SpikingGraph,
                                       flatten_op, inconsistencies, unflatten_op)
 from nxcompile.compiler.layers import netx_value
+from nxcompile.compiler.partition import Placement
 from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
+from nxcompile.sim.fixed_point import DECAY_UNITS
 
 FORMAT = "nxcompile-net"
 VERSION = 1
@@ -43,7 +44,6 @@ EXTENSION_TYPES = {Embed: "embed", LayerNorm: "layernorm", Encode: "encode", SSA
                    GradedDense: "graded_dense", Attention: "attention"}
 TYPE_OPS = {"dense": Dense, "dense_vth": Dense, "readout": Dense,
             **{name: cls for cls, name in EXTENSION_TYPES.items()}}
-DECAY_UNITS = 4096          # lava-dl CUBA decays are 12-bit: 4096 = everything decays
 
 
 class NetFileError(UsageError):
@@ -88,7 +88,7 @@ def _write_netx_dense(group: h5py.Group, op: Dense) -> None:
     _dataset(neuron, "wgtExp", np.int64(0))
 
 
-def _write(handle: h5py.File, spiking: SpikingGraph, placement: dict | None, tokenizer: str) -> None:
+def _write(handle: h5py.File, spiking: SpikingGraph, placement: Placement | None, tokenizer: str) -> None:
     layers = handle.create_group("layer", track_order=True)
     for i, name in enumerate(spiking.order()):
         node = spiking.graph.nodes[name]
@@ -110,13 +110,13 @@ def _write(handle: h5py.File, spiking: SpikingGraph, placement: dict | None, tok
     root.attrs["format"] = FORMAT
     root.attrs["version"] = VERSION
     # Datasets, not attributes: HDF5 caps an attribute at 64 KiB and a placement can be megabytes.
-    _dataset(root, "meta", json.dumps(spiking.meta, sort_keys=True))
-    _dataset(root, "placement", json.dumps(placement, sort_keys=True) if placement is not None else "")
+    _dataset(root, "meta", json.dumps(spiking.file_meta(), sort_keys=True))
+    _dataset(root, "placement", json.dumps(placement.as_data(), sort_keys=True) if placement is not None else "")
     _dataset(root, "tokenizer", tokenizer)
 
 
-def export_net(spiking: SpikingGraph, path: Path, placement: dict | None = None, tokenizer=None) -> None:
-    """Write the graph (and a placement as plain data) to `path`, atomically. A fast
+def export_net(spiking: SpikingGraph, path: Path, placement: Placement | None = None, tokenizer=None) -> None:
+    """Write the graph (and its placement) to `path`, atomically. A fast
     Hugging Face `tokenizer` is stored as its tokenizer.json, so the file alone runs text."""
     text = tokenizer.backend_tokenizer.to_str() if tokenizer is not None else ""
 
@@ -137,7 +137,7 @@ def _read_op(group: h5py.Group, cls):
 READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, OverflowError)
 
 
-def load_net(path: Path) -> tuple[SpikingGraph, dict | None]:
+def load_net(path: Path) -> tuple[SpikingGraph, Placement | None]:
     """The graph and placement an nxcompile `.net` file holds; one clear error otherwise."""
     try:
         with h5py.File(path, "r") as handle:
@@ -154,7 +154,7 @@ def load_net(path: Path) -> tuple[SpikingGraph, dict | None]:
     return spiking, placement
 
 
-def _read(handle: h5py.File, path: Path) -> tuple[SpikingGraph, dict | None]:
+def _read(handle: h5py.File, path: Path) -> tuple[SpikingGraph, Placement | None]:
     root = handle.get("nxcompile")
     if root is None or root.attrs.get("format") != FORMAT:
         raise NetFileError(f"{path} is a .net file but not one nxcompile wrote (no nxcompile group); "
@@ -162,7 +162,7 @@ def _read(handle: h5py.File, path: Path) -> tuple[SpikingGraph, dict | None]:
     if int(root.attrs["version"]) > VERSION:
         raise NetFileError(f"{path} was written by a newer nxcompile (format {root.attrs['version']})")
     meta, placement = json.loads(netx_value(root, "meta")), netx_value(root, "placement")
-    spiking = SpikingGraph(nx.DiGraph(), meta)
+    spiking = SpikingGraph.from_file_meta(meta)
     layers = handle["layer"]
     edges = []
     for i in range(len(layers)):
@@ -172,14 +172,14 @@ def _read(handle: h5py.File, path: Path) -> tuple[SpikingGraph, dict | None]:
             raise NetFileError(f"{path}: layer {i} has unknown type {kind!r}")
         name = netx_value(group, "nx_name")
         block = int(group["nx_block"][()])
-        spiking.graph.add_node(name, op=_read_op(group, TYPE_OPS[kind]),
-                               host=bool(group["nx_host"][()]), block=None if block < 0 else block)
+        spiking.add(name, _read_op(group, TYPE_OPS[kind]), host=bool(group["nx_host"][()]),
+                    block=None if block < 0 else block)
         edges += [(source, name, port) for port, source in json.loads(netx_value(group, "nx_inputs")).items()]
     for source, target, port in edges:
         if source not in spiking.graph:
             raise NetFileError(f"{path}: layer {target} reads {source!r}, which the file does not hold")
         spiking.connect(source, target, port)
-    return spiking, (json.loads(placement) if placement else None)
+    return spiking, (Placement.from_data(json.loads(placement)) if placement else None)
 
 def load_tokenizer(path: Path):
     """The tokenizer stored in an nxcompile `.net` file (a transformers fast tokenizer)."""
@@ -198,3 +198,42 @@ def load_tokenizer(path: Path):
     except Exception as exc:   # the tokenizers library raises plain Exceptions on bad JSON
         raise NetFileError(f"{path} holds a damaged tokenizer ({exc}); export it again") from None
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+
+
+def is_nxcompile_net(path: Path) -> bool:
+    """Whether an HDF5 `.net` file is one nxcompile wrote (else a foreign lava-dl netx network)."""
+    try:
+        with h5py.File(path, "r") as handle:
+            return "nxcompile" in handle
+    except OSError as exc:
+        raise UsageError(f"{path} is not an HDF5 .net file ({exc}); give a file written by lava-dl or "
+                         f"`nxcompile export`") from None
+
+
+def _neuron_text(op) -> str:
+    neuron = getattr(op, "neuron", None)
+    if neuron is None:
+        return "graded value"
+    theta = neuron.threshold
+    return (f"{neuron.kind}, theta {float(theta.min()):g}..{float(theta.max()):g}, leak {neuron.leak:g}, "
+            f"reset by subtraction")
+
+
+def describe_net(path: Path) -> list[str]:
+    """An nxcompile `.net` file's layers, types, shapes, neurons and placement, a line each."""
+    spiking, placement = load_net(path)
+    meta = spiking.meta
+    quantised = spiking.quantization.target if spiking.quantization is not None else "nothing (float)"
+    lines = [f"{path}: nxcompile .net, model {meta.get('model')}, method {meta['options']['method']}, "
+             f"T = {meta['options']['timesteps']}, quantised for {quantised}",
+             f"{'#':>3} {'layer':22} {'type':10} {'out':>6} {'where':6} {'inputs':40} neurons"]
+    for i, name in enumerate(spiking.order()):
+        node = spiking.graph.nodes[name]
+        inputs = ", ".join(f"{port}={source}" for port, source in sorted(spiking.inputs(name).items()))
+        lines.append(f"{i:>3} {name:22} {layer_type(node['op']):10} {node['op'].out_features:>6} "
+                     f"{'host' if node['host'] else 'chip':6} {inputs:40} {_neuron_text(node['op'])}")
+    if placement is None:
+        return lines + ["placement: none stored"]
+    return lines + [f"placement: {placement.cores_used} cores on {placement.chips_used} chip(s) of "
+                    f"{placement.target}, lower bound {placement.lower_bound_cores}, {len(placement.blocks)} "
+                    f"blocks; host layers {', '.join(placement.host_layers)}"]

@@ -14,6 +14,7 @@ step), `ternary` (-1/0/+1 spikes per step, a 2-bit graded spike) or
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
 
 FORMAT_VERSION = 1
+# The graded messages of the residual stream (and of every graded value the quantiser sizes no
+# payload for): Loihi 2's 24-bit graded spike ([Lava] lif/models.py: 24-bit s_out) with 10
+# fraction bits, resolution 1/1024 and range +-8192.
+GRADED_BITS = 24
+GRADED_FRACTION_BITS = 10
 
 
 @dataclass
@@ -170,6 +176,11 @@ class SSA:
     kv_capacity: int = 1024
     position_norm: bool = False
 
+    def __post_init__(self):
+        if not self.causal:      # a field of format 1; every executor runs GPT-2's causal attention
+            raise ValueError("SSA must be causal: the reference, its fixed point and Lava attend to earlier "
+                             "tokens only")
+
     @property
     def out_features(self) -> int:
         return self.n_head * self.head_dim
@@ -242,15 +253,131 @@ def out_kind(op) -> str:
     return neuron.kind if neuron is not None else "graded"
 
 
+@dataclass(frozen=True)
+class PopulationFormat:
+    """How a population (or a readout) stores its numbers on chip: weights m * 2**weight_exp in
+    state units, 2**unit_log2 state units per float unit, biases mb * 2**bias_exp, thresholds
+    at most threshold_max (compiler.quantize says how each is chosen)."""
+    weight_exp: int
+    unit_log2: int
+    bias_exp: int
+    mantissa_bits_used: int
+    threshold_max: int
+
+
+@dataclass(frozen=True)
+class MessageFormat:
+    """A graded message: a signed payload of `bits` bits standing for payload / 2**frac."""
+    bits: int
+    frac: int
+
+
+RESIDUAL_FORMAT = MessageFormat(GRADED_BITS, GRADED_FRACTION_BITS)
+
+
+@dataclass(frozen=True)
+class AccumulatorFormat(MessageFormat):
+    """A GradedDense's message, and how it accumulates: input payloads of in_bits / in_frac,
+    weights m * 2**weight_exp, the sum shifted right by acc_shift to acc_frac fraction bits."""
+    in_bits: int
+    in_frac: int
+    weight_exp: int
+    acc_shift: int
+    acc_frac: int
+    mantissa_bits_used: int
+
+
+@dataclass(frozen=True)
+class GradedPrecision:
+    """The graded method's bit widths, sign included (its study changes one at a time).
+    `exact` lists integer kernels computed exactly in float64 instead: exp, gelu, norm."""
+    weight_bits: int = 8
+    kv_bits: int = 8
+    activation_bits: int = 16
+    exact: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "exact", tuple(self.exact))
+
+
+def _layer_format(data: dict):
+    """A format read back from a file, its type told by its fields."""
+    kind = AccumulatorFormat if "acc_shift" in data else MessageFormat if "bits" in data else PopulationFormat
+    return kind(**data)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """What the quantiser chose for a graph: the target, each on-chip node's format, and the graded
+    method's precision. Typed here; plain data only in files (`as_data`, `from_data`)."""
+    target: str
+    layers: dict = field(default_factory=dict)          # node -> PopulationFormat | MessageFormat | ...
+    precision: GradedPrecision | None = None
+
+    def as_data(self) -> dict:
+        data = {"target": self.target, "layers": {n: dataclasses.asdict(f) for n, f in self.layers.items()}}
+        if self.precision is not None:
+            data["precision"] = dataclasses.asdict(self.precision)
+        return data
+
+    @staticmethod
+    def from_data(data: dict) -> "Quantization":
+        precision = data.get("precision")
+        return Quantization(data["target"], {n: _layer_format(f) for n, f in data["layers"].items()},
+                            GradedPrecision(**precision) if precision is not None else None)
+
+
+@dataclass(frozen=True)
+class Role:
+    """What a node is in the transformer: its branch (`embed`, `attention`, `mlp`, `head`) and its
+    part of it (`norm`, `encode`, `q`, `k`, `v`, `op`, `output`, `add`, `hidden`, `table`, `readout`).
+    Energy and fine-tuning choose nodes by role, never by name."""
+    branch: str
+    part: str
+
+
+# The converter's node names say each node's role: h{block}.attn.q, h{block}.ln_2, embed, ...
+# (files of format 1 store no roles, so loaders read them off the names the same way).
+_BLOCK_NAMES = {("attention", "norm"): "ln_1", ("mlp", "norm"): "ln_2"}
+_BRANCH_PREFIX = {"attention": "attn", "mlp": "mlp"}
+_PART_NAMES = {"hidden": "c_fc", "output": "c_proj"}
+_TOP_NAMES = {Role("embed", "table"): "embed", Role("embed", "encode"): "embed.encode",
+              Role("head", "norm"): "ln_f", Role("head", "readout"): "lm_head"}
+_ATTENTION_OPS = ("ssa", "softmax")
+UNKNOWN_ROLE = Role("other", "other")
+
+
+def role_of_name(name: str) -> Role:
+    """The role a converter's node name says (UNKNOWN_ROLE for a name the converter never writes)."""
+    top = {v: k for k, v in _TOP_NAMES.items()}
+    if name in top:
+        return top[name]
+    head, _, rest = name.partition(".")
+    if not (head[:1] == "h" and head[1:].isdigit()):
+        return UNKNOWN_ROLE
+    norms = {v: Role(*k) for k, v in _BLOCK_NAMES.items()}
+    if rest in norms:
+        return norms[rest]
+    prefix, _, part = rest.partition(".")
+    branch = {v: k for k, v in _BRANCH_PREFIX.items()}.get(prefix)
+    if branch is None or not part:
+        return UNKNOWN_ROLE
+    if branch == "attention" and part in _ATTENTION_OPS:
+        return Role(branch, "op")
+    return Role(branch, {v: k for k, v in _PART_NAMES.items()}.get(part, part))
+
+
 @dataclass
 class SpikingGraph:
-    """The IR plus what produced it (model name, method, options)."""
+    """The IR plus what produced it (model name, method, options) and, once quantised, the
+    formats its numbers are stored in."""
     graph: nx.DiGraph
     meta: dict = field(default_factory=dict)
+    quantization: Quantization | None = None
 
     def add(self, name: str, op, inputs: dict[str, str] | None = None, host: bool = False,
-            block: int | None = None) -> str:
-        self.graph.add_node(name, op=op, host=host, block=block)
+            block: int | None = None, role: Role | None = None) -> str:
+        self.graph.add_node(name, op=op, host=host, block=block, role=role or role_of_name(name))
         for port, source in (inputs or {}).items():
             self.connect(source, name, port)
         return name
@@ -263,6 +390,9 @@ class SpikingGraph:
     def op(self, name: str):
         return self.graph.nodes[name]["op"]
 
+    def role(self, name: str) -> Role:
+        return self.graph.nodes[name]["role"]
+
     def inputs(self, name: str) -> dict[str, str]:
         return {data["port"]: source for source, _, data in self.graph.in_edges(name, data=True)}
 
@@ -271,6 +401,28 @@ class SpikingGraph:
 
     def spiking_nodes(self) -> list[str]:
         return [n for n in self.order() if out_kind(self.op(n)) != "graded"]
+
+    def copy(self) -> "SpikingGraph":
+        """A deep copy (ops, metadata and formats)."""
+        return copy.deepcopy(self)
+
+    def message_format(self, name: str) -> MessageFormat:
+        """The format of the graded message node `name` sends: the quantiser's, else (host values,
+        the rate-coded methods' graded messages) the residual stream's."""
+        fmt = self.quantization.layers.get(name) if self.quantization is not None else None
+        return fmt if isinstance(fmt, MessageFormat) else RESIDUAL_FORMAT
+
+    def file_meta(self) -> dict:
+        """The metadata as files store it: the quantisation record as plain data under its key."""
+        if self.quantization is None:
+            return self.meta
+        return {**self.meta, "quantization": self.quantization.as_data()}
+
+    @staticmethod
+    def from_file_meta(meta: dict) -> "SpikingGraph":
+        meta = dict(meta)
+        quantization = meta.pop("quantization", None)
+        return SpikingGraph(nx.DiGraph(), meta, Quantization.from_data(quantization) if quantization else None)
 
 
 def _input_widths(op) -> dict[str, int]:
@@ -369,7 +521,7 @@ def save_graph(spiking: SpikingGraph, path: Path) -> None:
     edges = [{"source": s, "target": t, "port": d["port"]}
              for s, t, d in sorted(spiking.graph.edges(data=True))]
     structure = {"format": "nxcompile-spiking-graph", "version": FORMAT_VERSION,
-                 "nodes": nodes, "edges": edges, "meta": spiking.meta}
+                 "nodes": nodes, "edges": edges, "meta": spiking.file_meta()}
     write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata={"structure": json.dumps(structure)}),
                      "choose a writable path with free space", errors=(OSError, SafetensorError))
 
@@ -384,10 +536,10 @@ def load_graph(path: Path) -> SpikingGraph:
     if structure.get("format") != "nxcompile-spiking-graph":
         raise UsageError(f"{path} is not a spiking graph saved by nxcompile")
     try:
-        spiking = SpikingGraph(nx.DiGraph(), structure["meta"])
+        spiking = SpikingGraph.from_file_meta(structure["meta"])
         for node in structure["nodes"]:
             op = unflatten_op(OP_TYPES[node["type"]], node["fields"], tensors)
-            spiking.graph.add_node(node["name"], op=op, host=node["host"], block=node["block"])
+            spiking.add(node["name"], op, host=node["host"], block=node["block"])
         for edge in structure["edges"]:
             spiking.connect(edge["source"], edge["target"], edge["port"])
         problems = inconsistencies(spiking)

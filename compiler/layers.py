@@ -31,11 +31,6 @@ import numpy as np
 
 from nxcompile.errors import UsageError
 
-# Graded per-token messages (a LayerNorm's output, a host embedding) travel as
-# Loihi 2 graded spikes; lava-dl netx's default payload for sigma-delta layers.
-GRADED_MESSAGE_BITS = 16
-# The graded method's keys and values in the KV cache, where a graph is not quantised yet.
-GRADED_KV_BITS = 8
 # Spike rate assumed where none was measured (spikes per neuron per step).
 ESTIMATED_SPIKE_RATE = 0.1
 KINDS = ("dense", "elementwise", "norm", "attention", "conv", "input")
@@ -85,26 +80,33 @@ class Network:
     def chip_layers(self) -> list[LayerSpec]:
         return [layer for layer in self.layers if not layer.host]
 
+    def describe(self) -> list[str]:
+        """The layers, a line each: kind, neurons and the bits of what they send."""
+        lines = [f"{self.source}: lava-dl netx network (not written by nxcompile), T = {self.timesteps}",
+                 f"{'#':>3} {'layer':14} {'kind':12} {'neurons':>8} {'message bits':>12}"]
+        return lines + [f"{i:>3} {layer.name:14} {layer.kind:12} {layer.neurons:>8} {layer.message_bits:>12}"
+                        for i, layer in enumerate(self.layers)]
 
-def _message(kind: str, rate: float | None, timesteps: int) -> tuple[int, float]:
-    """(payload bits, messages per neuron per token) of an IR message kind."""
-    if kind == "graded":
-        return GRADED_MESSAGE_BITS, 1.0
-    bits = 1 if kind == "binary" else 2 if kind == "ternary" else int(kind.removeprefix("graded-spike"))
-    return bits, (ESTIMATED_SPIKE_RATE if rate is None else rate) * timesteps
+
+def _message(spiking, name: str, rate: float | None, timesteps: int) -> tuple[int, float]:
+    """(payload bits, messages per neuron per token) of what a node sends: a graded value once per
+    token in its format (the residual stream's, unless the quantiser sized it), spikes T times at
+    their rate."""
+    neuron = getattr(spiking.op(name), "neuron", None)
+    if neuron is None:
+        return spiking.message_format(name).bits, 1.0
+    return neuron.payload_bits, (ESTIMATED_SPIKE_RATE if rate is None else rate) * timesteps
 
 
 def _graph_layer(spiking, name: str, rates: dict[str, float], timesteps: int) -> LayerSpec:
-    from nxcompile.compiler.graph import SSA, Add, Attention, Dense, Embed, Encode, GradedDense, LayerNorm, out_kind
+    from nxcompile.compiler.graph import SSA, Add, Attention, Dense, Embed, Encode, GradedDense, LayerNorm
 
     op = spiking.op(name)
     inputs = spiking.inputs(name)
     node = spiking.graph.nodes[name]
     sources = tuple(inputs[port] for port in sorted(inputs))
-    bits, per_token = _message(out_kind(op), rates.get(name), timesteps)
-    formats = spiking.meta.get("quantization", {}).get("layers", {})
-    if name in formats and "bits" in formats[name]:      # the graded method sizes each message
-        bits = formats[name]["bits"]
+    bits, per_token = _message(spiking, name, rates.get(name), timesteps)
+    formats = spiking.quantization.layers if spiking.quantization is not None else {}
     common = dict(name=name, neurons=op.out_features, host=bool(node["host"]), message_bits=bits,
                   messages_per_token=per_token, rate_measured=name in rates)
     if isinstance(op, Embed):  # on chip: a table in synaptic memory read by one-hot token and position
@@ -112,10 +114,10 @@ def _graph_layer(spiking, name: str, rates: dict[str, float], timesteps: int) ->
                          **common)
     if isinstance(op, (Dense, GradedDense)):
         return LayerSpec(kind="dense", inputs=sources, params={
-            "in_features": op.weight.shape[1], "weight_bits": formats.get(name, {}).get("mantissa_bits_used")},
+            "in_features": op.weight.shape[1], "weight_bits": getattr(formats.get(name), "mantissa_bits_used", None)},
             **common)
     if isinstance(op, Attention):     # keys and values in the cache at their message's bits, one step per token
-        kv_bits = max(formats.get(inputs[p], {}).get("bits", GRADED_KV_BITS) for p in ("k", "v"))
+        kv_bits = max(kv_message_bits(spiking, inputs[p]) for p in ("k", "v"))
         return LayerSpec(kind="attention", inputs=(inputs["q"], inputs["k"], inputs["v"]),
                          params={"n_head": op.n_head, "head_dim": op.head_dim, "kv_capacity": op.kv_capacity,
                                  "timesteps": 1, "kv_bits": kv_bits}, **common)
@@ -124,12 +126,21 @@ def _graph_layer(spiking, name: str, rates: dict[str, float], timesteps: int) ->
     if isinstance(op, LayerNorm):
         return LayerSpec(kind="norm", inputs=sources, params={"features": op.out_features}, **common)
     if isinstance(op, SSA):
-        kv_bits = max(_message(out_kind(spiking.op(inputs[p])), None, 1)[0] for p in ("k", "v"))
+        kv_bits = max(spiking.op(inputs[p]).neuron.payload_bits for p in ("k", "v"))
         return LayerSpec(kind="attention", inputs=(inputs["q"], inputs["k"], inputs["v"]),
                          params={"n_head": op.n_head, "head_dim": op.head_dim,
                                  "kv_capacity": op.kv_capacity, "timesteps": timesteps,
                                  "kv_bits": kv_bits}, **common)
     raise ValueError(f"node {name}: no hardware description for op {type(op).__name__}")
+
+
+def kv_message_bits(spiking, name: str) -> int:
+    """The bits a key or value takes in the graded method's KV cache: its message's, sized by the
+    quantiser; before quantisation, the bits the quantiser gives keys and values by default."""
+    from nxcompile.compiler.graph import GradedPrecision, MessageFormat
+
+    fmt = spiking.quantization.layers.get(name) if spiking.quantization is not None else None
+    return fmt.bits if isinstance(fmt, MessageFormat) else GradedPrecision().kv_bits
 
 
 def network_from_graph(spiking, spike_rates: dict[str, float] | None = None) -> Network:

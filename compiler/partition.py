@@ -39,10 +39,12 @@ import numpy as np
 
 from nxcompile.compiler.layers import LayerSpec, Network
 from nxcompile.compiler.targets import CONV_INPUT_AXONS, TARGETS, Target
+from nxcompile.compiler.validate import validate
 from nxcompile.errors import NxError
-from nxcompile.files import write_atomically
+from nxcompile.files import save_figure, write_atomically
 
 HOST = "host"  # pseudo source of a layer with no on-graph inputs (one-hot tokens)
+RESOURCES = ("neurons", "synapse words", "input axons")
 
 
 class DoesNotFit(NxError):
@@ -115,6 +117,80 @@ class Placement:
         """JSON, written to a temporary name and renamed."""
         text = json.dumps(asdict(self))
         write_atomically(path, lambda tmp: tmp.write_text(text), "choose a writable path with free space")
+
+    @staticmethod
+    def from_data(data: dict) -> "Placement":
+        """A placement read back from a file (`as_data`)."""
+        blocks = [Block(**{**b, "inputs": tuple(tuple(read) for read in b["inputs"])}) for b in data["blocks"]]
+        return Placement(**{**data, "blocks": blocks})
+
+    def format(self, network: Network, target: Target, per_core: bool = False,
+               earlier_stages: dict[str, float] | None = None) -> str:
+        """The partition report: cores, bound, utilisation, traffic, time per stage (those before
+        partitioning, `earlier_stages`, first)."""
+        usage = self.core_usage(target)
+        rates = "measured" if any(layer.rate_measured for layer in network.chip_layers()) else "estimated"
+        stages = {**(earlier_stages or {}), **self.seconds}
+        lines = [
+            f"network      {network.source} ({len(network.chip_layers())} layers on chip, "
+            f"{len(self.host_layers)} on the host: {', '.join(self.host_layers) or '-'})",
+            f"target       {target.name}: {target.description}",
+            f"cores used   {self.cores_used:,} on {self.chips_used} chip(s), {self.packing} packing",
+            f"lower bound  {self.lower_bound_cores:,} cores (total neurons and synapse words over one "
+            f"core's); used / bound = {self.cores_used / self.lower_bound_cores:.3f}",
+            "cores per layer " + ", ".join(f"{layer}: {n}" for layer, n in self.cores_per_layer().items()),
+            f"blocks       {len(self.blocks):,}; {len(self.accumulators)} layer(s) split by input "
+            f"({', '.join(f'{k} x{v}' for k, v in self.accumulators.items()) or 'none'}), "
+            f"adding {self.accumulator_neurons():,} accumulator neurons",
+            "",
+            "utilisation per chip (per core: --per-core)",
+            *self._utilisation_table(usage),
+            "",
+            f"traffic per token ({rates} spike rates; messages = spikes or graded payloads)",
+            *(f"  {key.replace('_', ' '):28} {value:>16,.0f}" for key, value in self.traffic.items()),
+            "",
+            "time per stage",
+            *(f"  {stage:28} {sec:8.2f} s" for stage, sec in stages.items()),
+        ]
+        if per_core:
+            chips = self.chip_of_core()
+            lines += ["", f"{'core':>6} {'chip':>5}  " + "  ".join(f"{r + ' %':>18}" for r in RESOURCES)]
+            lines += [f"{core:>6} {chips[core]:>5}  " + "  ".join(f"{100 * x:>18.1f}" for x in row)
+                      for core, row in enumerate(usage)]
+        return "\n".join(lines)
+
+    def _utilisation_table(self, usage: np.ndarray) -> list[str]:
+        chips = self.chip_of_core()
+        lines = [f"{'chip':>5} {'cores':>6}  " + "  ".join(f"{r + ' % (min/mean/max)':>34}" for r in RESOURCES)]
+        for chip in range(self.chips_used):
+            u = usage[chips == chip] * 100
+            lines.append(f"{chip:>5} {len(u):>6}  " + "  ".join(
+                f"{u[:, i].min():>10.1f} {u[:, i].mean():>10.1f} {u[:, i].max():>11.1f}" for i in range(3)))
+        return lines
+
+    def plot(self, target: Target, path: Path) -> None:
+        """Heat-map of each resource's use on every core, one row per chip (PNG)."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        usage = self.core_usage(target)
+        chips = self.chip_of_core()
+        first_core = np.searchsorted(chips, np.arange(self.chips_used))   # cores are numbered chip by chip
+        grid = np.full((3, self.chips_used, target.cores_per_chip), np.nan)
+        for core, row in enumerate(usage):
+            grid[:, chips[core], core - first_core[chips[core]]] = row * 100
+        figure, axes = plt.subplots(3, 1, figsize=(10, 4 + 0.9 * min(self.chips_used, 40)), squeeze=False)
+        for i, resource in enumerate(RESOURCES):
+            ax = axes[i, 0]
+            image = ax.imshow(grid[i], aspect="auto", vmin=0, vmax=100, cmap="viridis", interpolation="nearest")
+            ax.set_title(f"{resource} used (%)", fontsize=9)
+            ax.set_ylabel("chip")
+            figure.colorbar(image, ax=ax)
+        axes[-1, 0].set_xlabel("core on chip")
+        figure.suptitle(f"{self.source} on {target.name}: {self.cores_used:,} cores", fontsize=10)
+        figure.tight_layout()
+        save_figure(figure, path)
 
 
 # --- what a block of each layer kind needs ------------------------------------
@@ -577,9 +653,23 @@ def _target_that_fits(failed: Target, cores: int) -> str:
     return sized[0].name if sized else next(t.name for t in same_core if t.chips is None)
 
 
-def partition(network: Network, target: Target, packing: str = "intel") -> Placement:
+def place(network: Network, target: Target, packing: str = "intel") -> Placement:
+    """Split, place and measure, then check the placement independently (compiler.validate): the
+    only way to a Placement, so none the validator rejects is ever returned. Raises DoesNotFit
+    when the target is too small."""
+    placement = _partition(network, target, packing)
+    started = time.perf_counter()
+    problems = validate(network, placement, target)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise NxError(f"placement on {target.name} is invalid: {problems[0]}{more}")
+    placement.seconds["validate"] = time.perf_counter() - started
+    return placement
+
+
+def _partition(network: Network, target: Target, packing: str) -> Placement:
     """Split, place and measure; raises DoesNotFit when the target is too small."""
-    seconds = {}
+    seconds: dict[str, float] = {}
     started = time.perf_counter()
     blocks, split = split_layers(network, target, packing)
     seconds["split"] = time.perf_counter() - started

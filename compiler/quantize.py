@@ -38,28 +38,19 @@ sum within the neuron's 24-bit state; its bias lives on that accumulator's grid.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
-from nxcompile.compiler.graph import SSA, Add, Attention, Dense, Encode, GradedDense, NeuronModel, SpikingGraph
+from nxcompile.compiler.graph import (RESIDUAL_FORMAT, SSA, AccumulatorFormat, Add, Attention, Dense, Encode,
+                                      GradedDense, GradedPrecision, MessageFormat, NeuronModel, PopulationFormat,
+                                      Quantization, SpikingGraph)
 from nxcompile.compiler.targets import Target
-from nxcompile.sim.fixed_point import GRADED_BITS, GRADED_FRACTION_BITS
+from nxcompile.sim.fixed_point import limit_of
 
 ALIGN_BITS = 6   # Lava's fixed-point LIF/Dense: threshold and activation MSB-aligned by 6 bits
-
-
-@dataclass(frozen=True)
-class LayerFormat:
-    """How one layer's numbers are stored."""
-    weight_exp: int        # weights are mantissa * 2**weight_exp in state units
-    unit_log2: int         # state units per float unit = 2**unit_log2
-    bias_exp: int
-    mantissa_bits_used: int
-    threshold_max: int
 
 
 def _round_to(x: torch.Tensor, step: float, limit: int) -> torch.Tensor:
@@ -68,7 +59,7 @@ def _round_to(x: torch.Tensor, step: float, limit: int) -> torch.Tensor:
 
 
 def layer_format(weights: list[torch.Tensor], threshold: torch.Tensor, bias: torch.Tensor,
-                 target: Target) -> LayerFormat:
+                 target: Target) -> PopulationFormat:
     """The per-layer scaling: full weight mantissas, thresholds and biases within their bits.
     Where a bias would overflow its mantissa at the largest exponent (a population reading
     graded spikes has tiny folded weights, hence a large unit, beside a bias of ordinary
@@ -93,10 +84,10 @@ def layer_format(weights: list[torch.Tensor], threshold: torch.Tensor, bias: tor
     bias_exp = max(0, math.ceil(math.log2(scaled_bias / bias_limit))) if scaled_bias > bias_limit else 0
     bias_exp = min(bias_exp, bias_exp_max)
     used = max(1, math.ceil(math.log2(largest * 2.0 ** k + 1)) + 1) if largest > 0 else 1
-    return LayerFormat(weight_exp, k + weight_exp, bias_exp, used, threshold_limit)
+    return PopulationFormat(weight_exp, k + weight_exp, bias_exp, used, threshold_limit)
 
 
-def _quantise_neuron(neuron: NeuronModel, fmt: LayerFormat, target: Target, unit: float) -> NeuronModel:
+def _quantise_neuron(neuron: NeuronModel, fmt: PopulationFormat, target: Target, unit: float) -> NeuronModel:
     threshold = torch.clamp(torch.round(neuron.threshold * unit), 1, fmt.threshold_max)
     decay_steps = 2 ** target.decay_bits
     return NeuronModel(threshold=threshold, leak=round(neuron.leak * decay_steps) / decay_steps,
@@ -114,12 +105,12 @@ def _weights(op) -> list[torch.Tensor]:
     return []
 
 
-def _weight_on_grid(w: torch.Tensor, fmt: LayerFormat, target: Target) -> torch.Tensor:
+def _weight_on_grid(w: torch.Tensor, fmt: PopulationFormat, target: Target) -> torch.Tensor:
     """Float-unit weights as mantissa * 2**weight_exp, in state units."""
     return _round_to(w * 2.0 ** fmt.unit_log2, 2.0 ** fmt.weight_exp, 2 ** (target.weight_mantissa_bits - 1) - 1)
 
 
-def _bias_on_grid(b: torch.Tensor, fmt: LayerFormat, target: Target) -> torch.Tensor:
+def _bias_on_grid(b: torch.Tensor, fmt: PopulationFormat, target: Target) -> torch.Tensor:
     """Float-unit biases as mantissa * 2**bias_exp, in state units."""
     return _round_to(b * 2.0 ** fmt.unit_log2, 2.0 ** fmt.bias_exp, 2 ** (target.bias_mantissa_bits - 1) - 1)
 
@@ -149,7 +140,7 @@ def _quantise_op(op, target: Target):
         return _quantise_readout(op, target)
     if isinstance(op, SSA):
         unit = _ssa_unit(op, target)
-        fmt = LayerFormat(0, ALIGN_BITS, 0, 1, 2 ** (target.threshold_bits + ALIGN_BITS) - 1)
+        fmt = PopulationFormat(0, ALIGN_BITS, 0, 1, 2 ** (target.threshold_bits + ALIGN_BITS) - 1)
         return dataclasses.replace(op, scale=op.scale * unit,
                                    neuron=_quantise_neuron(op.neuron, fmt, target, unit)), fmt
     fmt = layer_format(_weights(op), op.neuron.threshold, op.bias, target)
@@ -188,19 +179,25 @@ def quantisable(spiking: SpikingGraph, name: str) -> bool:
     return not node["host"] and (getattr(op, "neuron", None) is not None or isinstance(op, (Dense, GradedDense)))
 
 
+def _sizes_messages(spiking: SpikingGraph) -> bool:
+    """Whether the graph computes on graded payloads whose formats the quantiser sizes node by node
+    (GradedDense and softmax Attention: the graded method), rather than on spike counts."""
+    return any(isinstance(spiking.op(n), (GradedDense, Attention)) for n in spiking.graph.nodes)
+
+
 def quantize(spiking: SpikingGraph, target: Target, precision: GradedPrecision | None = None) -> SpikingGraph:
-    """A copy of `spiking` in `target`'s fixed point; meta["quantization"] records each layer's format.
-    `precision` changes the graded method's bit widths (its study)."""
-    if spiking.meta.get("options", {}).get("method") == "graded":
+    """A copy of `spiking` in `target`'s fixed point; its `quantization` records each layer's format.
+    `precision` changes the graded payloads' bit widths (the graded method's study)."""
+    if _sizes_messages(spiking):
         return quantize_graded(spiking, target, precision or GradedPrecision())
-    quantised = SpikingGraph(copy.deepcopy(spiking.graph), copy.deepcopy(spiking.meta))
+    quantised = spiking.copy()
     formats = {}
     for name in spiking.order():
         if quantisable(spiking, name):
             op, fmt = _quantise_op(spiking.op(name), target)
             quantised.graph.nodes[name]["op"] = op
-            formats[name] = asdict(fmt)
-    quantised.meta["quantization"] = {"target": target.name, "layers": formats}
+            formats[name] = fmt
+    quantised.quantization = Quantization(target.name, formats)
     return quantised
 
 
@@ -208,16 +205,6 @@ def quantize(spiking: SpikingGraph, target: Target, precision: GradedPrecision |
 
 ACCUMULATOR_BITS = 24          # a graded neuron's state (Lava's 24-bit state), sign included
 DENSE_DOT_BITS = 32            # Lava's Dense accumulates sum(w x) in int32 before its weight_exp shift
-
-
-@dataclass(frozen=True)
-class GradedPrecision:
-    """The graded method's bit widths, sign included (its study changes one at a time).
-    `exact` lists integer kernels computed exactly in float64 instead: exp, gelu, norm."""
-    weight_bits: int = 8
-    kv_bits: int = 8
-    activation_bits: int = 16
-    exact: tuple[str, ...] = ()
 
 
 def _mantissas(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
@@ -249,17 +236,18 @@ def _residual(spiking: SpikingGraph, name: str) -> bool:
         isinstance(spiking.op(c), Add) or graph.nodes[c]["host"] for c in graph.successors(name))
 
 
-def _message_format(spiking: SpikingGraph, name: str, dot_bits: dict[str, int], precision: GradedPrecision) -> dict:
+def _message_format(spiking: SpikingGraph, name: str, dot_bits: dict[str, int],
+                    precision: GradedPrecision) -> MessageFormat:
     """bits and fraction bits of the one message a node sends per token."""
     if _residual(spiking, name):
-        return {"bits": GRADED_BITS, "frac": GRADED_FRACTION_BITS}
+        return RESIDUAL_FORMAT
     bits = precision.activation_bits
     for _, consumer, data in spiking.graph.out_edges(name, data=True):
         if isinstance(spiking.op(consumer), Attention) and data["port"] in "kv":
             bits = min(bits, precision.kv_bits)
         elif consumer in dot_bits:
             bits = min(bits, dot_bits[consumer])
-    return {"bits": bits, "frac": _fraction_bits(bits, spiking.op(name).out_range)}
+    return MessageFormat(bits, _fraction_bits(bits, spiking.op(name).out_range))
 
 
 def quantize_graded(spiking: SpikingGraph, target: Target, precision: GradedPrecision) -> SpikingGraph:
@@ -267,37 +255,37 @@ def quantize_graded(spiking: SpikingGraph, target: Target, precision: GradedPrec
     mantissas and accumulator shift; weights and biases moved onto their grids (in float units)."""
     if precision.activation_bits > target.graded_payload_bits or precision.kv_bits > target.graded_payload_bits:
         raise ValueError(f"{target.name} carries graded payloads of at most {target.graded_payload_bits} bits")
-    quantised = SpikingGraph(copy.deepcopy(spiking.graph), copy.deepcopy(spiking.meta))
+    quantised = spiking.copy()
     chip = [n for n in spiking.order() if not spiking.graph.nodes[n]["host"]]
     dense = {n: _mantissas(spiking.op(n).weight, precision.weight_bits) for n in chip
              if isinstance(spiking.op(n), GradedDense)}
     dot_bits = {n: _dot_bits(m) for n, (m, _) in dense.items()}
-    formats: dict[str, dict] = {}
+    formats: dict[str, MessageFormat] = {}
     for name in chip:
         formats[name] = _message_format(spiking, name, dot_bits, precision)
         if name in dense:
-            formats[name].update(_accumulator(spiking, name, dense[name], formats))
-            op, fmt = spiking.op(name), formats[name]
-            unit = 2.0 ** fmt["acc_frac"]
-            bias = torch.clamp(torch.round(op.bias * unit), -(2 ** (ACCUMULATOR_BITS - 1) - 1),
-                               2 ** (ACCUMULATOR_BITS - 1) - 1) / unit
+            formats[name] = fmt = _accumulator(spiking, name, dense[name], formats)
+            op = spiking.op(name)
+            unit = 2.0 ** fmt.acc_frac
+            limit = limit_of(ACCUMULATOR_BITS)
+            bias = torch.clamp(torch.round(op.bias * unit), -limit, limit) / unit
             quantised.graph.nodes[name]["op"] = dataclasses.replace(op, weight=dense[name][0] * 2.0 ** -dense[name][1],
                                                                     bias=bias)
-    quantised.meta["quantization"] = {"target": target.name, "layers": formats, "precision": asdict(precision)}
+    quantised.quantization = Quantization(target.name, formats, precision)
     return quantised
 
 
-def _accumulator(spiking: SpikingGraph, name: str, dense: tuple[torch.Tensor, int], formats: dict) -> dict:
-    """How a GradedDense accumulates: input format, weight exponent and the shift s that keeps
-    sum(m x) >> s within the neuron's state; acc_frac is the sum's fraction bits after it."""
-    source = spiking.inputs(name)["x"]
-    source_format = formats.get(source, {"bits": GRADED_BITS, "frac": GRADED_FRACTION_BITS})   # host: residual
+def _accumulator(spiking: SpikingGraph, name: str, dense: tuple[torch.Tensor, int],
+                 formats: dict[str, MessageFormat]) -> AccumulatorFormat:
+    """A GradedDense's message format (already in `formats`) and how it accumulates: input format,
+    weight exponent and the shift s that keeps sum(m x) >> s within the neuron's state; acc_frac is
+    the sum's fraction bits after it."""
+    source = formats.get(spiking.inputs(name)["x"], RESIDUAL_FORMAT)       # host: the residual's
     mantissas, k = dense
-    worst = int(mantissas.abs().sum(dim=1).max()) * (2 ** (source_format["bits"] - 1) - 1)
+    worst = int(mantissas.abs().sum(dim=1).max()) * limit_of(source.bits)
     shift = max(0, worst.bit_length() - (ACCUMULATOR_BITS - 1))
-    return {"in_bits": source_format["bits"], "in_frac": source_format["frac"], "weight_exp": -k,
-            "acc_shift": shift, "acc_frac": source_format["frac"] + k - shift,
-            "mantissa_bits_used": max(1, int(mantissas.abs().max()).bit_length() + 1)}
+    return AccumulatorFormat(formats[name].bits, formats[name].frac, source.bits, source.frac, -k, shift,
+                             source.frac + k - shift, max(1, int(mantissas.abs().max()).bit_length() + 1))
 
 
 @dataclass(frozen=True)
@@ -330,13 +318,13 @@ def quantisation_error(float_graph: SpikingGraph, quantised: SpikingGraph, token
     reference = run(float_graph, token_ids, timesteps, keep_values=True).values
     fixed = run(quantised, token_ids, timesteps, keep_values=True).values
     rows = []
-    for name, fmt in quantised.meta["quantization"]["layers"].items():
+    for name, fmt in quantised.quantization.layers.items():
         float_op, quant_op = float_graph.op(name), quantised.op(name)
         cosine = _cosine(decode_output(float_op, reference[name]), decode_output(quant_op, fixed[name]))
         spiking = getattr(quant_op, "neuron", None) is not None
         equal = float((reference[name].sum(2) == fixed[name].sum(2)).float().mean()) if spiking else math.nan
-        rows.append(LayerError(name, _weight_error(float_op, quant_op, 2.0 ** fmt.get("unit_log2", 0)), cosine,
-                               equal, fmt.get("mantissa_bits_used", 0), fmt.get("weight_exp", 0)))
+        rows.append(LayerError(name, _weight_error(float_op, quant_op, 2.0 ** getattr(fmt, "unit_log2", 0)), cosine,
+                               equal, getattr(fmt, "mantissa_bits_used", 0), getattr(fmt, "weight_exp", 0)))
     logits = quantised.meta["logits_node"]
     rows.append(LayerError(f"{logits} (logits)", 0.0, _cosine(reference[logits], fixed[logits]), math.nan, 0, 0))
     return rows

@@ -58,6 +58,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from nxcompile.errors import UsageError
+from nxcompile.sim.fixed_point import DECAY_BITS
 
 
 # [Log] every conv core of both logs reads its input through 1 or 2 axons (AxonIn): a convolution's
@@ -78,7 +79,6 @@ class Target:
     synapse_overhead_bits: int          # bits a dense synapse needs besides its weight
     array_word_bits: int                # arrays at implied positions (conv kernels, KV caches): bits per word
     input_axons_per_core: int           # distinct source neurons a core can receive from
-    output_axons_per_core: int          # routes out of a core
     weight_mantissa_bits: int           # signed
     weight_exponent_bits: int
     state_bits: int                     # membrane voltage / current
@@ -87,7 +87,6 @@ class Target:
     bias_mantissa_bits: int
     bias_exponent_bits: int
     graded_payload_bits: int            # 0: binary spikes only
-    max_delay_steps: int
     energy_model: str                   # the price set of sim/energy for this chip
     simulated: bool = False
 
@@ -112,16 +111,14 @@ LOIHI1 = Target(
     synapse_overhead_bits=0,
     array_word_bits=64,
     input_axons_per_core=4096,                  # [Davies18] Table 1, fan-in axons per core
-    output_axons_per_core=4096,                 # [Davies18] Table 1, fan-out axons per core
     weight_mantissa_bits=8,                     # [Davies18] 1-9 bit weights incl. sign; 8 as in [Lava]
     weight_exponent_bits=4,                     # [Davies18] shared weight exponent -8..7
     state_bits=24,                              # [Lava] u, v 24-bit (Loihi 1 bit-accurate model)
-    decay_bits=12,                              # [Lava] du, dv 12-bit
+    decay_bits=DECAY_BITS,                      # [Lava] du, dv 12-bit
     threshold_bits=17,                          # [Lava] vth mantissa 17-bit, shifted by 6
     bias_mantissa_bits=13,                      # [Lava]
     bias_exponent_bits=3,                       # [Lava]
     graded_payload_bits=0,                      # [Davies18] binary spikes only
-    max_delay_steps=62,                         # [Davies18] 6-bit synaptic delays
     energy_model="loihi",                       # [Davies18] Table 2
 )
 
@@ -136,16 +133,14 @@ LOIHI2 = Target(
     synapse_overhead_bits=8,                    # [Log] fitted with it
     array_word_bits=64,                         # [Log] fitted: 6 of 10 conv figures (module docstring)
     input_axons_per_core=4096,                  # not published for Loihi 2: Loihi 1's [Davies18] assumed
-    output_axons_per_core=4096,                 # not published for Loihi 2: Loihi 1's [Davies18] assumed
     weight_mantissa_bits=8,                     # [Lava] 8-bit weights ...
     weight_exponent_bits=4,                     # ... with a shared exponent (Loihi 1's range assumed)
     state_bits=24,                              # [Lava]
-    decay_bits=12,                              # [Lava]
+    decay_bits=DECAY_BITS,                      # [Lava]
     threshold_bits=17,                          # [Lava]
     bias_mantissa_bits=13,                      # [Lava]
     bias_exponent_bits=3,                       # [Lava]
     graded_payload_bits=24,                     # [Brief21] graded spikes; [Lava] 24-bit s_out
-    max_delay_steps=62,                         # not published for Loihi 2: Loihi 1's assumed
     energy_model="loihi2",                      # sim/energy: fitted to a Loihi 2 measurement
 )
 
@@ -180,3 +175,26 @@ def check_target_name(name: str) -> str:
 
 def get_target(name: str) -> Target:
     return TARGETS[check_target_name(name)]
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def targets_table() -> str:
+    """Every target's limits side by side, then each target's description and energy price set."""
+    from nxcompile.sim.energy import ENERGY_MODELS
+
+    rows = {name: target.describe() for name, target in TARGETS.items()}
+    fields = [f for f in next(iter(rows.values())) if f not in ("name", "source", "description")]
+    lines = [f"{'':32}" + "".join(f"{name:>22}" for name in rows)]
+    lines += [f"{field:32}" + "".join(f"{_cell(rows[name][field]):>22}" for name in rows) for field in fields]
+    lines.append("")
+    lines += [f"{name}: {target.description}. Energy ({target.energy_model}): "
+              f"{ENERGY_MODELS[target.energy_model].source}." for name, target in TARGETS.items()]
+    lines.append("Sources of every figure: compiler/targets.py.")
+    return "\n".join(lines)

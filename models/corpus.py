@@ -97,3 +97,18 @@ def token_windows(tokenizer, text: str, context: int, max_tokens: int | None = N
 def calibration_windows(tokenizer, context: int) -> torch.Tensor:
     """What every converter threshold is calibrated on: the first windows of the training plays."""
     return token_windows(tokenizer, load_corpus().train[:CALIBRATION_CHARS], context)[:CALIBRATION_WINDOWS]
+
+
+def training_windows(tokenizer, context: int, path: Path | None = None) -> torch.Tensor:
+    """What fine-tuning trains on: a user's text file, else the training plays, as windows of `context`."""
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --train-text {path}: {exc}") from None
+    else:
+        text = load_corpus().train
+    ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    if len(ids) < context + 1:
+        raise UsageError(f"the training text has {len(ids)} tokens; give at least {context + 1}")
+    return windows(ids, context)

@@ -62,10 +62,11 @@ MIN_THRESHOLD = 1e-6
 
 @dataclass(frozen=True)
 class FinetuneOptions:
+    """One fine-tuning run (the CLI's flags take their defaults from here)."""
     steps: int = 200
-    learning_rate: float = 3e-4
-    batch_size: int = 8
-    context: int = 64
+    learning_rate: float = 1e-3
+    batch_size: int = 2
+    context: int = 256
     timesteps: int = 8
     scope: str = "ssa"
     seed: int = 0
@@ -127,6 +128,10 @@ def _set(op, path: str, value):
     return dataclasses.replace(op, **{head: _set(getattr(op, head), rest, value) if rest else value})
 
 
+# The parts of an attention branch scope `ssa` trains: Q, K, V, the attention op and its output projection.
+SSA_SCOPE_PARTS = ("q", "k", "v", "op", "output")
+
+
 def trainable_nodes(spiking: SpikingGraph, scope: str) -> list[str]:
     """The nodes a scope trains: ssa = each block's Q/K/V, SSA and attention output projection."""
     names = []
@@ -134,7 +139,8 @@ def trainable_nodes(spiking: SpikingGraph, scope: str) -> list[str]:
         node = spiking.graph.nodes[name]
         if not quantisable(spiking, name) or type(node["op"]) not in TRAINABLE_FIELDS:
             continue          # host nodes and graded adds: nothing on chip to train
-        if scope == "all" or (".attn." in name and isinstance(node["op"], (Dense, SSA))):
+        role = node["role"]
+        if scope == "all" or (role.branch == "attention" and role.part in SSA_SCOPE_PARTS):
             names.append(name)
     return names
 
@@ -320,7 +326,7 @@ def graph_on(spiking: SpikingGraph, device: torch.device) -> SpikingGraph:
     graph = spiking.graph.copy()
     for name in graph.nodes:
         graph.nodes[name]["op"] = _op_on(graph.nodes[name]["op"], device)
-    return SpikingGraph(graph, spiking.meta)
+    return SpikingGraph(graph, spiking.meta, spiking.quantization)
 
 
 def _op_on(op, device: torch.device):
@@ -332,3 +338,28 @@ def _op_on(op, device: torch.device):
         elif isinstance(value, NeuronModel):
             moved[f.name] = _op_on(value, device)
     return dataclasses.replace(op, **moved)
+
+
+def record_path(output: Path) -> Path:
+    """The JSON beside a fine-tuned graph: its recipe, loss log and held-out figures."""
+    return output.with_suffix(".json")
+
+
+def with_record(graph: SpikingGraph, state: TrainState) -> SpikingGraph:
+    """The graph as a checkpoint: it records its fine-tuning (and a reader says where it came from)."""
+    graph.meta.pop("origin", None)
+    graph.meta["finetune"] = {"options": state.options, "steps": state.step,
+                              "final_loss": state.losses[-1] if state.losses else None}
+    return graph
+
+
+def held_out_figures(model, graphs: dict[str, SpikingGraph], windows: torch.Tensor, timesteps: int) -> dict:
+    """Each graph quantised for loihi2-sim and scored in its fixed point against the ANN
+    (`sim.evaluate.Evaluation` by label)."""
+    from nxcompile.compiler.quantize import quantize
+    from nxcompile.compiler.targets import get_target
+    from nxcompile.sim import fixed_point
+    from nxcompile.sim.evaluate import evaluate
+
+    return {label: evaluate(model, quantize(graph, get_target("loihi2-sim")), windows, timesteps,
+                            simulate=fixed_point.run) for label, graph in graphs.items()}

@@ -22,3 +22,14 @@ def write_atomically(path: Path, write: Callable[[Path], None], hint: str,
     except BaseException:          # Ctrl-C or any other failure mid-write: no half file stays behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_figure(fig, path: Path, hint: str = "choose a writable --plot path", dpi: int = 110) -> None:
+    """A matplotlib figure as PNG, written to a temporary name and renamed: never half a plot."""
+    import matplotlib.pyplot as plt
+
+    try:
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), hint,
+                         suffix=".tmp.png")
+    finally:
+        plt.close(fig)

@@ -34,11 +34,14 @@ names the model it used.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from nxcompile.compiler.graph import SSA, Add, Attention, Dense, Encode, GradedDense, LayerNorm, SpikingGraph, out_kind
+from nxcompile.compiler.graph import (SSA, Add, Attention, Dense, GradedDense, LayerNorm, Role, SpikingGraph,
+                                      out_kind)
+from nxcompile.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class LayerCounts:
     name: str
     op: str
     block: int | None
+    role: Role | None
     accumulates: float
     macs: float
     neuron_updates: float
@@ -182,19 +186,12 @@ def _ssa_ops(op: SSA, q, k, v) -> np.ndarray:
     return score_ops + value_ops
 
 
-def _hinges(spiking: SpikingGraph) -> int:
-    """Populations the converter built per ANN MLP neuron (one per GELU hinge)."""
-    from nxcompile.compiler.convert import GELU_HINGES
-
-    options = spiking.meta.get("options", {})
-    if options.get("method") == "graded":
-        return 1
-    return max(1, len(GELU_HINGES.get(options.get("gelu", "relu"), ())))
-
-
 def _ann_macs(spiking: SpikingGraph, name: str, op, positions: np.ndarray) -> np.ndarray:
-    if isinstance(op, (Dense, GradedDense)):
-        widen = _hinges(spiking) if ".mlp." in name else 1     # the converter's MLP layers are per hinge
+    from nxcompile.compiler.convert import method_of
+
+    if isinstance(op, (Dense, GradedDense)):      # a method may build several populations per MLP neuron
+        mlp = spiking.role(name).branch == "mlp"
+        widen = method_of(spiking).mlp_populations(spiking.meta["options"]) if mlp else 1
         return np.full(positions.shape, op.weight.shape[0] * op.weight.shape[1] / widen)
     if isinstance(op, (SSA, Attention)):
         return 2.0 * (positions + 1) * op.out_features
@@ -274,7 +271,7 @@ def count(spiking: SpikingGraph, values: dict, timesteps: int) -> list[LayerCoun
         updates, (adds, mults) = _neuron_ops(op, inputs, timesteps, positions)
         out = np.asarray(values[name])
         rate = float((out != 0).mean()) if out.ndim == 4 else float("nan")
-        rows.append(LayerCounts(name, type(op).__name__, node["block"], float(np.mean(accumulates)),
+        rows.append(LayerCounts(name, type(op).__name__, node["block"], node["role"], float(np.mean(accumulates)),
                                 float(np.mean(macs)), float(updates), float(adds), float(mults),
                                 float(_events(out).sum(-1).mean()),
                                 float(np.mean(_ann_macs(spiking, name, op, positions))), rate))
@@ -351,9 +348,9 @@ def count_netx(network, messages: list[np.ndarray], spikes_in: np.ndarray, steps
     if sent_input is not None:
         updates = sent_input.neurons * steps / inferences
         cuba = NEURON_OPS["cuba"]
-        rows.append(LayerCounts(f"{sent_input.name} (bias-driven)", "input", None, 0.0, 0.0, updates, updates * cuba[0],
-                                updates * cuba[1], float((spikes_in != 0).sum()) / inferences, 0.0,
-                                float((spikes_in != 0).mean())))
+        rows.append(LayerCounts(f"{sent_input.name} (bias-driven)", "input", None, None, 0.0, 0.0, updates,
+                                updates * cuba[0], updates * cuba[1], float((spikes_in != 0).sum()) / inferences,
+                                0.0, float((spikes_in != 0).mean())))
     for i, (layer, sent) in enumerate(zip(layers, messages)):
         source = spikes_in if i == 0 else messages[i - 1]
         source_graded = (layers[i - 1].message_bits > 1) if i else spikes_in.dtype != bool
@@ -361,8 +358,215 @@ def count_netx(network, messages: list[np.ndarray], spikes_in: np.ndarray, steps
         sent = sent.reshape(-1, sent.shape[-1])
         update = NEURON_OPS["sigma-delta" if layer.message_bits > 1 else "cuba"]
         updates = layer.neurons * steps / inferences
-        rows.append(LayerCounts(layer.name, layer.kind, None, 0.0 if source_graded else events,
+        rows.append(LayerCounts(layer.name, layer.kind, None, None, 0.0 if source_graded else events,
                                 events if source_graded else 0.0, updates, updates * update[0], updates * update[1],
                                 float((sent != 0).sum()) / inferences, float(_netx_ann_macs(layer)),
                                 float((sent != 0).mean()) if layer.message_bits == 1 else float("nan")))
     return rows
+
+
+# ---- reports ---------------------------------------------------------------------------------------
+
+ATTENTION_OP = "attention op (SSA, or the graded method's softmax) vs ANN attention (Q.K, A.V)"
+SCOPES = {ATTENTION_OP: lambda r: r.op in ("SSA", "Attention"),
+          "attention blocks (Q/K/V, attention, output projection)":
+              lambda r: r.role is not None and r.role.branch == "attention" and r.role.part != "norm",
+          "every on-chip layer": lambda r: True}
+WHOLE = "every on-chip layer"
+
+
+def summaries(rows: list[LayerCounts]) -> dict[str, dict[str, EnergySummary]]:
+    """SSA against ANN attention (the op alone and the whole attention block) and every on-chip layer,
+    under every energy model."""
+    return {scope: {m: total(rows, ENERGY_MODELS[m], where) for m in ENERGY_MODELS} for scope, where in SCOPES.items()}
+
+
+def loihi_line(by_model: dict[str, EnergySummary], chips: int, period: int) -> str:
+    """Loihi's dynamic energy per token under Loihi 1's and the fitted Loihi 2 prices, and Loihi 2's
+    static energy for the chips held over a token's period (its measured power and step time)."""
+    loihi2 = ENERGY_MODELS["loihi2"]
+    static = loihi2.static_pj(chips, period)
+    return (f"at Loihi 1's per-op energies (Davies 2018) {by_model['loihi'].snn_pj / 1e3:.1f} nJ, at Loihi 2's "
+            f"(fitted to one chip measurement) {by_model['loihi2'].snn_pj / 1e3:.1f} nJ dynamic + "
+            f"{static / 1e3:,.0f} nJ static ({chips} chip(s) x {loihi2.static_w_per_chip:.3f} W x {period} steps x "
+            f"{1e6 * loihi2.seconds_per_step:.0f} us, PilotNet SNN's measured power and step)")
+
+
+def _table(rows: list[LayerCounts], model: EnergyModel) -> list[str]:
+    lines = [f"{'layer':22} {'op':11} {'spike rate':>10} {'accumulates':>11} {'MACs':>10} {'neuron upd':>10} "
+             f"{'adds':>10} {'mults':>9} {'messages':>9} {'ANN MACs':>10} {'SNN nJ':>9} {'ANN nJ':>9}"]
+    for r in rows:
+        rate = "graded" if math.isnan(r.spike_rate) else f"{r.spike_rate:.4f}"
+        lines.append(f"{r.name:22} {r.op:11} {rate:>10} {r.accumulates:>11.0f} {r.macs:>10.0f} "
+                     f"{r.neuron_updates:>10.0f} {r.neuron_adds:>10.0f} {r.neuron_mults:>9.0f} {r.messages:>9.0f} "
+                     f"{r.ann_macs:>10.0f} {r.snn_pj(model) / 1e3:>9.2f} {r.ann_pj(model) / 1e3:>9.2f}")
+    return lines
+
+
+@dataclass
+class TokenEnergy:
+    """Operations per token of a graph's fixed-point run over `tokens` tokens, with the chips its
+    placement takes and its steps per token (what static energy is priced over)."""
+    source: str
+    rows: list[LayerCounts]
+    tokens: int
+    timesteps: int
+    chips: int
+    period: int
+
+    def scopes(self) -> dict[str, dict[str, EnergySummary]]:
+        return summaries(self.rows)
+
+    def format(self, model: EnergyModel) -> str:
+        """The per-layer table under `model`, per block, the scopes under every price set and Loihi's."""
+        blocks = sorted({r.block for r in self.rows if r.block is not None})
+        per_block = " | ".join(
+            f"{b}: SNN {total(self.rows, model, lambda r, b=b: r.block == b).snn_pj / 1e3:.1f} nJ, "
+            f"ANN {total(self.rows, model, lambda r, b=b: r.block == b).ann_pj / 1e3:.1f} nJ" for b in blocks)
+        lines = [f"{self.source}: operations per token, mean over {self.tokens} held-out tokens, T = "
+                 f"{self.timesteps}, Loihi fixed point; energy model {model.name}: {model.source}",
+                 *_table(self.rows, model),
+                 "host layers (embedding, final norm, LM head) are the same on both sides and not counted; a graded "
+                 "spike crossing a synapse is a MAC, a binary one an accumulate; neuron updates are priced by their "
+                 "adds and multiplies (docs/energy.md)",
+                 f"per block ({model.name}): {per_block}"]
+        scoped = self.scopes()
+        for scope, by_model in scoped.items():
+            lines.append(f"{scope}:")
+            lines += [f"  {m:10} SNN {e.snn_pj / 1e3:10.1f} nJ | ANN {e.ann_pj / 1e3:10.1f} nJ | SNN {e.change()}"
+                      for m, e in by_model.items()]
+        lines.append(f"on Loihi, per token: {loihi_line(scoped[WHOLE], self.chips, self.period)}")
+        lines.append("energy models:")
+        lines += [f"  {m.name:10} {m.source}" for m in ENERGY_MODELS.values()]
+        return "\n".join(lines)
+
+    def summary_line(self) -> str:
+        """One line: the whole chip and the attention op against the ANN, and Loihi's figures."""
+        scoped = self.scopes()
+        whole, attention = scoped[WHOLE], scoped[ATTENTION_OP]["45nm"]
+        nm45 = whole["45nm"]
+        return (f"per token on chip: SNN {nm45.snn_pj / 1e3:.1f} nJ vs ANN {nm45.ann_pj / 1e3:.1f} nJ "
+                f"({nm45.change()}; 45 nm figures, Horowitz 2014), attention op {attention.change()} than "
+                f"ANN attention; {loihi_line(whole, self.chips, self.period)}; `nxcompile energy FILE.net` for the "
+                f"table")
+
+
+def held_out_ids(tokenizer, tokens: int) -> list[int]:
+    """The first `tokens` tokens of the held-out text."""
+    from nxcompile.models.corpus import evaluation_text
+
+    ids = tokenizer(evaluation_text(None)[: tokens * 16])["input_ids"][:tokens]
+    if len(ids) < 1:
+        raise UsageError("the held-out text gave no tokens")
+    return ids
+
+
+def token_energy(graph: SpikingGraph, tokenizer, tokens: int, placement=None, source: str = "") -> TokenEnergy:
+    """Counts per layer over the first `tokens` held-out tokens (at most the model's context), run in
+    Loihi's fixed point; the chips are `placement`'s, else those a loihi2-sim placement takes."""
+    import torch
+
+    from nxcompile.compiler.layers import network_from_graph
+    from nxcompile.compiler.partition import place
+    from nxcompile.compiler.targets import get_target
+    from nxcompile.sim import fixed_point
+    from nxcompile.sim.schedule import token_period
+
+    ids = held_out_ids(tokenizer, min(tokens, int(graph.meta.get("n_positions", tokens))))
+    timesteps = int(graph.meta["options"]["timesteps"])
+    run = fixed_point.run(graph, torch.tensor([ids]), timesteps, keep_values=True)
+    chips = (placement or place(network_from_graph(graph), get_target("loihi2-sim"))).chips_used
+    return TokenEnergy(source or str(graph.meta.get("model")), count(graph, run.values, timesteps), len(ids),
+                       timesteps, chips, token_period(graph))
+
+
+def plot_layers(rows: list[LayerCounts], model: EnergyModel, folder) -> list:
+    """Energy per layer, spike rate per layer and ANN against SNN per layer, as PNG files in `folder`."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nxcompile.files import save_figure
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {folder} ({exc}); choose a writable --plot-dir") from None
+    names = [r.name for r in rows]
+    positions = np.arange(len(rows))
+    plots = {
+        "energy_per_layer.png": (lambda ax: ax.bar(names, [r.snn_pj(model) / 1e3 for r in rows]),
+                                 f"SNN energy per token (nJ, {model.name})"),
+        "spike_rate_per_layer.png": (lambda ax: ax.bar(names, [0 if math.isnan(r.spike_rate) else r.spike_rate
+                                                               for r in rows]), "spike rate (per neuron per step)"),
+        "ann_vs_snn.png": (lambda ax: (ax.bar(positions - 0.2, [r.ann_pj(model) / 1e3 for r in rows], width=0.4,
+                                              label="ANN"),
+                                       ax.bar(positions + 0.2, [r.snn_pj(model) / 1e3 for r in rows], width=0.4,
+                                              label="SNN"), ax.legend()),
+                           f"energy per token (nJ, {model.name})"),
+    }
+    written = []
+    for filename, (draw, ylabel) in plots.items():
+        fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.25), 4))
+        draw(ax)
+        ax.set_xticks(range(len(rows)), names, rotation=90, fontsize=6)
+        ax.set_ylabel(ylabel)
+        fig.tight_layout()
+        save_figure(fig, folder / filename, "choose a writable --plot-dir", dpi=120)
+        written.append(folder / filename)
+    return written
+
+
+# ---- foreign lava-dl networks, counted from their Lava run -----------------------------------------
+
+def inference_steps(steps_per_inference: int | None, reset_interval: int | None) -> int:
+    """Steps of one inference of a netx network: as given, else its reset interval, else one."""
+    return steps_per_inference or reset_interval or 1
+
+
+@dataclass
+class InferenceEnergy:
+    """Operations per inference of a lava-dl netx network, counted from its Lava run."""
+    source: str
+    rows: list[LayerCounts]
+    steps_per_inference: int
+    input_name: str
+
+    def dynamic_mj(self, model: EnergyModel) -> float:
+        return total(self.rows, model).snn_pj / 1e9
+
+    def format(self, model: EnergyModel, measured_mj: float | None = None) -> str:
+        lines = [f"{self.source}: operations per inference ({self.steps_per_inference} steps), from its Lava run on "
+                 f"{self.input_name} (netx's builders, Loihi2SimCfg fixed point); energy model {model.name}: "
+                 f"{model.source}", *_table(self.rows, model)]
+        for m in ENERGY_MODELS.values():
+            line = f"dynamic energy per inference  {self.dynamic_mj(m):.3f} mJ  ({m.name})"
+            if measured_mj:
+                line += (f"; measured {measured_mj:.3f} mJ: predicted / measured = "
+                         f"{self.dynamic_mj(m) / measured_mj:.2f}")
+            lines.append(line)
+        return "\n".join(lines)
+
+
+def netx_energy(path, spikes: np.ndarray, steps: int | None = None, skip_layers: int = 0,
+                input_layer_on_chip: bool = False, reset_interval: int | None = None, reset_offset: int = 0,
+                steps_per_inference: int | None = None, input_name: str = "its input") -> InferenceEnergy:
+    """Operations per inference of a lava-dl netx network, counted from its run in Lava (netx's builders)
+    on `spikes` [..., time] for `steps` (default: the input's length). `input_layer_on_chip`: a skipped
+    input layer (skip_layers 1) counted as on chip, its neurons driven by their bias, sending `spikes`."""
+    from nxcompile.backends.lava_sim import run_netx
+    from nxcompile.compiler.layers import network_from_netx
+
+    network = network_from_netx(path, skip_layers)
+    steps = steps or spikes.shape[-1]
+    if input_layer_on_chip and not (skip_layers == 1 and network.layers[0].kind == "input"):
+        raise UsageError("--input-layer-on-chip counts a skipped input layer: give --skip-layers 1 for a network "
+                         "whose first layer is netx's input layer")
+    messages = run_netx(path, spikes, steps, None, skip_layers, reset_interval, reset_offset, every_layer=True)
+    per = inference_steps(steps_per_inference, reset_interval)
+    rows = count_netx(network, messages, spikes[..., :steps], per, network.layers[0] if input_layer_on_chip else None)
+    return InferenceEnergy(str(path), rows, per, input_name)

@@ -47,6 +47,32 @@ class Evaluation:
         rates = list(self.spike_rate.values())
         return sum(rates) / len(rates) if rates else 0.0
 
+    def as_record(self) -> dict:
+        """The figures as a fine-tuning record keeps them (rounded)."""
+        return {"tokens": self.tokens, "ann_ppl": round(self.ann_perplexity, 3),
+                "snn_ppl": round(self.snn_perplexity, 3), "ppl_change": round(self.perplexity_change, 5),
+                "cos_logits": round(self.logits_cosine, 5), "cos_hidden": round(self.mean_hidden_cosine, 5),
+                "top1": round(self.top1_agreement, 5)}
+
+    def row(self) -> str:
+        """One line of the comparison table (TABLE_HEADER)."""
+        return (f"{self.timesteps:>4} {self.ann_perplexity:>9.2f} {self.snn_perplexity:>9.4g} "
+                f"{100 * self.perplexity_change:>+8.3g}% {self.logits_cosine:>8.4f} {self.mean_hidden_cosine:>8.4f} "
+                f"{100 * self.top1_agreement:>6.1f}% {self.mean_spike_rate:>6.3f} "
+                f"{self.ann_seconds:>7.1f} {self.snn_seconds:>7.1f}")
+
+    def details(self) -> str:
+        """Per block, the residual stream's cosine to the ANN; per population, its spike rate."""
+        lines = ["\nper block: cosine similarity of the residual stream to the ANN"]
+        lines += [f"  block {block:>2}  {cosine:.4f}" for block, cosine in enumerate(self.hidden_cosine)]
+        lines.append("spike rate per population (spikes per neuron per step)")
+        lines += [f"  {name:<20} {rate:.3f}" for name, rate in self.spike_rate.items()]
+        return "\n".join(lines)
+
+
+TABLE_HEADER = (f"{'T':>4} {'ANN ppl':>9} {'SNN ppl':>9} {'d ppl':>9} {'cos(lgt)':>8} "
+                f"{'cos(hid)':>8} {'top-1':>7} {'rate':>6} {'ANN s':>7} {'SNN s':>7}")
+
 
 @torch.no_grad()
 def ann_forward(model: GPT2LMHeadModel, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -67,6 +93,16 @@ def _token_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a.flatten(0, -2).double(), b.flatten(0, -2).double(), dim=-1)
 
 
+def _top1_matches(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.argmax(-1) == b.argmax(-1)).flatten()
+
+
+def logit_agreement(snn_logits: torch.Tensor, ann_logits: torch.Tensor) -> tuple[float, float]:
+    """(mean cosine of the logits, top-1 agreement) over every token of [..., vocab] logits."""
+    return (float(_token_cosine(snn_logits, ann_logits).mean()),
+            float(_top1_matches(snn_logits, ann_logits).double().mean()))
+
+
 class _Totals:
     """Running sums over batches, so long texts never sit in memory at once."""
 
@@ -82,7 +118,7 @@ class _Totals:
         self.predictions += targets.numel()
         self.tokens += ids.numel()
         self.logit_cos += float(_token_cosine(snn.logits, ann_logits).sum())
-        self.agree += float((snn.logits.argmax(-1) == ann_logits.argmax(-1)).sum())
+        self.agree += float(_top1_matches(snn.logits, ann_logits).sum())
         for b, ann_h in enumerate(ann_hidden):
             self.hidden_cos[b] += float(_token_cosine(snn.hidden[b], ann_h).sum())
 
@@ -117,3 +153,31 @@ def evaluate(model: GPT2LMHeadModel, spiking: SpikingGraph, text_windows: torch.
         hidden_cosine=[c / n for c in totals.hidden_cos], logits_cosine=totals.logit_cos / n,
         top1_agreement=totals.agree / n, spike_rate={k: v / n for k, v in rate_sums.items()},
         ann_seconds=ann_seconds, snn_seconds=snn_seconds, spike_count=counts)
+
+
+def plot_sweep(results: list[Evaluation], path, title: str) -> None:
+    """Perplexity ratio and similarity to the ANN against T (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nxcompile.files import save_figure
+
+    steps = [r.timesteps for r in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(steps, [r.snn_perplexity / r.ann_perplexity for r in results], "o-")
+    left.set(xlabel="time steps per token T", ylabel="perplexity SNN / ANN", yscale="log")
+    right.plot(steps, [r.logits_cosine for r in results], "o-", label="logits")
+    right.plot(steps, [r.mean_hidden_cosine for r in results], "s-", label="hidden (mean over blocks)")
+    right.plot(steps, [r.top1_agreement for r in results], "^-", label="top-1 agreement")
+    right.set(xlabel="time steps per token T", ylabel="similarity to ANN")
+    right.legend()
+    for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.minorticks_off()
+        axis.set_xticks(steps, [str(s) for s in steps])
+        axis.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)

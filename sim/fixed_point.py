@@ -2,11 +2,13 @@
 
 `sim.reference.run` computes in float, on whatever numbers the graph holds. On
 Loihi every on-chip number is an integer, so this module defines, once, the
-integer arithmetic of every on-chip op; the reference's fixed-point mode
-(`run`, below: whole sequences at once, causal attention as a masked batch)
-and the Lava backend (`backends.lava_sim`: one token at a time on Lava's
-message passing, keys and values held in a KV cache) both execute it, and must
-agree bit for bit.
+integer arithmetic of every on-chip op: one small dataclass per op (its fields
+the op's integers, its docstring the integer equation, its methods the
+arithmetic). The reference's fixed-point mode (`run`, below: whole sequences at
+once, causal attention as a masked batch) calls each op's `execute`; the Lava
+backend (`backends.lava_processes`: one step at a time on Lava's message
+passing, keys and values held in a KV cache) calls the same op's per-step and
+per-token methods. The two must agree bit for bit.
 
 Numbers on chip:
   spikes          integers per step: 0/1, -1/0/+1 or a graded-spike payload
@@ -20,25 +22,11 @@ Numbers on chip:
 
 Rounding, everywhere: shifts and divisions floor (numpy's >> and //), the
 readout's window average rounds half up; v_init * threshold is floored; a
-leak keeps trunc(|v| * (4096 - dv) / 4096) with v's sign (Lava's CUBA decay).
-Matrix products run in float64, which is exact here (every partial sum stays
-below 2**53), so BLAS does the work.
+leak keeps trunc(|v| * (2**DECAY_BITS - dv) / 2**DECAY_BITS) with v's sign
+(Lava's CUBA decay). Matrix products run in float64, which is exact here
+(every partial sum stays below 2**53), so BLAS does the work.
 Host ops (embedding, final norm, LM head) stay float: a value crossing from
 host to chip is rounded to a payload, one crossing back is divided out.
-
-The graded method's ops (one graded spike per layer and token; formats from
-`compiler.quantize.quantize_graded`, docs/graded.md):
-  graded-dense    the synapses are Lava's own Dense process: it holds 2m (8-bit
-                  mantissas m, sign mode MIXED) and sends (sum 2m x) >> (1 + s);
-                  the neuron adds its bias, applies identity or an integer GELU
-                  (quadratic pieces fitted to the model's own activation) and
-                  rescales to its message (`Requantise`: an integer multiply
-                  and a shift, rounding half up, saturating)
-  attention       scores q.k, rescaled to 2**-10 units, max subtracted, I-BERT's
-                  i-exp, the sum, one integer reciprocal 2**32 // sum,
-                  probabilities of PROBABILITY_BITS fraction bits, their sum over
-                  the cached values, rescaled to its message
-  norm            the integer LayerNorm above, its output in its own format
 """
 from __future__ import annotations
 
@@ -47,30 +35,52 @@ import functools
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from transformers.activations import ACT2FN
 
-from nxcompile.compiler.graph import (SSA, Add, Attention, Dense, Encode, GradedDense, LayerNorm, NeuronModel,
-                                      SpikingGraph)
+from nxcompile.compiler.graph import (GRADED_BITS, GRADED_FRACTION_BITS, SSA, Add, Attention, Dense, Encode,
+                                      GradedDense, LayerNorm, NeuronModel, SpikingGraph, out_kind)
 from nxcompile.errors import UsageError
 from nxcompile.sim.reference import RunResult, decode_output, execute_node
 
-GRADED_FRACTION_BITS = 10          # resolution 1/1024, range +-8192
-GRADED_BITS = 24                   # [Lava] Loihi 2 graded s_out payload
 PAYLOAD_LIMIT = 2 ** (GRADED_BITS - 1) - 1
-DECAY_UNITS = 4096                 # [Lava] 12-bit decays
+DECAY_BITS = 12                    # [Lava] lif/models.py: du, dv are 12-bit
+DECAY_UNITS = 1 << DECAY_BITS
 
 
-@dataclass(frozen=True)
-class IntNeuron:
-    """A population's integer dynamics (see graph.NeuronModel)."""
-    threshold: np.ndarray      # per neuron or one, state units
-    v_init: np.ndarray         # floor(v_init * threshold)
-    keep: int                  # DECAY_UNITS - dv: what a step's leak keeps of v
-    signed: bool
-    payload_max: int
+def to_payload(x: np.ndarray) -> np.ndarray:
+    """A float value as a graded payload (round to nearest, saturate)."""
+    return np.clip(np.round(np.asarray(x, dtype=np.float64) * 2.0 ** GRADED_FRACTION_BITS),
+                   -PAYLOAD_LIMIT, PAYLOAD_LIMIT).astype(np.int64)
+
+
+def from_payload(p: np.ndarray) -> np.ndarray:
+    return np.asarray(p, dtype=np.float64) / 2.0 ** GRADED_FRACTION_BITS
+
+
+def saturate(p: np.ndarray) -> np.ndarray:
+    return np.clip(p, -PAYLOAD_LIMIT, PAYLOAD_LIMIT)
+
+
+def limit_of(bits: int) -> int:
+    """The largest magnitude of a signed `bits`-bit payload."""
+    return 2 ** (bits - 1) - 1
+
+
+def matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x @ weight.T on integers, through float64 BLAS (exact below 2**53)."""
+    return np.rint(x.astype(np.float64) @ weight.T.astype(np.float64)).astype(np.int64)
+
+
+def synaptic_input(x: np.ndarray, spikes: bool, weight: np.ndarray) -> np.ndarray:
+    """State-unit current from one input: spikes count as integers, a graded payload
+    carries F fraction bits that the synapse shifts out. A 2-D weight is a matrix
+    (a Dense), a 1-D one a weight per neuron (elementwise)."""
+    current = matmul(x, weight) if weight.ndim == 2 else x * weight
+    return current if spikes else current >> GRADED_FRACTION_BITS
 
 
 @dataclass(frozen=True)
@@ -97,187 +107,174 @@ def rescaling(ratio: float, limit: int, multiplier_bits: int = 15) -> Requantise
     return Requantise(round(ratio * 2.0 ** shift), shift, limit)
 
 
+# ---- neurons --------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
-class IntOp:
-    """One on-chip op as integers. `kind` picks the arithmetic:
-    encode / dense / readout / ssa / add / graded-add / norm / graded-dense / attention."""
-    kind: str
-    neuron: IntNeuron | None = None
-    weight: np.ndarray | None = None          # dense, readout [out, in]; encode gain; add (scale_a, scale_b)
-    bias: np.ndarray | None = None
-    unit_log2: int = 0                        # readout: state units per float unit
-    n_head: int = 0
-    head_dim: int = 0
-    kv_capacity: int = 0
-    position_norm: bool = False               # ssa: divide query i's current by i + 1
-    norm_weight: np.ndarray | None = None     # norm, payload units
-    norm_bias: np.ndarray | None = None
-    eps: int = 1                              # norm, 2**(2F) units
-    input_scale: np.ndarray | None = None     # norm of a spike train: payload per spike
-    input_offset: np.ndarray | None = None
-    limit: int = PAYLOAD_LIMIT                # norm: saturation of its output
-    acc_shift: int = 0                        # graded-dense: what Lava's Dense shifts sum(m x) right by
-    activation: str = "identity"              # graded-dense: identity, or the model's GELU (its name)
-    to_gelu: Requantise | None = None         # graded-dense: accumulator -> GELU input
-    score: Requantise | None = None           # attention: q.k -> i-exp input; ssa: count -> current
-    out: Requantise | None = None             # graded-dense, attention: result -> message
-    exact: frozenset = frozenset()            # kernels computed exactly in float64 (the study's ablations)
+class IntNeuron:
+    """A population's integer dynamics (graph.NeuronModel in state units), per step:
+
+        v = sign(v) * ((|v| * keep) >> DECAY_BITS)        (only with a leak, keep < 2**DECAY_BITS)
+        v = v + I
+        s = clamp(floor(v / threshold), 0, payload_max)    (signed: sign(v) min(|v| // threshold, payload_max))
+        v = v - s * threshold
+    and v = v_init = floor(v_init * threshold) at every window's start."""
+    threshold: np.ndarray      # per neuron or one, state units
+    v_init: np.ndarray
+    keep: int                  # DECAY_UNITS - dv: what a step's leak keeps of v
+    signed: bool
+    payload_max: int
+
+    def reset(self, shape: tuple[int, ...]) -> np.ndarray:
+        """v at a window's start."""
+        return np.broadcast_to(self.v_init, shape).astype(np.int64).copy()
+
+    def step(self, v: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One step: (spikes, new v)."""
+        if self.keep != DECAY_UNITS:
+            v = np.sign(v) * ((np.abs(v) * self.keep) >> DECAY_BITS)
+        v = v + current
+        if self.signed:
+            s = np.sign(v) * np.minimum(np.abs(v) // self.threshold, self.payload_max)
+        else:
+            s = np.clip(v // self.threshold, 0, self.payload_max)
+        return s, v - s * self.threshold
+
+    def fire(self, current: np.ndarray) -> np.ndarray:
+        """Spikes [B, S, T, N] of a window of currents [B, S, T, N]."""
+        v = self.reset(current[:, :, 0].shape)
+        spikes = np.empty_like(current)
+        for t in range(current.shape[2]):
+            spikes[:, :, t], v = self.step(v, current[:, :, t])
+        return spikes
+
+    def scaled(self, factor) -> "IntNeuron":
+        """The same neuron with threshold and initial voltage times `factor` (an integer, or an
+        array broadcasting against the neurons): a current divided by `factor`, without rounding."""
+        factor = np.asarray(factor, dtype=np.int64)
+        return dataclasses.replace(self, threshold=self.threshold * factor, v_init=self.v_init * factor)
 
 
-def to_payload(x: np.ndarray) -> np.ndarray:
-    """A float value as a graded payload (round to nearest, saturate)."""
-    return np.clip(np.round(np.asarray(x, dtype=np.float64) * 2.0 ** GRADED_FRACTION_BITS),
-                   -PAYLOAD_LIMIT, PAYLOAD_LIMIT).astype(np.int64)
+def _window(x: np.ndarray, spikes: bool) -> np.ndarray:
+    """A whole-sequence input as a window: a spike train [B, S, T, N] as it is, a graded payload
+    [B, S, N] as the same value at every step, [B, S, 1, N]."""
+    return x if spikes else x[:, :, None]
 
 
-def from_payload(p: np.ndarray) -> np.ndarray:
-    return np.asarray(p, dtype=np.float64) / 2.0 ** GRADED_FRACTION_BITS
+# ---- window ops: a population integrates its current over a token's T steps ------------------------
+
+@dataclass(frozen=True)
+class Population:
+    """Spiking neurons driven by their inputs' synapses, per step t of a token's window:
+
+        I[t] = sum_p W_p (x) x_p[t] + bias           (x) a matrix product (Dense) or elementwise
+        s[t] = neuron(I[t])                           (Encode, the spiking residual Add)
+    where a spike counts as an integer and a graded payload's fraction bits are shifted out."""
+    neuron: IntNeuron
+    weights: dict[str, np.ndarray]      # input port -> [out, in] matrix or [out] elementwise weight
+    bias: np.ndarray
+    spike_ports: frozenset[str]         # ports whose messages are spikes (else graded payloads)
+    windowed: ClassVar[bool] = True      # integrates over a window of T steps
+    sends_spikes: ClassVar[bool] = True
+
+    @property
+    def ports(self) -> tuple[str, ...]:
+        return tuple(self.weights)
+
+    def current(self, x: dict[str, np.ndarray]) -> np.ndarray:
+        """The state-unit current of one step (or of a whole window, broadcasting)."""
+        return sum(synaptic_input(x[p], p in self.spike_ports, w) for p, w in self.weights.items()) + self.bias
+
+    def execute(self, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+        current = self.current({p: _window(x, p in self.spike_ports) for p, x in inputs.items()})
+        return self.neuron.fire(np.broadcast_to(current, current.shape[:2] + (timesteps,) + current.shape[3:]))
 
 
-def saturate(p: np.ndarray) -> np.ndarray:
-    return np.clip(p, -PAYLOAD_LIMIT, PAYLOAD_LIMIT)
+@dataclass(frozen=True)
+class Readout:
+    """A Dense without neurons, read out as a graded value per token: I[t] = W x[t] + bias summed
+    over the window, sent as the payload of its mean, round half up:
+        p = floor((2 * (sum_t I[t] << F) + T 2**u) / (2 T 2**u))      (u = unit_log2 state units per unit)."""
+    weight: np.ndarray
+    bias: np.ndarray
+    unit_log2: int
+    spike_ports: frozenset[str]
+    windowed: ClassVar[bool] = True
+    sends_spikes: ClassVar[bool] = False
+    ports: ClassVar[tuple[str, ...]] = ("x",)
+
+    def current(self, x: dict[str, np.ndarray]) -> np.ndarray:
+        return synaptic_input(x["x"], "x" in self.spike_ports, self.weight) + self.bias
+
+    def payload(self, accumulated: np.ndarray, timesteps: int) -> np.ndarray:
+        """A window's summed current as the graded payload of its mean."""
+        denominator = timesteps << self.unit_log2
+        return saturate((2 * (accumulated << GRADED_FRACTION_BITS) + denominator) // (2 * denominator))
+
+    def execute(self, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+        current = self.current({"x": _window(inputs["x"], "x" in self.spike_ports)})
+        window = np.broadcast_to(current, current.shape[:2] + (timesteps,) + current.shape[3:])
+        return self.payload(window.sum(2), timesteps)
 
 
-def _integers(t: torch.Tensor, what: str) -> np.ndarray:
-    """A tensor the quantiser put on an integer grid, as int64; refuses anything else."""
-    a = t.detach().cpu().double().numpy()
-    if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
-        raise UsageError(f"{what} is not on the fixed-point grid; quantise the graph for a Loihi target "
-                         f"(`nxcompile export --target loihi2-sim`) before running it in fixed point")
-    return a.astype(np.int64)
+def heads(x: np.ndarray, n_head: int, head_dim: int) -> np.ndarray:
+    """[..., H*hd] -> [..., H, hd]."""
+    return x.reshape(x.shape[:-1] + (n_head, head_dim))
 
 
-def _int_neuron(neuron: NeuronModel, name: str) -> IntNeuron:
-    theta = _integers(neuron.threshold, f"{name}: threshold")
-    keep = DECAY_UNITS - round(neuron.leak * DECAY_UNITS)
-    return IntNeuron(theta, np.floor(neuron.v_init * theta).astype(np.int64), keep, neuron.signed,
-                     neuron.payload_max)
+@dataclass(frozen=True)
+class SpikingAttention:
+    """SSA on integer spikes, per head and step t (graph.SSA), with its scale a Requantise:
+
+        I_i[t] = score( sum_{j visible to i} (Q_i[t] . K_j[t]) V_j[t] )
+        s_i[t] = neuron_i(I_i[t])      neuron_i: thresholds times (i + 1) with position_norm
+    Keys and values of earlier tokens come from the KV cache (at most kv_capacity tokens)."""
+    neuron: IntNeuron
+    n_head: int
+    head_dim: int
+    score: Requantise
+    kv_capacity: int
+    position_norm: bool
+    windowed: ClassVar[bool] = True
+    sends_spikes: ClassVar[bool] = True
+    ports: ClassVar[tuple[str, ...]] = ("q", "k", "v")
+
+    def current(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray,
+                visible: np.ndarray | None = None) -> np.ndarray:
+        """Queries [..., Sq, H*hd] against keys and values [..., Sk, H*hd] of the same step;
+        `visible` [Sq, Sk] the keys each query sees (None: all)."""
+        qh, kh, vh = (heads(x, self.n_head, self.head_dim).astype(np.float64) for x in (q, keys, values))
+        scores = np.einsum("...ihd,...jhd->...hij", qh, kh)
+        if visible is not None:
+            scores = scores * visible
+        out = np.einsum("...hij,...jhd->...ihd", scores, vh)
+        return self.score(np.rint(out).astype(np.int64).reshape(q.shape))
+
+    def neuron_at(self, positions) -> IntNeuron:
+        """The neurons of the queries at `positions` (0-based: an array [S, 1], or one token's index):
+        with position_norm, query i's current is divided by the i + 1 keys it attends to."""
+        return self.neuron.scaled(np.asarray(positions) + 1) if self.position_norm else self.neuron
+
+    def execute(self, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+        q, k, v = (inputs[p].transpose(0, 2, 1, 3) for p in self.ports)        # [B, T, S, N]
+        s = q.shape[2]
+        current = self.current(q, k, v, np.tril(np.ones((s, s)))).transpose(0, 2, 1, 3)
+        return self.neuron_at(np.arange(s)[:, None]).fire(current)
 
 
-def _format(spiking: SpikingGraph, name: str) -> dict:
-    """A node's message format from the quantiser (bits, frac: value = payload / 2**frac); what
-    has none (host values, the other methods' graded messages) travels in the residual format."""
-    layers = spiking.meta.get("quantization", {}).get("layers", {})
-    return {"bits": GRADED_BITS, "frac": GRADED_FRACTION_BITS} | layers.get(name, {})
+# ---- per-token ops: one graded value per token, computed once ------------------------------------
 
+@dataclass(frozen=True)
+class GradedAdd:
+    """The residual connection on graded payloads: y = saturate(a + b)."""
+    windowed: ClassVar[bool] = False
+    sends_spikes: ClassVar[bool] = False
+    ports: ClassVar[tuple[str, ...]] = ("a", "b")
 
-def message_bits(spiking: SpikingGraph, name: str) -> int:
-    """The bits of the payload node `name` sends, sign included."""
-    return _format(spiking, name)["bits"]
+    def value(self, x: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+        return saturate(x["a"] + x["b"])
 
-
-def _limit(bits: int) -> int:
-    return 2 ** (bits - 1) - 1
-
-
-def _exact(spiking: SpikingGraph) -> frozenset:
-    return frozenset(spiking.meta.get("quantization", {}).get("precision", {}).get("exact", ()))
-
-
-def _graded_int_op(spiking: SpikingGraph, name: str, op) -> IntOp:
-    """A GradedDense or an Attention as integers, from its format and its sources' formats."""
-    fmt = _format(spiking, name)
-    if isinstance(op, Attention):
-        q, k, v = (_format(spiking, spiking.inputs(name)[p])["frac"] for p in "qkv")
-        return IntOp("attention", n_head=op.n_head, head_dim=op.head_dim, kv_capacity=op.kv_capacity,
-                     score=rescaling(op.scale * 2.0 ** (EXP_INPUT_FRACTION_BITS - q - k), SCORE_LIMIT),
-                     out=rescaling(2.0 ** (fmt["frac"] - PROBABILITY_BITS - v), _limit(fmt["bits"])),
-                     exact=_exact(spiking))
-    if "acc_frac" not in fmt:
-        raise UsageError(f"{name}: graded layer has no fixed-point format; quantise the graph for a Loihi 2 target "
-                         f"before running it in fixed point")
-    gelu = op.activation != "identity"
-    out_ratio = (GELU_UNIT if gelu else 2.0 ** -fmt["acc_frac"]) * 2.0 ** fmt["frac"]
-    return IntOp("graded-dense", weight=_integers(op.weight * 2.0 ** -fmt["weight_exp"], f"{name}: weight"),
-                 bias=_integers(op.bias * 2.0 ** fmt["acc_frac"], f"{name}: bias"), acc_shift=fmt["acc_shift"],
-                 activation=op.activation,
-                 to_gelu=rescaling(2.0 ** (GELU_INPUT_FRACTION_BITS - fmt["acc_frac"]), PAYLOAD_LIMIT) if gelu else None,
-                 out=rescaling(out_ratio, _limit(fmt["bits"])), exact=_exact(spiking))
-
-
-def _int_op(spiking: SpikingGraph, name: str) -> IntOp:
-    op = spiking.op(name)
-    if isinstance(op, (GradedDense, Attention)):
-        return _graded_int_op(spiking, name, op)
-    if isinstance(op, LayerNorm):
-        scale, fmt = op.input_scale, _format(spiking, name)
-        unit = 2.0 ** fmt["frac"]
-        return IntOp("norm", norm_weight=np.round(op.weight.double().numpy() * unit).astype(np.int64),
-                     norm_bias=np.round(op.bias.double().numpy() * unit).astype(np.int64),
-                     eps=max(1, round(op.eps * 2.0 ** (2 * GRADED_FRACTION_BITS))),
-                     input_scale=to_payload(scale.double().numpy()) if scale.numel() else None,
-                     input_offset=to_payload(op.input_offset.double().numpy()) if scale.numel() else None,
-                     limit=_limit(fmt["bits"]), exact=_exact(spiking))
-    if isinstance(op, Add) and op.neuron is None:
-        return IntOp("graded-add")
-    if isinstance(op, Dense) and op.neuron is None:
-        layers = spiking.meta.get("quantization", {}).get("layers", {})
-        if name not in layers:
-            raise UsageError(f"{name}: readout has no fixed-point format; quantise the graph for a Loihi target "
-                             f"before running it in fixed point")
-        unit = layers[name]["unit_log2"]
-        return IntOp("readout", weight=_integers(op.weight * 2.0 ** unit, f"{name}: weight"),
-                     bias=_integers(op.bias * 2.0 ** unit, f"{name}: bias"), unit_log2=unit)
-    neuron = _int_neuron(op.neuron, name)
-    if isinstance(op, SSA):
-        return IntOp("ssa", neuron, n_head=op.n_head, head_dim=op.head_dim,
-                     score=rescaling(op.scale, SCORE_LIMIT),
-                     kv_capacity=op.kv_capacity, position_norm=op.position_norm)
-    if isinstance(op, Dense):
-        return IntOp("dense", neuron, _integers(op.weight, f"{name}: weight"), _integers(op.bias, f"{name}: bias"))
-    if isinstance(op, Add):
-        scales = torch.stack([op.scale_a.expand(op.features), op.scale_b.expand(op.features)])
-        return IntOp("add", neuron, _integers(scales, f"{name}: scales"), _integers(op.bias, f"{name}: bias"))
-    if isinstance(op, Encode):
-        return IntOp("encode", neuron, _integers(op.gain, f"{name}: gain"), _integers(op.bias, f"{name}: bias"))
-    raise UsageError(f"{name}: a {type(op).__name__} cannot run on chip")
-
-
-def integer_program(spiking: SpikingGraph) -> dict[str, IntOp]:
-    """Every on-chip node as integers (host nodes stay float and are not listed)."""
-    return {name: _int_op(spiking, name) for name in spiking.order() if not spiking.graph.nodes[name]["host"]}
-
-
-# ---- kernels shared by both executors -------------------------------------------------------
-
-def matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """x @ weight.T on integers, through float64 BLAS (exact below 2**53)."""
-    return np.rint(x.astype(np.float64) @ weight.T.astype(np.float64)).astype(np.int64)
-
-
-def synaptic_input(x: np.ndarray, graded: bool, weight: np.ndarray) -> np.ndarray:
-    """State-unit current from one input: spikes count as integers, a graded payload
-    carries F fraction bits that the synapse shifts out."""
-    current = matmul(x, weight) if weight.ndim == 2 else x * weight
-    return current >> GRADED_FRACTION_BITS if graded else current
-
-
-def neuron_reset(neuron: IntNeuron, shape: tuple[int, ...]) -> np.ndarray:
-    """v at a window's start."""
-    return np.broadcast_to(neuron.v_init, shape).astype(np.int64).copy()
-
-
-def neuron_step(neuron: IntNeuron, v: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One step of the integrate-and-fire family with reset by subtraction: (spikes, new v)."""
-    if neuron.keep != DECAY_UNITS:
-        v = np.sign(v) * ((np.abs(v) * neuron.keep) >> 12)
-    v = v + current
-    if neuron.signed:
-        s = np.sign(v) * np.minimum(np.abs(v) // neuron.threshold, neuron.payload_max)
-    else:
-        s = np.clip(v // neuron.threshold, 0, neuron.payload_max)
-    return s, v - s * neuron.threshold
-
-
-def readout_payload(op: IntOp, accumulated: np.ndarray, timesteps: int) -> np.ndarray:
-    """A window's summed current (state units) as the graded payload of its mean, rounded half up."""
-    denominator = timesteps << op.unit_log2
-    return saturate((2 * (accumulated << GRADED_FRACTION_BITS) + denominator) // (2 * denominator))
-
-
-def window_payload(op: IntOp, spike_sum: np.ndarray, timesteps: int) -> np.ndarray:
-    """A norm's spike-train input decoded over the window: mean_t(s) * scale + offset, as a payload."""
-    return (2 * spike_sum * op.input_scale + timesteps) // (2 * timesteps) + op.input_offset
+    def execute(self, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+        return self.value(inputs, timesteps)
 
 
 def isqrt(x: np.ndarray) -> np.ndarray:
@@ -288,23 +285,51 @@ def isqrt(x: np.ndarray) -> np.ndarray:
     return r
 
 
-def layer_norm(op: IntOp, p: np.ndarray) -> np.ndarray:
-    """LayerNorm of payloads over the last axis, in integers:
-    c = x - floor(mean), std = isqrt(floor(mean(c^2)) + eps), y = floor(c * w / std) + b,
-    saturated to the op's limit (w and b in the output's fraction bits)."""
-    if "norm" in op.exact:
-        x = p.astype(np.float64)
-        centred = x - x.mean(-1, keepdims=True)
-        y = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + op.eps) * op.norm_weight + op.norm_bias
-        return np.clip(np.round(y), -op.limit, op.limit).astype(np.int64)
-    n = p.shape[-1]
-    centred = p - p.sum(-1, keepdims=True) // n
-    variance = (centred * centred).sum(-1, keepdims=True) // n
-    return np.clip(centred * op.norm_weight // isqrt(variance + op.eps) + op.norm_bias, -op.limit, op.limit)
+@dataclass(frozen=True)
+class Norm:
+    """LayerNorm of payloads over the features, in integers (weight and bias in the output's
+    fraction bits, saturated to +-limit):
+
+        c = x - floor(mean(x)),  std = isqrt(floor(mean(c^2)) + eps),  y = floor(c * w / std) + b
+    A spike-train input is first decoded over its window: x = floor((2 sum_t s * scale + T) / 2T) + offset."""
+    weight: np.ndarray
+    bias: np.ndarray
+    eps: int                                 # in 2**(2F) units
+    input_scale: np.ndarray | None           # a spike train's payload per spike (None: graded input)
+    input_offset: np.ndarray | None
+    limit: int
+    exact: bool = False                      # the graded study's ablation: float64 LayerNorm, rounded
+    windowed: ClassVar[bool] = False
+    sends_spikes: ClassVar[bool] = False
+    ports: ClassVar[tuple[str, ...]] = ("x",)
+
+    def window_payload(self, spike_sum: np.ndarray, timesteps: int) -> np.ndarray:
+        """A spike window's sum decoded: mean_t(s) * scale + offset, as a payload."""
+        return (2 * spike_sum * self.input_scale + timesteps) // (2 * timesteps) + self.input_offset
+
+    def normalise(self, p: np.ndarray) -> np.ndarray:
+        if self.exact:
+            x = p.astype(np.float64)
+            centred = x - x.mean(-1, keepdims=True)
+            y = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + self.eps) * self.weight + self.bias
+            return np.clip(np.round(y), -self.limit, self.limit).astype(np.int64)
+        n = p.shape[-1]
+        centred = p - p.sum(-1, keepdims=True) // n
+        variance = (centred * centred).sum(-1, keepdims=True) // n
+        return np.clip(centred * self.weight // isqrt(variance + self.eps) + self.bias, -self.limit, self.limit)
+
+    def value(self, x: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+        """From a graded payload, or from a spike window's sum."""
+        return self.normalise(x["x"] if self.input_scale is None else self.window_payload(x["x"], timesteps))
+
+    def execute(self, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+        x = inputs["x"]
+        return self.value({"x": x if self.input_scale is None else x.sum(2)}, timesteps)
 
 
-# ---- the graded method's kernels ----------------------------------------------------------------
-# exp as in I-BERT (Kim et al., ICML 2021): a second-order polynomial and a shift, on integers.
+# ---- the graded method's kernels (one graded spike per layer and token) ------------------------------
+# GELU is a table of quadratic pieces fitted to the model's own activation; exp is I-BERT's
+# (Kim et al., ICML 2021): a second-order polynomial and a shift, on integers.
 
 GELU_INPUT_FRACTION_BITS = 10        # the integer GELU reads x in units of 2**-10
 _GELU_SEGMENT_BITS = 8               # pieces of 2**8 input units (0.25) ...
@@ -321,7 +346,7 @@ _EXP_C_INT = math.floor(_EXP_COEF[2] / _EXP_COEF[0] / _EXP_INPUT_UNIT ** 2)
 EXP_UNIT = _EXP_COEF[0] * _EXP_INPUT_UNIT ** 2                           # value of one i_exp unit
 _EXP_MAX_HALVINGS = 30               # I-BERT's clamp: exp(x) for x < 30 (-ln 2) rounds to 0 anyway
 PROBABILITY_BITS = 15                # attention probabilities in units of 2**-15
-_RECIPROCAL_BITS = 48                # one reciprocal per query, 2**48 // sum of exps: >= 16 bits for 1,024 keys
+RECIPROCAL_BITS = 48                 # one reciprocal per query, 2**48 // sum of exps: >= 16 bits for 1,024 keys
 SCORE_LIMIT = 2 ** 40
 
 
@@ -343,14 +368,14 @@ def gelu_table(activation: str) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
-def integer_gelu(op: IntOp, g: np.ndarray) -> np.ndarray:
+def integer_gelu(activation: str, g: np.ndarray, exact: bool = False) -> np.ndarray:
     """GELU(x) of x = g / 2**10 in units of GELU_UNIT: x h(|x|) for x >= 0 and x (1 - h(|x|)) below
     (GELU(x) / x is symmetric about 1/2), h from `gelu_table` (the piece chosen by a shift, a
-    quadratic in the offset into it), h = 1 beyond |x| >= 4."""
-    if "gelu" in op.exact:
+    quadratic in the offset into it), h = 1 beyond |x| >= 4. `exact`: the float64 GELU, rounded."""
+    if exact:
         x = torch.from_numpy(g / 2.0 ** GELU_INPUT_FRACTION_BITS)
-        return np.round(ACT2FN[op.activation](x).numpy() / GELU_UNIT).astype(np.int64)
-    table = gelu_table(op.activation)
+        return np.round(ACT2FN[activation](x).numpy() / GELU_UNIT).astype(np.int64)
+    table = gelu_table(activation)
     u = np.minimum(np.abs(g), (_GELU_SEGMENTS << _GELU_SEGMENT_BITS) - 1)
     k, t = u >> _GELU_SEGMENT_BITS, u & ((1 << _GELU_SEGMENT_BITS) - 1)
     h = table[k, 0] + ((table[k, 1] * t) >> _GELU_LINEAR_SHIFT) + ((table[k, 2] * t * t) >> _GELU_SQUARE_SHIFT)
@@ -358,120 +383,216 @@ def integer_gelu(op: IntOp, g: np.ndarray) -> np.ndarray:
     return g * np.where(g >= 0, h, (1 << _GELU_H_BITS) - h)
 
 
-def i_exp(op: IntOp, x: np.ndarray) -> np.ndarray:
+def i_exp(x: np.ndarray, exact: bool = False) -> np.ndarray:
     """exp(x) of x = payload / 2**10 <= 0, in units of EXP_UNIT (I-BERT's i-exp: x = -q ln2 + r,
-    exp(r) a second-order polynomial on (-ln 2, 0], then q halvings as a shift)."""
+    exp(r) a second-order polynomial on (-ln 2, 0], then q halvings as a shift). `exact`: float64."""
     x = np.maximum(x, _EXP_MAX_HALVINGS * _EXP_X0_INT)
-    if "exp" in op.exact:
+    if exact:
         return np.round(np.exp(x * _EXP_INPUT_UNIT) / EXP_UNIT).astype(np.int64)
     q = x // _EXP_X0_INT
     r = x - _EXP_X0_INT * q
     return ((r + _EXP_B_INT) * r + _EXP_C_INT) >> q
 
 
-def dense_accumulate(x: np.ndarray, mantissas: np.ndarray, shift: int) -> np.ndarray:
-    """What Lava's Dense sends a graded neuron: it holds 2m (sign mode MIXED keeps even weights) and
-    weight_exp = -(1 + shift), so a = (sum 2m x) >> (1 + shift) = floor(sum m x / 2**shift)."""
-    return matmul(x, 2 * mantissas) >> (1 + shift)
+@dataclass(frozen=True)
+class GradedLinear:
+    """A GradedDense, y = act(W x + b) once per token. Its synapses are Lava's own Dense process,
+    which holds 2m (8-bit mantissas m, sign mode MIXED keeps even weights) with weight_exp
+    = -(1 + acc_shift) and sends
+        a = (sum 2m x) >> (1 + acc_shift) = floor(sum m x / 2**acc_shift);
+    its neurons add the bias, apply identity or the integer GELU (on `to_gelu(v)`) and rescale to
+    their message (`out`: an integer multiply and a shift, rounding half up, saturating)."""
+    weight: np.ndarray                   # mantissas m [out, in]
+    bias: np.ndarray                     # on the accumulator's grid
+    acc_shift: int
+    activation: str                      # identity, or the model's GELU (its name)
+    to_gelu: Requantise | None           # accumulator -> GELU input
+    out: Requantise
+    exact_gelu: bool = False
+    windowed: ClassVar[bool] = False
+    sends_spikes: ClassVar[bool] = False
+    ports: ClassVar[tuple[str, ...]] = ("x",)
+
+    def accumulate(self, x: np.ndarray) -> np.ndarray:
+        """What Lava's Dense sends the neurons."""
+        return matmul(x, 2 * self.weight) >> (1 + self.acc_shift)
+
+    def neuron_value(self, accumulated: np.ndarray) -> np.ndarray:
+        """The neurons' message from their Dense's accumulation: bias, activation, rescale."""
+        v = accumulated + self.bias
+        if self.activation != "identity":
+            v = integer_gelu(self.activation, self.to_gelu(v), self.exact_gelu)
+        return self.out(v)
+
+    def value(self, x: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+        return self.neuron_value(self.accumulate(x["x"]))
+
+    def execute(self, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+        return self.value(inputs, timesteps)
 
 
-def graded_neuron(op: IntOp, accumulated: np.ndarray) -> np.ndarray:
-    """A GradedDense neuron's message from its Dense's accumulation: bias, activation, rescale."""
-    v = accumulated + op.bias
-    if op.activation != "identity":
-        v = integer_gelu(op, op.to_gelu(v))
-    return op.out(v)
+@dataclass(frozen=True)
+class SoftmaxAttention:
+    """Softmax attention over the KV cache in integers, per query i and head:
+
+        s_ij = score(q_i . k_j) - max_j score(q_i . k_j)             (2**-10 units, <= 0)
+        e_ij = i_exp(s_ij),  r_i = 2**48 // sum_j e_ij,  p_ij = (e_ij r_i) >> (48 - 15)
+        y_i = out( sum_j p_ij v_j )                                    (rescaled to its message)"""
+    n_head: int
+    head_dim: int
+    kv_capacity: int
+    score: Requantise
+    out: Requantise
+    exact_exp: bool = False
+    windowed: ClassVar[bool] = False
+    sends_spikes: ClassVar[bool] = False
+    ports: ClassVar[tuple[str, ...]] = ("q", "k", "v")
+
+    def attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray,
+               visible: np.ndarray | None = None) -> np.ndarray:
+        """Queries q [..., Sq, H*hd] over cached keys and values [..., Sk, H*hd] (payloads),
+        `visible` [Sq, Sk] the keys each query may see (None: all)."""
+        split = lambda x: heads(x, self.n_head, self.head_dim).astype(np.float64)        # noqa: E731
+        scores = self.score(np.rint(np.einsum("...ihd,...jhd->...hij", split(q), split(keys))).astype(np.int64))
+        if visible is not None:
+            scores = np.where(visible, scores, -SCORE_LIMIT)
+        exps = i_exp(scores - scores.max(-1, keepdims=True), self.exact_exp)
+        if visible is not None:
+            exps = np.where(visible, exps, 0)
+        reciprocal = (1 << RECIPROCAL_BITS) // exps.sum(-1, keepdims=True)
+        probabilities = (exps * reciprocal) >> (RECIPROCAL_BITS - PROBABILITY_BITS)
+        out = np.rint(np.einsum("...hij,...jhd->...ihd", probabilities.astype(np.float64), split(values)))
+        return self.out(out.astype(np.int64)).reshape(q.shape)
+
+    def execute(self, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
+        s = inputs["q"].shape[1]
+        return self.attend(inputs["q"], inputs["k"], inputs["v"], np.tril(np.ones((s, s), dtype=bool)))
 
 
-def attend(op: IntOp, q: np.ndarray, keys: np.ndarray, values: np.ndarray,
-           visible: np.ndarray | None = None) -> np.ndarray:
-    """Softmax attention of queries q [..., Sq, H*hd] over cached keys and values [..., Sk, H*hd]
-    (payloads), `visible` [Sq, Sk] the keys each query may see (None: all): integer scores,
-    max subtracted, i-exp, one reciprocal per query, probabilities times values, rescaled."""
-    heads = lambda x: ssa_heads(op, x).astype(np.float64)        # noqa: E731   [..., S, H, hd]
-    scores = op.score(np.rint(np.einsum("...ihd,...jhd->...hij", heads(q), heads(keys))).astype(np.int64))
-    if visible is not None:
-        scores = np.where(visible, scores, -SCORE_LIMIT)
-    exps = i_exp(op, scores - scores.max(-1, keepdims=True))
-    if visible is not None:
-        exps = np.where(visible, exps, 0)
-    reciprocal = (1 << _RECIPROCAL_BITS) // exps.sum(-1, keepdims=True)
-    probabilities = (exps * reciprocal) >> (_RECIPROCAL_BITS - PROBABILITY_BITS)
-    out = np.rint(np.einsum("...hij,...jhd->...ihd", probabilities.astype(np.float64), heads(values)))
-    return op.out(out.astype(np.int64)).reshape(q.shape)
+# ---- a quantised graph as integer ops --------------------------------------------------------------
+
+def _integers(t: torch.Tensor, what: str) -> np.ndarray:
+    """A tensor the quantiser put on an integer grid, as int64; refuses anything else."""
+    a = t.detach().cpu().double().numpy()
+    if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+        raise UsageError(f"{what} is not on the fixed-point grid; quantise the graph for a Loihi target "
+                         f"(`nxcompile export --target loihi2-sim`) before running it in fixed point")
+    return a.astype(np.int64)
 
 
-def query_neuron(op: IntOp, positions) -> IntNeuron:
-    """The SSA neuron of the queries at `positions` (0-based: an array [S, 1], or one token's
-    index). With position_norm its threshold and initial voltage are (i + 1) times the stored
-    ones, which divides query i's current by the number of keys it attends to without rounding."""
-    if not op.position_norm:
-        return op.neuron
-    factor = np.asarray(positions, dtype=np.int64) + 1
-    return dataclasses.replace(op.neuron, threshold=op.neuron.threshold * factor, v_init=op.neuron.v_init * factor)
+def _int_neuron(neuron: NeuronModel, name: str) -> IntNeuron:
+    theta = _integers(neuron.threshold, f"{name}: threshold")
+    keep = DECAY_UNITS - round(neuron.leak * DECAY_UNITS)
+    return IntNeuron(theta, np.floor(neuron.v_init * theta).astype(np.int64), keep, neuron.signed,
+                     neuron.payload_max)
 
 
-def ssa_heads(op: IntOp, x: np.ndarray) -> np.ndarray:
-    """[..., H*hd] -> [..., H, hd]."""
-    return x.reshape(x.shape[:-1] + (op.n_head, op.head_dim))
+def _layer_format(spiking: SpikingGraph, name: str, what: str):
+    fmt = spiking.quantization.layers.get(name) if spiking.quantization is not None else None
+    if fmt is None:
+        raise UsageError(f"{name}: {what} has no fixed-point format; quantise the graph for a Loihi target "
+                         f"before running it in fixed point")
+    return fmt
+
+
+def _exact(spiking: SpikingGraph, kernel: str) -> bool:
+    precision = spiking.quantization.precision if spiking.quantization is not None else None
+    return precision is not None and kernel in precision.exact
+
+
+def _spike_ports(spiking: SpikingGraph, name: str) -> frozenset[str]:
+    """The ports of a node fed by on-chip spikes (host values and graded messages are payloads)."""
+    graph = spiking.graph
+    return frozenset(port for port, source in spiking.inputs(name).items()
+                     if not graph.nodes[source]["host"] and out_kind(spiking.op(source)) != "graded")
+
+
+def _graded_dense(spiking: SpikingGraph, name: str, op: GradedDense) -> GradedLinear:
+    fmt = _layer_format(spiking, name, "graded layer")
+    gelu = op.activation != "identity"
+    out_ratio = (GELU_UNIT if gelu else 2.0 ** -fmt.acc_frac) * 2.0 ** fmt.frac
+    return GradedLinear(_integers(op.weight * 2.0 ** -fmt.weight_exp, f"{name}: weight"),
+                        _integers(op.bias * 2.0 ** fmt.acc_frac, f"{name}: bias"), fmt.acc_shift, op.activation,
+                        rescaling(2.0 ** (GELU_INPUT_FRACTION_BITS - fmt.acc_frac), PAYLOAD_LIMIT) if gelu else None,
+                        rescaling(out_ratio, limit_of(fmt.bits)), _exact(spiking, "gelu"))
+
+
+def _attention(spiking: SpikingGraph, name: str, op: Attention) -> SoftmaxAttention:
+    fmt = spiking.message_format(name)
+    q, k, v = (spiking.message_format(spiking.inputs(name)[p]).frac for p in "qkv")
+    return SoftmaxAttention(op.n_head, op.head_dim, op.kv_capacity,
+                            rescaling(op.scale * 2.0 ** (EXP_INPUT_FRACTION_BITS - q - k), SCORE_LIMIT),
+                            rescaling(2.0 ** (fmt.frac - PROBABILITY_BITS - v), limit_of(fmt.bits)),
+                            _exact(spiking, "exp"))
+
+
+def _norm(spiking: SpikingGraph, name: str, op: LayerNorm) -> Norm:
+    unit = 2.0 ** spiking.message_format(name).frac
+    spikes = op.input_scale.numel() > 0
+    return Norm(np.round(op.weight.double().numpy() * unit).astype(np.int64),
+                np.round(op.bias.double().numpy() * unit).astype(np.int64),
+                max(1, round(op.eps * 2.0 ** (2 * GRADED_FRACTION_BITS))),
+                to_payload(op.input_scale.double().numpy()) if spikes else None,
+                to_payload(op.input_offset.double().numpy()) if spikes else None,
+                limit_of(spiking.message_format(name).bits), _exact(spiking, "norm"))
+
+
+def _dense(spiking: SpikingGraph, name: str, op: Dense):
+    if op.neuron is not None:
+        return Population(_int_neuron(op.neuron, name), {"x": _integers(op.weight, f"{name}: weight")},
+                          _integers(op.bias, f"{name}: bias"), _spike_ports(spiking, name))
+    unit = _layer_format(spiking, name, "readout").unit_log2
+    return Readout(_integers(op.weight * 2.0 ** unit, f"{name}: weight"),
+                   _integers(op.bias * 2.0 ** unit, f"{name}: bias"), unit, _spike_ports(spiking, name))
+
+
+def _add(spiking: SpikingGraph, name: str, op: Add):
+    if op.neuron is None:
+        return GradedAdd()
+    weights = {"a": _integers(op.scale_a.expand(op.features), f"{name}: scale_a"),
+               "b": _integers(op.scale_b.expand(op.features), f"{name}: scale_b")}
+    return Population(_int_neuron(op.neuron, name), weights, _integers(op.bias, f"{name}: bias"),
+                      _spike_ports(spiking, name))
+
+
+def _encode(spiking: SpikingGraph, name: str, op: Encode) -> Population:
+    return Population(_int_neuron(op.neuron, name), {"x": _integers(op.gain, f"{name}: gain")},
+                      _integers(op.bias, f"{name}: bias"), _spike_ports(spiking, name))
+
+
+def _ssa(spiking: SpikingGraph, name: str, op: SSA) -> SpikingAttention:
+    return SpikingAttention(_int_neuron(op.neuron, name), op.n_head, op.head_dim, rescaling(op.scale, SCORE_LIMIT),
+                            op.kv_capacity, op.position_norm)
+
+
+# graph op type -> its integer op (one builder per type, as netx's create_<layer>)
+INTEGER_OPS = {Encode: _encode, Dense: _dense, SSA: _ssa, Add: _add, LayerNorm: _norm, GradedDense: _graded_dense,
+               Attention: _attention}
+
+
+def integer_program(spiking: SpikingGraph) -> dict[str, object]:
+    """Every on-chip node as its integer op (host nodes stay float and are not listed)."""
+    program = {}
+    for name in spiking.order():
+        if spiking.graph.nodes[name]["host"]:
+            continue
+        op = spiking.op(name)
+        builder = INTEGER_OPS.get(type(op))
+        if builder is None:
+            raise UsageError(f"{name}: a {type(op).__name__} cannot run on chip")
+        program[name] = builder(spiking, name, op)
+    return program
+
+
+def message_bits(spiking: SpikingGraph, name: str) -> int:
+    """The bits of the payload node `name` sends, sign included."""
+    return spiking.message_format(name).bits
 
 
 # ---- the reference's fixed-point mode: whole sequences ------------------------------------------
 
 def _is_spike_train(x: np.ndarray) -> bool:
     return x.ndim == 4
-
-
-def _current(op: IntOp, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
-    """[B, S, T, N] state-unit input current of a population."""
-    if op.kind == "ssa":
-        return _ssa_current(op, inputs["q"], inputs["k"], inputs["v"])
-    if op.kind == "add":
-        terms = [synaptic_input(inputs[port], not _is_spike_train(inputs[port]), op.weight[i])
-                 for i, port in enumerate("ab")]
-        current = sum(t if t.ndim == 4 else t[:, :, None] for t in terms) + op.bias
-    else:
-        x = inputs["x"]
-        current = synaptic_input(x, not _is_spike_train(x), op.weight)
-        current = (current if current.ndim == 4 else current[:, :, None]) + op.bias
-    return np.broadcast_to(current, current.shape[:2] + (timesteps,) + current.shape[3:])
-
-
-def _ssa_current(op: IntOp, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """scale * sum_{j <= i} (Q_i[t] . K_j[t]) V_j[t], as a causal mask over the whole sequence."""
-    qh, kh, vh = (ssa_heads(op, x).astype(np.float64) for x in (q, k, v))     # [B, S, T, H, hd]
-    scores = np.einsum("bithd,bjthd->bthij", qh, kh)
-    scores *= np.tril(np.ones((q.shape[1], q.shape[1])))
-    out = np.einsum("bthij,bjthd->bithd", scores, vh)
-    return op.score(np.rint(out).astype(np.int64).reshape(q.shape))
-
-
-def _fire(neuron: IntNeuron, current: np.ndarray) -> np.ndarray:
-    v = neuron_reset(neuron, current[:, :, 0].shape)
-    spikes = np.empty_like(current)
-    for t in range(current.shape[2]):
-        spikes[:, :, t], v = neuron_step(neuron, v, current[:, :, t])
-    return spikes
-
-
-def execute(op: IntOp, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
-    """One on-chip op on whole sequences: spike trains [B, S, T, N] or payloads [B, S, N]."""
-    if op.kind == "graded-add":
-        return saturate(inputs["a"] + inputs["b"])
-    if op.kind == "graded-dense":
-        return graded_neuron(op, dense_accumulate(inputs["x"], op.weight, op.acc_shift))
-    if op.kind == "attention":
-        s = inputs["q"].shape[1]
-        return attend(op, inputs["q"], inputs["k"], inputs["v"], np.tril(np.ones((s, s), dtype=bool)))
-    if op.kind == "norm":
-        x = inputs["x"]
-        return layer_norm(op, window_payload(op, x.sum(2), timesteps) if _is_spike_train(x) else x)
-    current = _current(op, inputs, timesteps)
-    if op.kind == "readout":
-        return readout_payload(op, current.sum(2), timesteps)
-    if op.kind == "ssa":
-        return _fire(query_neuron(op, np.arange(current.shape[1])[:, None]), current)
-    return _fire(op.neuron, current)
 
 
 def _from_host(value: torch.Tensor) -> np.ndarray:
@@ -509,7 +630,7 @@ def run(spiking: SpikingGraph, token_ids: torch.Tensor, timesteps: int, keep_val
         sources = spiking.inputs(name)
         if name in program:
             inputs = {port: values[s] if s in program else _from_host(values[s]) for port, s in sources.items()}
-            out = execute(program[name], inputs, timesteps)
+            out = program[name].execute(inputs, timesteps)
             if _is_spike_train(out):
                 rate[name] = float(np.abs(out).mean())
                 count[name] = float(np.abs(out).sum())
@@ -538,4 +659,3 @@ def _graded_value(spiking: SpikingGraph, name: str, out) -> torch.Tensor:
     if _is_spike_train(out):
         return decode_output(spiking.op(name), torch.from_numpy(out).float())
     return torch.from_numpy(from_payload(out)).float()
-

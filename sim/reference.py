@@ -112,8 +112,7 @@ def ssa_current(op: SSA, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> t
         return x.reshape(b, s, t, op.n_head, op.head_dim).permute(0, 3, 2, 1, 4)
 
     scores = heads(q) @ heads(k).transpose(-1, -2)
-    if op.causal:
-        scores = scores.masked_fill(~torch.ones(s, s, dtype=torch.bool, device=q.device).tril(), 0.0)
+    scores = scores.masked_fill(~torch.ones(s, s, dtype=torch.bool, device=q.device).tril(), 0.0)   # causal
     out = (scores @ heads(v)) * op.scale
     if op.position_norm:       # query i attends to i + 1 keys
         out = out / torch.arange(1, s + 1, dtype=out.dtype, device=out.device)[:, None]

@@ -39,6 +39,8 @@ def small_net(tmp_path_factory) -> Path:
 
     from nxcompile.compiler.convert import ConversionOptions, convert
     from nxcompile.compiler.export import export_net, load_net
+    from nxcompile.compiler.layers import network_from_graph
+    from nxcompile.compiler.partition import place
     from nxcompile.compiler.quantize import quantize
     from nxcompile.compiler.targets import TARGETS
 
@@ -48,6 +50,6 @@ def small_net(tmp_path_factory) -> Path:
     graph = quantize(convert(model, ConversionOptions(timesteps=2), torch.randint(0, 64, (2, 16))),
                      TARGETS["loihi2-sim"])
     path = tmp_path_factory.mktemp("small") / "small.net"
-    export_net(graph, path, {"cores_used": 1})
+    export_net(graph, path, place(network_from_graph(graph), TARGETS["loihi2-sim"]))
     load_net(path)                                         # the unmutated file is valid
     return path

@@ -134,9 +134,10 @@ def test_position_normalised_ssa_in_fixed_point_is_the_float_one():
     neuron = NeuronModel(torch.tensor([96.0]))
     op = SSA(n_head=2, head_dim=4, scale=64.0, neuron=neuron, position_norm=True)
     floating = reference.fire(neuron, reference.ssa_current(op, q, k, v), 4)
-    int_op = fx.IntOp("ssa", fx.IntNeuron(np.array([96]), np.array([48]), fx.DECAY_UNITS, False, 1),
-                      n_head=2, head_dim=4, score=fx.rescaling(64, fx.SCORE_LIMIT), position_norm=True)
-    fixed = fx.execute(int_op, {p: x.numpy().astype(np.int64) for p, x in zip("qkv", (q, k, v))}, 4)
+    int_op = fx.SpikingAttention(fx.IntNeuron(np.array([96]), np.array([48]), fx.DECAY_UNITS, False, 1),
+                                 n_head=2, head_dim=4, score=fx.rescaling(64, fx.SCORE_LIMIT), kv_capacity=16,
+                                 position_norm=True)
+    fixed = int_op.execute({p: x.numpy().astype(np.int64) for p, x in zip("qkv", (q, k, v))}, 4)
     np.testing.assert_array_equal(fixed, floating.numpy())
     assert fixed.sum() > 0
 
@@ -196,8 +197,8 @@ def test_rate_limit_is_what_long_spike_trains_converge_to():
 
 @pytest.mark.parametrize("method", ["neurtransformer", "spikedecoder"])
 def test_graph_round_trips_through_disk(method, tmp_path):
-    graph = convert(small_gpt2(), ConversionOptions(method=method, embedding="binary"),
-                    token_batch(2, 24, 200))
+    extra = {"embedding": "binary"} if method == "spikedecoder" else {}
+    graph = convert(small_gpt2(), ConversionOptions(method=method, **extra), token_batch(2, 24, 200))
     path = tmp_path / "graph.safetensors"
     save_graph(graph, path)
     loaded = load_graph(path)
@@ -251,6 +252,17 @@ def test_host_nodes_follow_the_options():
 def test_bad_options_are_usage_errors(bad):
     with pytest.raises(UsageError):
         ConversionOptions(**bad)
+
+
+@pytest.mark.parametrize("method, ignored", [("neurtransformer", dict(norm="static")),
+                                             ("neurtransformer", dict(embedding="binary")),
+                                             ("graded", dict(neuron="lif")), ("graded", dict(ssa_norm="sum"))])
+def test_an_option_the_method_does_not_read_is_refused_not_ignored(method, ignored):
+    from nxcompile.compiler.convert import METHODS
+
+    flag = "--" + next(iter(ignored)).replace("_", "-")
+    with pytest.raises(UsageError, match=f"{flag}: not an option of the {method} method"):
+        ConversionOptions(method=method, timesteps=METHODS[method].fixed_timesteps or 8, **ignored)
 
 
 def expected_shapes(config) -> dict[str, int]:

@@ -13,7 +13,7 @@ from nxcompile.sim.energy import ENERGY_MODELS, NEURON_OPS, count, total
 def _graph() -> SpikingGraph:
     """embed (host, 4 values) -> encode (4 ternary) -> q, k, v (Dense 4 -> 4, binary) -> ssa (1 head of 4)
     -> readout (Dense 4 -> 3)."""
-    g = SpikingGraph(nx.DiGraph(), {"options": {"gelu": "relu"}})
+    g = SpikingGraph(nx.DiGraph(), {"options": {"method": "neurtransformer", "gelu": "relu"}})
     g.add("embed", Embed(torch.zeros(10, 4), torch.zeros(8, 4)), host=True)
     g.add("enc", Encode(4, NeuronModel(torch.ones(1), signed=True)), {"x": "embed"}, block=0)
     for name in "qkv":
@@ -119,10 +119,23 @@ def tiny_net(tiny_graph, tmp_path_factory):
     return path
 
 
-def test_energy_command_prints_every_model_and_writes_the_plots(tiny_net, tmp_path, capsys):
+def test_token_energy_scopes_attention_by_role_and_the_command_writes_the_plots(tiny_net, tmp_path, capsys):
     from nxcompile.cli import main
+    from nxcompile.compiler.export import load_net, load_tokenizer
+    from nxcompile.sim.energy import ATTENTION_OP, token_energy
 
-    assert main(["energy", str(tiny_net), "--tokens", "32", "--plot-dir", str(tmp_path / "plots")]) == 0
+    graph, _ = load_net(tiny_net)
+    report = token_energy(graph, load_tokenizer(tiny_net), 16)
+    scopes = report.scopes()
+    attention_blocks = [s for s in scopes if s.startswith("attention blocks")][0]
+    by_name = {r.name: r for r in report.rows}
+    expected = sum(by_name[f"h{b}.attn.{part}"].snn_pj(ENERGY_MODELS["45nm"])
+                   for b in range(4) for part in ("encode", "q", "k", "v", "ssa", "c_proj", "add"))
+    assert scopes[attention_blocks]["45nm"].snn_pj == pytest.approx(expected)
+    assert scopes[ATTENTION_OP]["45nm"].snn_pj == pytest.approx(
+        sum(by_name[f"h{b}.attn.ssa"].snn_pj(ENERGY_MODELS["45nm"]) for b in range(4)))
+    assert report.chips == 1 and report.period > 8
+    assert main(["energy", str(tiny_net), "--tokens", "16", "--plot-dir", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
     for needle in ("h0.attn.ssa", "vs ANN attention", "every on-chip layer", "Horowitz", "Davies"):
         assert needle in out

@@ -13,18 +13,20 @@ import nxcompile  # noqa: F401  (installs the Lava fixes before lava is imported
 from lava.lib.dl import netx
 from nxcompile.compiler.convert import ConversionOptions, convert
 from nxcompile.compiler.export import NetFileError, export_net, layer_type, load_net
-from nxcompile.compiler.graph import Dense, NeuronModel, SpikingGraph
-from nxcompile.compiler.layers import netx_value
+from nxcompile.compiler.graph import Dense, NeuronModel, Role, SpikingGraph
+from nxcompile.compiler.layers import netx_value, network_from_graph
+from nxcompile.compiler.partition import place
 from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
 from tests.test_convert_reference import small_gpt2, token_batch
 
 
 def assert_same_graph(a: SpikingGraph, b: SpikingGraph) -> None:
-    assert a.order() == b.order() and a.meta == b.meta
+    assert a.order() == b.order() and a.meta == b.meta and a.quantization == b.quantization
     assert sorted(a.graph.edges(data="port")) == sorted(b.graph.edges(data="port"))
     for name in a.order():
         assert a.graph.nodes[name]["host"] == b.graph.nodes[name]["host"]
+        assert a.role(name) == b.role(name)
         assert_same_fields(a.op(name), b.op(name), name)
 
 
@@ -46,11 +48,12 @@ def quantised_tiny(tiny_graph):
 
 
 def test_quantised_gpt2_round_trips_exactly_with_its_placement(quantised_tiny, tmp_path):
-    placement = {"target": "loihi2", "cores_used": 17, "blocks": [{"layer": "h0.attn.q", "core": 3}]}
+    placement = place(network_from_graph(quantised_tiny), TARGETS["loihi2"])
     export_net(quantised_tiny, tmp_path / "m.net", placement)
     graph, read_placement = load_net(tmp_path / "m.net")
     assert_same_graph(quantised_tiny, graph)
-    assert read_placement == placement
+    assert read_placement.as_data() == placement.as_data() and read_placement.blocks == placement.blocks
+    assert graph.role("h0.attn.ssa") == Role("attention", "op") and graph.role("h1.mlp.c_fc") == Role("mlp", "hidden")
 
 
 def test_same_graph_gives_byte_identical_files(quantised_tiny, tmp_path):

@@ -147,7 +147,7 @@ def test_fine_tuned_checkpoint_reloads_and_quantises_to_the_trained_integers(sma
     save_graph(trainable.deployable(), tmp_path / "tuned.safetensors")
     reloaded = load_graph(tmp_path / "tuned.safetensors")
     once, twice = quantize(reloaded, LOIHI2), quantize(quantize(reloaded, LOIHI2), LOIHI2)
-    for name in once.meta["quantization"]["layers"]:
+    for name in once.quantization.layers:
         a, b = once.op(name), twice.op(name)
         if hasattr(a, "weight"):
             assert torch.equal(a.weight, b.weight), name
@@ -199,8 +199,8 @@ def test_fine_tuned_weights_reach_the_net_file_and_come_back_as_the_same_integer
             assert torch.equal(back.neuron.threshold, back.neuron.threshold.round()), name
         if hasattr(deployed, "weight"):
             assert torch.equal(deployed.weight, back.weight), name
-            mantissa = back.weight * 2.0 ** quantised.meta["quantization"]["layers"][name]["unit_log2"] \
-                if deployed.neuron is None else back.weight / 2 ** quantised.meta["quantization"]["layers"][name]["weight_exp"]
+            mantissa = back.weight * 2.0 ** quantised.quantization.layers[name].unit_log2 \
+                if deployed.neuron is None else back.weight / 2 ** quantised.quantization.layers[name].weight_exp
             assert torch.equal(mantissa, mantissa.round()), name
 
 

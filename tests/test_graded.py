@@ -8,14 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
 from nxcompile.backends.lava_sim import LavaModel, simulator_config, synapses   # Lava's runtime before any tqdm lock
 from nxcompile.compiler.convert import ConversionOptions, convert
-from nxcompile.compiler.graph import Attention, GradedDense
-from nxcompile.compiler.quantize import GradedPrecision, quantize
+from nxcompile.compiler.graph import Attention, GradedDense, GradedPrecision
+from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
 from nxcompile.errors import UsageError
 from nxcompile.models.corpus import calibration_windows, load_corpus, token_windows
@@ -57,15 +56,14 @@ def test_the_graded_method_runs_at_one_step_per_token():
 
 def test_integer_gelu_follows_the_models_own_activation():
     g = np.arange(-12 * 1024, 12 * 1024)               # x = g / 1024 over [-12, 12)
-    op = fx.IntOp("graded-dense", activation="gelu_new")
-    got = fx.integer_gelu(op, g) * fx.GELU_UNIT
+    got = fx.integer_gelu("gelu_new", g) * fx.GELU_UNIT
     expected = ACT2FN["gelu_new"](torch.from_numpy(g / 1024.0)).numpy()
     assert np.abs(got - expected).max() < 1e-4
 
 
 def test_i_exp_follows_exp_to_ibert_accuracy():
     x = np.arange(-20 * 1024, 1)                        # x / 1024 over [-20, 0]
-    got = fx.i_exp(fx.IntOp("attention"), x) * fx.EXP_UNIT
+    got = fx.i_exp(x) * fx.EXP_UNIT
     expected = np.exp(x / 1024.0)
     assert np.abs(got - expected).max() < 2e-3         # I-BERT's second-order polynomial on (-ln 2, 0]
     assert np.all(np.diff(got) >= 0)                   # monotone
@@ -85,10 +83,10 @@ def test_integer_attention_is_softmax_attention():
     fq, fk, fv = 12, 5, 5                               # fraction bits: 16-bit q, 8-bit keys and values
     payload = lambda x, f, bits: np.clip(np.round(x * 2 ** f), -2 ** (bits - 1) + 1, 2 ** (bits - 1) - 1)  # noqa
     qp, kp, vp = payload(q, fq, 16), payload(k, fk, 8), payload(v, fv, 8)
-    op = fx.IntOp("attention", n_head=2, head_dim=8,
-                  score=fx.rescaling(op_float.scale * 2.0 ** (fx.EXP_INPUT_FRACTION_BITS - fq - fk), fx.SCORE_LIMIT),
-                  out=fx.rescaling(2.0 ** (12 - fx.PROBABILITY_BITS - fv), 2 ** 15 - 1))
-    got = fx.attend(op, qp.astype(np.int64), kp.astype(np.int64), vp.astype(np.int64),
+    op = fx.SoftmaxAttention(2, 8, 12, fx.rescaling(op_float.scale * 2.0 ** (fx.EXP_INPUT_FRACTION_BITS - fq - fk),
+                                                    fx.SCORE_LIMIT),
+                             fx.rescaling(2.0 ** (12 - fx.PROBABILITY_BITS - fv), 2 ** 15 - 1))
+    got = op.attend(qp.astype(np.int64), kp.astype(np.int64), vp.astype(np.int64),
                     np.tril(np.ones((12, 12), dtype=bool))) / 2 ** 12
     inputs = {"q": torch.tensor(qp / 2 ** fq), "k": torch.tensor(kp / 2 ** fk), "v": torch.tensor(vp / 2 ** fv)}
     expected = reference.EXECUTORS[Attention](op_float, inputs, None).numpy()
@@ -97,25 +95,25 @@ def test_integer_attention_is_softmax_attention():
 
 def test_formats_hold_every_calibrated_range_and_no_sum_can_overflow(graded, quantised):
     """Recomputed here from the weights and the formats alone."""
-    layers = quantised.meta["quantization"]["layers"]
+    layers = quantised.quantization.layers
     for name in quantised.order():
         if quantised.graph.nodes[name]["host"]:
             continue
         op, fmt = graded.op(name), layers[name]
-        limit = 2 ** (fmt["bits"] - 1) - 1
+        limit = 2 ** (fmt.bits - 1) - 1
         if hasattr(op, "out_range"):
-            assert op.out_range * 2 ** fmt["frac"] <= limit, name
+            assert op.out_range * 2 ** fmt.frac <= limit, name
         if isinstance(op, GradedDense):
-            mantissas = quantised.op(name).weight.double() * 2.0 ** -fmt["weight_exp"]
+            mantissas = quantised.op(name).weight.double() * 2.0 ** -fmt.weight_exp
             assert torch.equal(mantissas, mantissas.round()) and mantissas.abs().max() <= 127, name
-            worst = int(mantissas.abs().sum(dim=1).max()) * (2 ** (fmt["in_bits"] - 1) - 1)
+            worst = int(mantissas.abs().sum(dim=1).max()) * (2 ** (fmt.in_bits - 1) - 1)
             assert 2 * worst < 2 ** 31, name                    # Lava's Dense sums 2m x in int32
-            assert worst >> fmt["acc_shift"] < 2 ** 23, name     # the neuron's 24-bit state
-            assert fmt["in_bits"] <= 16 and fmt["bits"] <= 24, name
+            assert worst >> fmt.acc_shift < 2 ** 23, name     # the neuron's 24-bit state
+            assert fmt.in_bits <= 16 and fmt.bits <= 24, name
     for name in quantised.order():
         if isinstance(graded.op(name), Attention):
             sources = quantised.inputs(name)
-            assert layers[sources["k"]]["bits"] == 8 and layers[sources["v"]]["bits"] == 8
+            assert layers[sources["k"]].bits == 8 and layers[sources["v"]].bits == 8
 
 
 @pytest.mark.slow
@@ -132,7 +130,8 @@ def test_lavas_dense_process_computes_the_synapse_arithmetic():
     from lava.proc.io.source import RingBuffer as Source
 
     rng = np.random.default_rng(0)
-    op = fx.IntOp("graded-dense", weight=rng.integers(-127, 128, (5, 7)), acc_shift=3)
+    op = fx.GradedLinear(rng.integers(-127, 128, (5, 7)), np.zeros(5, dtype=np.int64), 3, "identity", None,
+                         fx.rescaling(1.0, fx.PAYLOAD_LIMIT))
     x = rng.integers(-2 ** 15 + 1, 2 ** 15, (7, 4))
     dense, source, sink = synapses(op, 16, "d"), Source(data=x), Sink(shape=(5,), buffer=4)
     source.s_out.connect(dense.s_in)
@@ -142,7 +141,7 @@ def test_lavas_dense_process_computes_the_synapse_arithmetic():
         sent = sink.data.get()
     finally:
         dense.stop()
-    np.testing.assert_array_equal(sent[:, 1:], fx.dense_accumulate(x.T, op.weight, 3).T[:, :-1])  # one step late
+    np.testing.assert_array_equal(sent[:, 1:], op.accumulate(x.T).T[:, :-1])  # one step late
 
 
 @pytest.mark.slow

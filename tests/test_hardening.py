@@ -16,7 +16,7 @@ import pytest
 from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
 from tests.conftest import REPO_ROOT
-from tests.test_cli import assert_one_line_error, nxcompile
+from tests.test_cli import assert_one_line_error, cli, nxcompile
 
 
 def _damaged(small_net, tmp_path, damage) -> str:
@@ -52,17 +52,17 @@ def _dangling_input(handle) -> None:
 
 @pytest.mark.parametrize("damage, needle", [(_narrow_a_weight, "inconsistent"), (_unknown_type, "unknown type"),
                                             (_dangling_input, "nowhere")])
-def test_inconsistent_or_unknown_layers_are_one_line_through_the_cli(small_net, tmp_path, damage, needle):
+def test_inconsistent_or_unknown_layers_are_one_line_through_the_cli(small_net, tmp_path, damage, needle, capsys):
     path = _damaged(small_net, tmp_path, damage)
     for command in (["inspect", path], ["run", path, "--prompt", "x"], ["energy", path]):
-        assert_one_line_error(nxcompile(*command), 2, needle)
+        assert_one_line_error(*cli(capsys, *command)[::2], 2, needle)
 
 
 @pytest.mark.parametrize("keep", [0, 100, 4096])
-def test_truncated_net_files_are_one_line_through_the_cli(small_net, tmp_path, keep):
+def test_truncated_net_files_are_one_line_through_the_cli(small_net, tmp_path, keep, capsys):
     path = tmp_path / "cut.net"
     path.write_bytes(small_net.read_bytes()[:keep])
-    assert_one_line_error(nxcompile("run", str(path), "--prompt", "x"), 2, str(path))
+    assert_one_line_error(*cli(capsys, "run", str(path), "--prompt", "x")[::2], 2, str(path))
 
 
 def test_an_interrupted_write_leaves_no_file(tmp_path):
@@ -81,19 +81,19 @@ def test_an_interrupted_write_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_export_is_byte_identical_run_to_run(tmp_path):
-    paths = [tmp_path / "a.net", tmp_path / "b.net"]
-    for path in paths:
-        assert nxcompile("export", "gpt2-tiny", "--target", "loihi2-sim", "-T", "2", "-o", str(path)).returncode == 0
-    assert paths[0].read_bytes() == paths[1].read_bytes()
+def test_export_is_byte_identical_run_to_run_and_process_to_process(tmp_path, capsys):
+    command = ("export", "gpt2-tiny", "--target", "loihi2-sim", "-T", "2", "-o")
+    assert nxcompile(*command, str(tmp_path / "a.net")).returncode == 0
+    assert cli(capsys, *command, str(tmp_path / "b.net"))[0] == 0
+    assert (tmp_path / "a.net").read_bytes() == (tmp_path / "b.net").read_bytes()
 
 
-def test_evaluation_numbers_repeat_exactly():
-    runs = [nxcompile("eval", "gpt2-tiny", "-T", "2", "--max-tokens", "128") for _ in range(2)]
+def test_evaluation_numbers_repeat_exactly(capsys):
+    runs = [cli(capsys, "eval", "gpt2-tiny", "-T", "2", "--max-tokens", "128")[1] for _ in range(2)]
     # every column but the last two, the ANN's and the SNN's wall seconds
-    tables = [[line.split()[:-2] for line in r.stdout.splitlines() if "ppl" in line.lower() or "%" in line]
-              for r in runs]
-    assert runs[0].returncode == 0 and tables[0] and tables[0] == tables[1]
+    tables = [[line.split()[:-2] for line in out.splitlines() if "ppl" in line.lower() or "%" in line]
+              for out in runs]
+    assert tables[0] and tables[0] == tables[1]
 
 
 @pytest.mark.slow
@@ -116,8 +116,8 @@ def test_ctrl_c_during_a_lava_run_stops_lava_and_leaves_no_process(tmp_path):
     assert left == "", f"Lava processes left running: {left}"
 
 
-def test_a_pickled_input_array_is_refused_not_executed(shared_netx, tmp_path):
+def test_a_pickled_input_array_is_refused_not_executed(shared_netx, tmp_path, capsys):
     path = tmp_path / "objects.npy"
     np.save(path, np.array([{"code": "would run on unpickling"}], dtype=object), allow_pickle=True)
-    result = nxcompile("run", str(shared_netx / "pilotnet_sdnn" / "network.net"), "--input", str(path), "--steps", "2")
-    assert_one_line_error(result, 2, "cannot read")
+    result = cli(capsys, "run", str(shared_netx / "pilotnet_sdnn" / "network.net"), "--input", str(path))
+    assert_one_line_error(*result[::2], 2, "cannot read")

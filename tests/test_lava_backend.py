@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
-from nxcompile.backends.lava_sim import LAVA_HOP, LavaModel, schedule
+from nxcompile.backends.lava_sim import LavaModel
 from nxcompile.cli import main
 from nxcompile.compiler.convert import ConversionOptions, convert
-from nxcompile.compiler.export import export_net, load_tokenizer
+from nxcompile.compiler.export import export_net, load_net, load_tokenizer
 from nxcompile.compiler.graph import out_kind
 from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
@@ -25,6 +25,7 @@ from nxcompile.models.zoo import load_model
 from nxcompile.sim import energy
 from nxcompile.sim import fixed_point as fx
 from nxcompile.sim import reference
+from nxcompile.sim.schedule import LAVA_HOP, schedule
 
 PROMPT = "HAMLET. To be, or not to be, that is the question: whether 'tis nobler"
 
@@ -51,10 +52,10 @@ def net_file(quantised, tiny, tmp_path_factory):
 def test_integrate_and_fire_steps_by_hand():
     neuron = fx.IntNeuron(threshold=np.array([10]), v_init=np.array([5]), keep=fx.DECAY_UNITS, signed=False,
                           payload_max=1)
-    v = fx.neuron_reset(neuron, (1,))
+    v = neuron.reset((1,))
     sent = []
     for current in (3, 3, 30, -50, 4):        # v: 8, 11->1, 31->21 (one spike a step), -29, -25
-        s, v = fx.neuron_step(neuron, v, np.array([current]))
+        s, v = neuron.step(v, np.array([current]))
         sent.append((int(s[0]), int(v[0])))
     assert sent == [(0, 8), (1, 1), (1, 21), (0, -29), (0, -25)]
 
@@ -62,7 +63,7 @@ def test_integrate_and_fire_steps_by_hand():
 def test_signed_graded_neuron_and_leak_by_hand():
     neuron = fx.IntNeuron(threshold=np.array([4]), v_init=np.array([0]), keep=fx.DECAY_UNITS - 1024, signed=True,
                           payload_max=3)
-    s, v = fx.neuron_step(neuron, np.array([-8, 100, 6]), np.array([-9, 0, 1]))
+    s, v = neuron.step(np.array([-8, 100, 6]), np.array([-9, 0, 1]))
     # leak keeps 3/4, truncated toward zero: -6, 75, 4; plus current: -15, 75, 5
     assert s.tolist() == [-3, 3, 1] and v.tolist() == [-3, 63, 1]
 
@@ -77,17 +78,17 @@ def test_integer_layer_norm_is_float_layer_norm_to_the_payload_resolution():
     rng = np.random.default_rng(1)
     x = rng.normal(0, 3, (5, 64))
     weight, bias = rng.normal(1, 0.2, 64), rng.normal(0, 0.1, 64)
-    op = fx.IntOp("norm", norm_weight=fx.to_payload(weight), norm_bias=fx.to_payload(bias),
-                  eps=round(1e-5 * 2 ** (2 * fx.GRADED_FRACTION_BITS)))
-    got = fx.from_payload(fx.layer_norm(op, fx.to_payload(x)))
+    op = fx.Norm(fx.to_payload(weight), fx.to_payload(bias), round(1e-5 * 2 ** (2 * fx.GRADED_FRACTION_BITS)),
+                 None, None, fx.PAYLOAD_LIMIT)
+    got = fx.from_payload(op.normalise(fx.to_payload(x)))
     expected = F.layer_norm(torch.tensor(x), (64,), torch.tensor(weight), torch.tensor(bias)).numpy()
     assert np.abs(got - expected).max() < 8 / 2 ** fx.GRADED_FRACTION_BITS
 
 
 def test_readout_rounds_the_window_mean_half_up():
-    op = fx.IntOp("readout", unit_log2=2)
+    op = fx.Readout(np.zeros((3, 1), dtype=np.int64), np.zeros(3, dtype=np.int64), 2, frozenset("x"))
     # window sums 6, 5 and -5 over T = 4 at 4 state units per float unit: means 0.375, 0.3125, -0.3125
-    got = fx.readout_payload(op, np.array([6, 5, -5]), 4)
+    got = op.payload(np.array([6, 5, -5]), 4)
     scale = 2 ** fx.GRADED_FRACTION_BITS
     assert got.tolist() == [math.floor(0.375 * scale + 0.5), math.floor(0.3125 * scale + 0.5),
                             math.floor(-0.3125 * scale + 0.5)]
@@ -115,7 +116,7 @@ def _check_schedule(spiking, timesteps):
     for name in spiking.order():
         if name not in program:
             continue
-        timing, window = plan.timings[name], program[name].kind not in ("norm", "graded-add")
+        timing, window = plan.timings[name], program[name].windowed
         for port, source in spiking.inputs(name).items():
             spikes = source in program and out_kind(spiking.op(source)) != "graded"
             arrive = (plan.timings[source].start if spikes else ready.get(source, 0)) + LAVA_HOP
@@ -126,7 +127,8 @@ def _check_schedule(spiking, timesteps):
                 assert port_timing.window_start == arrive and timing.start >= arrive + timesteps - 1, name
             else:
                 assert timing.start >= arrive, name
-        ready[name] = timing.start + (timesteps - 1 if program[name].kind == "readout" else 0)
+        readout = program[name].windowed and not program[name].sends_spikes
+        ready[name] = timing.start + (timesteps - 1 if readout else 0)
     assert plan.period > max(ready.values())
     return plan
 
@@ -188,6 +190,22 @@ def test_a_threshold_per_neuron_runs_bit_exact_in_lava(tiny):
                              model_name="gpt2-tiny"), TARGETS["loihi2-sim"])
     assert graph.op("h0.mlp.c_fc").neuron.threshold.unique().numel() > 1
     _assert_twins(graph, tiny.tokenizer(PROMPT)["input_ids"][:4], 2)
+
+
+@pytest.mark.slow
+def test_the_headline_runs_every_stage_into_lava(tmp_path, capsys):
+    """`nxcompile gpt2-tiny --target loihi2-sim` (the shipped graph, here at T = 2): every stage, the Lava
+    run checked against its twin, one summary, the .net file written."""
+    out = tmp_path / "tiny.net"
+    assert main(["gpt2-tiny", "--target", "loihi2-sim", "-T", "2", "--max-tokens", "128", "--prompt", "HAMLET.",
+                 "--max-new-tokens", "1", "-o", str(out)]) == 0
+    summary = capsys.readouterr().out
+    for word in ("gpt2-tiny", "neurtransformer", "shipped fine-tuned graph", "loihi2-sim", "cores on 1 chip",
+                 "perplexity", "cosine", "reference twin: identical spikes at every layer and logits", "steps/s",
+                 "per token on chip", str(out)):
+        assert word in summary
+    graph, placement = load_net(out)
+    assert graph.quantization.target == "loihi2-sim" and placement.cores_used > 0
 
 
 @pytest.mark.slow

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from nxcompile.compiler.export import NetFileError, load_net
 
 FUZZ_CASES = 600 if os.environ.get("NXCOMPILE_FUZZ") == "long" else 150
-TRIED = {"bytes": 0, "datasets": 0}
 
 
 def _loads_or_refuses(path) -> None:
@@ -26,10 +25,20 @@ def _loads_or_refuses(path) -> None:
         pass
 
 
+def _every_case(test) -> None:
+    """Runs a property over FUZZ_CASES draws and checks that each one ran."""
+    ran = []
+    settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=list(HealthCheck), database=None)(
+        given(data=st.data())(lambda data: ran.append(test(data))))()
+    assert len(ran) == FUZZ_CASES
+
+
 @pytest.mark.slow
-@settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(data=st.data())
-def test_mutated_bytes_load_or_raise_our_error(small_net, tmp_path_factory, data):
+def test_mutated_bytes_load_or_raise_our_error(small_net, tmp_path_factory):
+    _every_case(lambda data: _mutated_bytes(small_net, tmp_path_factory, data))
+
+
+def _mutated_bytes(small_net, tmp_path_factory, data):
     content = bytearray(small_net.read_bytes())
     for _ in range(data.draw(st.integers(1, 16))):
         content[data.draw(st.integers(0, len(content) - 1))] = data.draw(st.integers(0, 255))
@@ -38,7 +47,6 @@ def test_mutated_bytes_load_or_raise_our_error(small_net, tmp_path_factory, data
     path = tmp_path_factory.mktemp("b") / "m.net"
     path.write_bytes(bytes(content))
     _loads_or_refuses(path)
-    TRIED["bytes"] += 1
 
 
 def _datasets(path) -> list[str]:
@@ -61,9 +69,11 @@ REPLACEMENTS = {
 
 
 @pytest.mark.slow
-@settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(data=st.data())
-def test_mutated_datasets_and_attributes_load_or_raise_our_error(small_net, tmp_path_factory, data):
+def test_mutated_datasets_and_attributes_load_or_raise_our_error(small_net, tmp_path_factory):
+    _every_case(lambda data: _mutated_datasets(small_net, tmp_path_factory, data))
+
+
+def _mutated_datasets(small_net, tmp_path_factory, data):
     path = tmp_path_factory.mktemp("d") / "m.net"
     shutil.copy(small_net, path)
     names = _datasets(small_net)
@@ -83,10 +93,3 @@ def test_mutated_datasets_and_attributes_load_or_raise_our_error(small_net, tmp_
             if action != "delete":
                 handle[name] = REPLACEMENTS[action](old)
     _loads_or_refuses(path)
-    TRIED["datasets"] += 1
-
-
-@pytest.mark.slow
-def test_the_fuzzers_ran_every_case():
-    """Runs after both fuzz tests (file order): says how many cases were tried."""
-    assert TRIED == {"bytes": FUZZ_CASES, "datasets": FUZZ_CASES}, TRIED

@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nxcompile.compiler.layers import LayerSpec, Network, network_from_graph, network_from_netx
-from nxcompile.compiler.partition import (PACKINGS, CoreFlows, DoesNotFit, messages_per_neuron, partition,
+from nxcompile.compiler.partition import (PACKINGS, CoreFlows, DoesNotFit, messages_per_neuron, place,
                                           refine_chips)
 from nxcompile.compiler.targets import LOIHI2, TARGETS
 from nxcompile.compiler.validate import validate
+from nxcompile.errors import NxError
 
 
 def small_target(neurons=64, words=512, axons=48, cores_per_chip=4, chips=None):
@@ -52,12 +53,11 @@ def test_validator_accepts_every_placement_the_partitioner_emits(widths, heads, 
     network = chain(widths, heads)
     target = small_target(neurons, words, axons, cores_per_chip)
     try:
-        placement = partition(network, target, packing)
+        placement = place(network, target, packing)
     except DoesNotFit as exc:
         # Only allowed when a single output unit cannot fit a core at all.
         assert "even its smallest piece" in str(exc)
         return
-    assert validate(network, placement, target) == []
     assert placement.cores_used >= placement.lower_bound_cores
     assert placement.traffic["inter_chip"] <= placement.traffic["inter_chip_before_refinement"] + 1e-6
     read = sum((hi - lo) * messages_per_neuron(network, source)
@@ -69,9 +69,7 @@ def test_validator_accepts_every_placement_the_partitioner_emits(widths, heads, 
 def _valid():
     network = chain([40, 100, 60, 30])
     target = small_target(neurons=50, words=150, axons=64, cores_per_chip=3)
-    placement = partition(network, target)
-    assert validate(network, placement, target) == []
-    return network, placement, target
+    return network, place(network, target), target
 
 
 def test_the_fixture_placement_splits_by_input_and_output():
@@ -117,7 +115,7 @@ def test_validator_rejects_an_under_declared_input_range():
     """The validator recomputes what a block reads; it does not trust the block's own list."""
     network = chain([100, 40])          # fan-in 100 over 64 axons: split in two by input
     target = small_target(neurons=200, words=1 << 17, axons=64)
-    placement = partition(network, target)
+    placement = place(network, target)
     cheat = [dataclasses.replace(b, role="neurons", parts=1, part=0, inputs=(("in", 0, 10),))
              for b in placement.blocks if b.role == "partial" and b.part == 0]
     problems = validate(network, dataclasses.replace(placement, blocks=cheat), target)
@@ -128,18 +126,17 @@ def test_validator_rejects_an_under_declared_input_range():
 def test_lower_bound_of_one_dense_layer_matches_hand_count(packing):
     network = chain([100, 300])
     target = small_target(neurons=1000, words=625, axons=4096)
-    placement = partition(network, target, packing)
+    placement = place(network, target, packing)
     # each of the 100 input axons reaches 300 neurons: ceil(300 * 8 / 64) = 38 words
     assert placement.lower_bound_cores == math.ceil(100 * 38 / 625)
-    assert validate(network, placement, target) == []
 
 
 def test_intel_packing_multiplies_cores_by_the_ratio_of_need_to_limit():
     """As Intel's compiler split PilotNet's 2,560 -> 100 layer (1 -> 6 -> 12 cores): 300 neurons over
     100 axons need 3,800 words, 6.08 cores' worth: 7 cores of 43 neurons need 600 words each (fits)."""
-    placement = partition(chain([100, 300]), small_target(neurons=1000, words=625, axons=4096), "intel")
+    placement = place(chain([100, 300]), small_target(neurons=1000, words=625, axons=4096), "intel")
     assert placement.cores_used == 7 and {b.stop - b.start for b in placement.blocks} == {43, 42}
-    tight = partition(chain([100, 300]), small_target(neurons=1000, words=625, axons=4096), "tight")
+    tight = place(chain([100, 300]), small_target(neurons=1000, words=625, axons=4096), "tight")
     assert tight.cores_used == 7 and max(b.stop - b.start for b in tight.blocks) == 48     # 6 words x 100 axons
 
 
@@ -147,7 +144,7 @@ def test_partitioning_is_deterministic():
     network = chain([64, 200, 90], heads=2)
     target = small_target(neurons=70, words=375, axons=200)
     for packing in PACKINGS:
-        assert partition(network, target, packing).blocks == partition(network, target, packing).blocks
+        assert place(network, target, packing).blocks == place(network, target, packing).blocks
 
 
 def test_too_small_a_target_names_layer_and_a_target_that_fits():
@@ -155,24 +152,22 @@ def test_too_small_a_target_names_layer_and_a_target_that_fits():
     eight_cores = dataclasses.replace(TARGETS["loihi2"], name="eight-cores", cores_per_chip=8)
     with pytest.raises(DoesNotFit, match=r"needs 53 cores .* eight-cores has 8 cores .* "
                                          r"left over is d0\); loihi2 would fit"):
-        partition(network, eight_cores)
+        place(network, eight_cores)
     with pytest.raises(DoesNotFit, match=r"layer d0: even its smallest piece needs"):
-        partition(chain([10, 10]), dataclasses.replace(small_target(neurons=1, words=1, axons=1),
+        place(chain([10, 10]), dataclasses.replace(small_target(neurons=1, words=1, axons=1),
                                                        synapse_overhead_bits=60))   # one synapse: 2 words
 
 
 @pytest.mark.parametrize("name", ["tinynet", "pilotnet_sdnn", "oxford"])
 def test_intel_networks_partition_and_validate_on_loihi2(shared_netx, name):
     network = network_from_netx(shared_netx / name / "network.net")
-    placement = partition(network, TARGETS["loihi2"])
-    assert validate(network, placement, TARGETS["loihi2"]) == []
-    assert placement.chips_used == 1
+    assert place(network, TARGETS["loihi2"]).chips_used == 1
 
 
-def test_graded_pilotnet_is_rejected_on_binary_loihi1(shared_netx):
+def test_graded_pilotnet_is_never_placed_on_binary_loihi1(shared_netx):
     network = network_from_netx(shared_netx / "pilotnet_sdnn" / "network.net")
-    placement = partition(network, TARGETS["loihi1"])
-    assert any("binary spikes only" in p for p in validate(network, placement, TARGETS["loihi1"]))
+    with pytest.raises(NxError, match="invalid: .* binary spikes only"):
+        place(network, TARGETS["loihi1"])
 
 
 def test_netx_reader_reads_conv_geometry(shared_netx):
@@ -187,8 +182,7 @@ def test_netx_reader_reads_conv_geometry(shared_netx):
 def test_shipped_gpt2_places_on_one_loihi2_chip(tiny_graph):
     network = network_from_graph(tiny_graph)
     for packing in PACKINGS:
-        placement = partition(network, TARGETS["loihi2"], packing)
-        assert validate(network, placement, TARGETS["loihi2"]) == []
+        placement = place(network, TARGETS["loihi2"], packing)
         assert placement.host_layers == ["embed", "ln_f", "lm_head"] and placement.chips_used == 1
     assert placement.cores_used <= 1.1 * placement.lower_bound_cores          # tight packing
     attention = network.layer("h0.attn.ssa")
@@ -207,6 +201,6 @@ def test_chip_refinement_regroups_cores_that_talk():
 
 def test_chip_refinement_cuts_gpt2_traffic_across_chips(tiny_graph):
     network = network_from_graph(tiny_graph)
-    placement = partition(network, small_target(neurons=256, words=1 << 14, axons=512, cores_per_chip=8))
+    placement = place(network, small_target(neurons=256, words=1 << 14, axons=512, cores_per_chip=8))
     assert placement.chips_used > 2
     assert placement.traffic["inter_chip"] < placement.traffic["inter_chip_before_refinement"]

@@ -21,7 +21,7 @@ def quantised(tiny_graph):
 
 
 def test_every_on_chip_number_is_on_the_targets_grid(quantised):
-    layers = quantised.meta["quantization"]["layers"]
+    layers = quantised.quantization.layers
     assert len(layers) > 20
     for name, fmt in layers.items():
         op = quantised.op(name)
@@ -33,16 +33,16 @@ def test_every_on_chip_number_is_on_the_targets_grid(quantised):
         assert theta.max() < 2 ** (LOIHI2.threshold_bits + 6)
         assert neuron.leak * 2 ** LOIHI2.decay_bits == round(neuron.leak * 2 ** LOIHI2.decay_bits)
         for weight in [getattr(op, f) for f in ("weight", "scale_a", "scale_b", "gain") if hasattr(op, f)]:
-            mantissa = weight / 2 ** fmt["weight_exp"]
+            mantissa = weight / 2 ** fmt.weight_exp
             assert torch.equal(mantissa, mantissa.round()), name
             assert mantissa.abs().max() <= 127, name
-        bias_mantissa = op.bias / 2 ** fmt["bias_exp"] if hasattr(op, "bias") else torch.zeros(1)
+        bias_mantissa = op.bias / 2 ** fmt.bias_exp if hasattr(op, "bias") else torch.zeros(1)
         assert torch.equal(bias_mantissa, bias_mantissa.round()) and bias_mantissa.abs().max() <= 4095, name
 
 
 def test_quantising_twice_changes_nothing(quantised):
     again = quantize(quantised, LOIHI2)
-    for name in quantised.meta["quantization"]["layers"]:
+    for name in quantised.quantization.layers:
         a, b = quantised.op(name), again.op(name)
         for field in ("weight", "bias", "scale_a", "scale_b", "gain"):
             if hasattr(a, field):
@@ -96,8 +96,8 @@ def test_quantised_graph_round_trips_through_disk(tmp_path, quantised):
 
     save_graph(quantised, tmp_path / "q.safetensors")
     loaded = load_graph(tmp_path / "q.safetensors")
-    assert loaded.meta["quantization"] == quantised.meta["quantization"]
-    name = next(iter(quantised.meta["quantization"]["layers"]))
+    assert loaded.quantization == quantised.quantization
+    name = next(iter(quantised.quantization.layers))
     assert torch.equal(loaded.op(name).neuron.spike_value, quantised.op(name).neuron.spike_value)
 
 
