@@ -2,18 +2,21 @@
 
 One process per on-chip node of the spiking graph; a GradedDense node (the
 graded method) is two: Lava's own `lava.proc.dense.process.Dense` holding its
-8-bit weights (built by `backends.lava_sim`) and a `GradedNeuron` here. Their arithmetic is the
-integer ops of `sim.fixed_point`, called as they are (the reference simulator's
-fixed-point mode executes the same ops on whole sequences); what these models add
-is Lava's execution: one message per port per step, one token at a time, a
-schedule that says at which step of the token's period each node integrates
-(`sim.schedule.Timing`), delay lines where spikes of different depths meet, and
-the attention's keys and values of earlier tokens kept in its `kv_cache` Var,
-written as the tokens arrive.
+8-bit weights (built by `backends.lava_sim`) and a `GradedNeuron` here. Their
+arithmetic is the integer ops of `sim.fixed_point`, called as they are (the
+reference simulator's fixed-point mode executes the same ops on whole
+sequences); what these models add is Lava's execution: one message per port
+per step, every token in flight at once (a node works on token i at its
+offset from the token's entry, `sim.schedule.TokenClock`), delay lines that
+hold every message still in flight between nodes of different depths, and the
+attention's keys and values of earlier tokens kept in its `kv_cache` Var,
+written as the tokens pass.
 
-Messages are int32: spikes as integers, graded values as 24-bit payloads.
-A population sends zeros outside its window; a graded node holds its last
-value on its port, so a consumer reads it whenever its own schedule says.
+Messages are int32: spikes as integers, graded values as 24-bit payloads. A
+population sends zeros outside its windows; a graded node sends its value at
+the one step it computes it; a consumer keeps what arrived when its own step
+comes. What each node sent for each token is kept in its `record` Var for the
+whole run (when recording), read once at the end.
 """
 
 from collections import deque
@@ -31,24 +34,27 @@ from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from nxcompile.sim import fixed_point as fx
-from nxcompile.sim.schedule import Timing
+from nxcompile.compiler.graph import GRADED_BITS
+from nxcompile.sim.schedule import PortTiming, Timing, TokenClock
 
 MESSAGE = np.int32
 
 
 class _Layer(AbstractProcess):
-    """An on-chip node: its integer op (one of `sim.fixed_point`'s), timing and period.
-    `record` holds what it sent in the current token: T rows of spikes, or one
-    row with its graded payload."""
+    """An on-chip node: its integer op (one of `sim.fixed_point`'s), its timing, the token clock.
+    `record[token]` holds what it sent for each token (T rows of spikes, or one row with its graded
+    payload) when `recording`."""
 
-    def __init__(self, *, name: str, op, timing: Timing, period: int, timesteps: int,
-                 in_sizes: dict[str, int], out_size: int, record_rows: int, cores: list[int] | None = None):
-        super().__init__(name=name, op=op, timing=timing, period=period, timesteps=timesteps, cores=cores)
+    def __init__(self, *, name: str, op, timing: Timing, clock: TokenClock, timesteps: int,
+                 in_sizes: dict[str, int], out_size: int, record_rows: int, capacity: int, recording: bool,
+                 cores: list[int] | None = None):
+        super().__init__(name=name, op=op, timing=timing, clock=clock, timesteps=timesteps, recording=recording,
+                         cores=cores)
         for port, size in in_sizes.items():
             setattr(self, port, InPort(shape=(size,)))
         self.out = OutPort(shape=(out_size,))
-        self.record = Var(shape=(record_rows, out_size), init=np.zeros((record_rows, out_size), dtype=MESSAGE))
+        shape = (capacity if recording else 1, record_rows, out_size)
+        self.record = Var(shape=shape, init=np.zeros(shape, dtype=MESSAGE))
 
 
 class Population(_Layer):
@@ -69,8 +75,8 @@ class SpikingSelfAttention(_Layer):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        op, steps = kwargs["op"], kwargs["timesteps"]
-        shape = (2, op.kv_capacity, steps, op.n_head * op.head_dim)
+        op = kwargs["op"]
+        shape = (2, kwargs["capacity"], kwargs["timesteps"], op.n_head * op.head_dim)
         self.kv_cache = Var(shape=shape, init=np.zeros(shape, dtype=np.int8))
 
 
@@ -86,36 +92,40 @@ class SoftmaxAttention(_Layer):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         op = kwargs["op"]
-        shape = (2, op.kv_capacity, op.n_head * op.head_dim)
+        shape = (2, kwargs["capacity"], op.n_head * op.head_dim)
         self.kv_cache = Var(shape=shape, init=np.zeros(shape, dtype=np.int8))
 
 
 class HostSource(AbstractProcess):
-    """A graded value from the host (the embedding of the current token), held on `out`."""
+    """The host's values for the chip (a token's embedding), sent as each token enters: the prompt's
+    tokens from `prompt` (known before the run), a generated token from `next`, which the host sets
+    before the token's run."""
 
-    def __init__(self, *, name: str, size: int):
-        super().__init__(name=name)
-        self.payload = Var(shape=(size,), init=np.zeros(size, dtype=MESSAGE))
+    def __init__(self, *, name: str, prompt: np.ndarray, clock: TokenClock):
+        super().__init__(name=name, clock=clock)
+        size = prompt.shape[1]
+        self.prompt = Var(shape=prompt.shape, init=prompt.astype(MESSAGE))
+        self.next = Var(shape=(size,), init=np.zeros(size, dtype=MESSAGE))
         self.out = OutPort(shape=(size,))
 
 
 class HostSink(AbstractProcess):
-    """What a chip node sent toward the host in the current token (read after each token): its
-    last graded value, or, given the node's `window` (first step, steps, period), its spikes
-    summed over that window."""
+    """What a chip node sends toward the host, per token (`payloads[token]`): its graded value, or its
+    spikes summed over the token's window of T steps."""
 
-    def __init__(self, *, name: str, size: int, window: tuple[int, int, int] | None = None):
-        super().__init__(name=name, window=window)
-        self.payload = Var(shape=(size,), init=np.zeros(size, dtype=MESSAGE))
+    def __init__(self, *, name: str, size: int, port: PortTiming, clock: TokenClock, timesteps: int,
+                 capacity: int):
+        super().__init__(name=name, port=port, clock=clock, timesteps=timesteps)
+        self.payloads = Var(shape=(capacity, size), init=np.zeros((capacity, size), dtype=MESSAGE))
         self.inp = InPort(shape=(size,))
 
 
 def _message_port(direction):
-    return LavaPyType(direction, MESSAGE, precision=fx.GRADED_BITS)
+    return LavaPyType(direction, MESSAGE, precision=GRADED_BITS)
 
 
 def _message_var():
-    return LavaPyType(np.ndarray, MESSAGE, precision=fx.GRADED_BITS)
+    return LavaPyType(np.ndarray, MESSAGE, precision=GRADED_BITS)
 
 
 def _fixed_point_model(proc_cls):
@@ -126,29 +136,31 @@ def _fixed_point_model(proc_cls):
 @_fixed_point_model(HostSource)
 class PyHostSourceModel(PyLoihiProcessModel):
     out: PyOutPort = _message_port(PyOutPort.VEC_DENSE)
-    payload: np.ndarray = _message_var()
+    prompt: np.ndarray = _message_var()
+    next: np.ndarray = _message_var()
 
     def run_spk(self) -> None:
-        self.out.send(self.payload)
+        clock: TokenClock = self.proc_params["clock"]
+        token, phase = clock.slot(self.time_step - 1)
+        if phase != 0:
+            self.out.send(np.zeros(self.out.shape, dtype=MESSAGE))
+        else:
+            self.out.send(self.prompt[token] if token < clock.prompt else self.next)
 
 
 @_fixed_point_model(HostSink)
 class PyHostSinkModel(PyLoihiProcessModel):
     inp: PyInPort = _message_port(PyInPort.VEC_DENSE)
-    payload: np.ndarray = _message_var()
+    payloads: np.ndarray = _message_var()
 
     def run_spk(self) -> None:
         message = self.inp.recv()
-        window = self.proc_params["window"]
-        if window is None:
-            self.payload[:] = message
-            return
-        start, steps, period = window
-        tau = (self.time_step - 1) % period - start
-        if tau == 0:
-            self.payload[:] = message
-        elif 0 < tau < steps:
-            self.payload += message.astype(MESSAGE)
+        port: PortTiming = self.proc_params["port"]
+        token, phase = self.proc_params["clock"].slot(self.time_step - 1 - port.first)
+        if phase == 0:
+            self.payloads[token] = message
+        elif port.spikes and 0 < phase < self.proc_params["timesteps"]:
+            self.payloads[token] += message.astype(MESSAGE)
 
 
 class _LayerModel(PyLoihiProcessModel):
@@ -161,70 +173,81 @@ class _LayerModel(PyLoihiProcessModel):
         super().__init__(proc_params)
         self.op = proc_params["op"]
         self.timing: Timing = proc_params["timing"]
-        self.period: int = proc_params["period"]
+        self.clock: TokenClock = proc_params["clock"]
         self.steps: int = proc_params["timesteps"]
-        self.lines = {port: deque(maxlen=t.delay + 1) for port, t in self.timing.ports.items() if t.spikes}
+        self.recording: bool = proc_params["recording"]
+        self.lines = {port: deque(maxlen=t.delay + 1) for port, t in self.timing.ports.items() if t.delay}
         self.sums: dict[str, np.ndarray] = {}
+        self.latched: dict[str, np.ndarray] = {}
         self.membrane = self.accumulated = None
-        self.held = None
+        self.silent = None
 
     def run_spk(self) -> None:
-        local = (self.time_step - 1) % self.period
-        token = (self.time_step - 1) // self.period
+        step = self.time_step - 1
         messages = {port: getattr(self, port).recv().astype(np.int64) for port in self.PORTS}
         for port, line in self.lines.items():
             line.append(messages[port])
-        if not self.op.windowed:
-            self.out.send(self._graded_step(local, token, messages))
-        else:
-            self.out.send(self._window_step(local - self.timing.start, token, messages))
+        if self.silent is None:
+            self.silent = np.zeros(self.out.shape, dtype=np.int64)
+        sent = self._window_step(step, messages) if self.op.windowed else self._graded_step(step, messages)
+        self.out.send(sent)
 
-    def _graded_step(self, local: int, token: int, messages: dict[str, np.ndarray]) -> np.ndarray:
-        """Sum spike windows as they pass; at the node's step, compute and hold the value."""
-        for port, t in self.timing.ports.items():
-            if t.spikes and 0 <= local - t.window_start < self.steps:
-                self.sums[port] = messages[port] + (self.sums[port] if local > t.window_start else 0)
-        if local == self.timing.start:
-            x = {port: self.sums[port] if t.spikes else messages[port] for port, t in self.timing.ports.items()}
-            self.held = self.graded_value(token, x)
-            self.record[0] = self.held
-        return self._held()
-
-    def graded_value(self, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
-        """The value a graded node computes once per token from its inputs (a spike input: its window's sum)."""
-        return self.op.value(x, self.steps)
-
-    def _held(self) -> np.ndarray:
-        """The graded value this node holds on its port (zeros before its first)."""
-        return self.held if self.held is not None else np.zeros(self.out.shape, dtype=np.int64)
-
-    def _input(self, port: str, messages: dict[str, np.ndarray]) -> np.ndarray:
-        """This step's message on `port`: the held value, or the spikes `delay` steps old."""
+    def _arrived(self, port: str, messages: dict[str, np.ndarray]) -> np.ndarray:
+        """This port's message from `delay` steps ago (its delay line), or this step's."""
         line = self.lines.get(port)
         if line is None:
             return messages[port]
         return line[0] if len(line) == line.maxlen else np.zeros_like(messages[port])
 
-    def _window_step(self, tau: int, token: int, messages: dict[str, np.ndarray]) -> np.ndarray:
-        """Step `tau` of the window: integrate and fire (or accumulate, for a readout)."""
-        readout = not self.op.sends_spikes
+    def _keep(self, token: int, row: int, sent: np.ndarray) -> None:
+        if self.recording:
+            self.record[token, row] = sent
+
+    def _graded_step(self, step: int, messages: dict[str, np.ndarray]) -> np.ndarray:
+        """Sum spike windows as they pass; at the node's step of a token, compute and send the value."""
+        for port, t in self.timing.ports.items():
+            if t.spikes:
+                token, phase = self.clock.slot(step - t.first)
+                if 0 <= phase < self.steps:
+                    self.sums[port] = messages[port] + (self.sums[port] if phase else 0)
+        token, phase = self.clock.slot(step - self.timing.start)
+        if phase != 0:
+            return self.silent
+        x = {port: self.sums[port] if t.spikes else self._arrived(port, messages)
+             for port, t in self.timing.ports.items()}
+        value = self.graded_value(token, x)
+        self._keep(token, 0, value)
+        return value
+
+    def graded_value(self, token: int, x: dict[str, np.ndarray]) -> np.ndarray:
+        """The value a graded node computes once per token from its inputs (a spike input: its window's sum)."""
+        return self.op.value(x, self.steps)
+
+    def _window_step(self, step: int, messages: dict[str, np.ndarray]) -> np.ndarray:
+        """Step `tau` of a token's window: integrate and fire (or accumulate, for a readout). Graded
+        inputs arrive once, at the window's first step, and drive every step of it."""
+        token, tau = self.clock.slot(step - self.timing.start)
         if not 0 <= tau < self.steps:
-            return self._held() if readout else np.zeros(self.out.shape, dtype=np.int64)
+            return self.silent
+        x = {port: self._arrived(port, messages) for port in self.PORTS}
+        readout = not self.op.sends_spikes
         if tau == 0:
+            self.latched = {port: x[port] for port, t in self.timing.ports.items() if not t.spikes}
             self.accumulated = 0
             self.membrane = None if readout else self.neuron(token).reset(self.out.shape)
-        current = self.current(tau, token, {port: self._input(port, messages) for port in self.PORTS})
+        current = self.current(tau, token, x | self.latched)
         if readout:
             self.accumulated = self.accumulated + current
-            if tau == self.steps - 1:
-                self.held = self.op.payload(self.accumulated, self.steps)
-                self.record[0] = self.held
-            return self._held()
+            if tau < self.steps - 1:
+                return self.silent
+            value = self.op.payload(self.accumulated, self.steps)
+            self._keep(token, 0, value)
+            return value
         spikes, self.membrane = self.neuron(token).step(self.membrane, current)
-        self.record[tau] = spikes
+        self._keep(token, tau, spikes)
         return spikes
 
-    def neuron(self, token: int) -> fx.IntNeuron:
+    def neuron(self, token: int):
         """The population's dynamics for this token."""
         return self.op.neuron
 
@@ -245,7 +268,7 @@ def _model(proc_cls, ports: tuple[str, ...], base=_LayerModel):
 class _AttentionModel(_LayerModel):
     kv_cache: np.ndarray = LavaPyType(np.ndarray, np.int8, precision=8)
 
-    def neuron(self, token: int) -> fx.IntNeuron:
+    def neuron(self, token: int):
         return self.op.neuron_at(token)
 
     def current(self, tau: int, token: int, x: dict[str, np.ndarray]) -> np.ndarray:

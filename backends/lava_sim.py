@@ -2,28 +2,32 @@
 
 The file's graph becomes one Lava process per on-chip node (`backends.lava_processes`),
 connected as the graph's edges; host nodes (embedding, final norm, LM head) run
-here, between tokens: each token's embedding is set on a `HostSource`, Lava
-runs the token's period of steps, and the values on the `HostSink`s go through
-the host nodes to the logits. Keys and values stay in the SSA processes'
-KV caches across tokens, so a prompt is fed token by token and generation
-continues from it.
+here. A prompt, whose token ids are known in advance, runs in one go: a
+`HostSource` holds every prompt token's embedding and sends token i's as it
+enters, every `interval` steps (the schedule's initiation interval: T for
+rate-coded populations, 1 for the graded method), so the tokens flow through
+the layers one behind another; the `HostSink`s keep what reaches the host for
+each token, and the host's final norm and LM head turn it into logits.
+Generation then goes token by token (a generated token exists only once the one
+before it is out): the host sets its embedding on the source and Lava runs one
+period. Keys and values stay in the attention processes' KV caches throughout.
 
-Timing (docs/time-semantics.md "Latency and alignment in Lava and on hardware"):
-a connection takes `hop` steps (none in Lava's simulator), so a node's window
-starts `hop` steps after its spiking inputs' windows and once its graded
-inputs are ready; spikes that must meet spikes from deeper paths wait in delay
-lines; a token's period is the step its last value reaches the host, plus one.
+Timing (docs/time-semantics.md): `sim.schedule` says at which step after a
+token's entry each node works on it; `sim.schedule.TokenClock` when each token
+enters.
 """
 # No `from __future__ import annotations`: Lava executes this file as a loose module while
 # searching for process models, and dataclasses with string annotations fail there.
+import logging
 import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
@@ -37,7 +41,9 @@ from nxcompile.compiler.graph import SpikingGraph, out_kind
 from nxcompile.errors import UsageError
 from nxcompile.sim import fixed_point as fx
 from nxcompile.sim.reference import execute_node
-from nxcompile.sim.schedule import LAVA_HOP, schedule
+from nxcompile.sim.schedule import TokenClock, schedule
+
+log = logging.getLogger(__name__)
 
 
 def simulator_config() -> Loihi2SimCfg:
@@ -69,6 +75,13 @@ def synapses(op: fx.GradedLinear, in_bits: int, name: str) -> LavaDense:
                      sign_mode=SignMode.MIXED, num_weight_bits=LAVA_WEIGHT_BITS, name=f"{name}.synapses")
 
 
+def one_blas_thread():
+    """BLAS on one thread in the worker processes Lava forks while this is open: every process
+    steps at once on a few cores, and each one's own BLAS threads only fight over them (random
+    gpt2-small's pipelined prompt ran 1.6x faster so; bench/lava_per_token.py)."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 @contextmanager
 def deferred_interrupt():
     """Ctrl-C waits until Lava is between steps: a runtime interrupted while it compiles, starts
@@ -89,77 +102,86 @@ def deferred_interrupt():
 
 
 @dataclass
-class TokenRecord:
-    """What every on-chip node sent during one token (spikes [T, N] or a payload [N]) and what the
-    host sent to the chip (its values [N], as the reference holds them)."""
-    sent: dict[str, np.ndarray] = field(default_factory=dict)
-    host: dict[str, np.ndarray] = field(default_factory=dict)
+class Speed:
+    """How long one phase of a run took: the prompt (pipelined, or token by token) or generation."""
+    tokens: int = 0
+    steps: int = 0
+    lava_seconds: float = 0.0      # inside Lava's run() of the steps
+    wall_seconds: float = 0.0      # what a caller waited: host work, Lava, reading the results (compile apart)
+
+    def line(self, what: str) -> str:
+        if not self.tokens:
+            return f"{what}: none"
+        rate = self.steps / self.lava_seconds if self.lava_seconds else 0.0
+        return (f"{what}: {self.tokens} tokens in {self.steps} steps ({self.steps / self.tokens:.1f} per token), "
+                f"{self.wall_seconds / self.tokens:.2f} s per token wall, Lava's steps "
+                f"{self.lava_seconds / self.tokens:.2f} s per token ({rate:.0f} steps/s)")
 
 
 class LavaModel:
-    """A spiking graph built as Lava processes, run token by token.
+    """A spiking graph built as Lava processes: a prompt run at once, its tokens pipelined through the
+    layers (`pipeline=False`: one after another), then generation token by token.
 
     Use as a context manager (Lava's runtime is stopped on exit, also on Ctrl-C):
         with LavaModel(graph) as model:
-            logits = model.feed(token_ids)
+            logits = model.prefill(prompt_ids, max_new_tokens=4)
+            new = model.generate_from(logits[-1], 4)
     """
 
     def __init__(self, spiking: SpikingGraph, timesteps: int | None = None, placement=None,
-                 run_config=None, record: bool = False):
+                 run_config=None, record: bool = False, pipeline: bool = True):
         self.spiking = spiking
         self.timesteps = timesteps or int(spiking.meta.get("options", {}).get("timesteps", 1))
         self.program = fx.integer_program(spiking)
         _check_lava_precision(spiking)
         self.plan = schedule(spiking, self.program, self.timesteps)
+        self.interval = self.plan.interval if pipeline else self.plan.period
         self.host_ops = {name: fx.in_float64(spiking.op(name)) for name in self.plan.host_after}
         self.run_config = run_config or simulator_config()
         self.record = record
         self.kv_capacity = min((op.kv_capacity for op in self.program.values() if hasattr(op, "kv_capacity")),
                                default=None)
-        self.processes, self.synapses, self.sources, self.sinks = self._build(_cores_by_node(placement))
+        self.cores = _cores_by_node(placement)
+        self.processes, self.synapses, self.sources, self.sinks = {}, {}, {}, {}
         self.token_ids: list[int] = []
-        self.steps_run = 0
-        self.lava_seconds = 0.0        # inside Lava's run of each token's steps
-        self.token_seconds = 0.0       # whole tokens as a caller waits for them, compile left out
-        self.records: list[TokenRecord] = []
         self.logits: list[torch.Tensor] = []
-        self._started = False
+        self.host_values: dict[str, list[np.ndarray]] = {}
+        self.prompt, self.generation = Speed(), Speed()
         self.compile_seconds = 0.0
+        self.capacity = 0
+        self.clock = None
+        self._started = False
+        self._records = None
 
     # -- building ---------------------------------------------------------------------------------
-    def _build(self, cores: dict[str, list[int]]):
+    def _build(self, payloads: dict[str, np.ndarray]) -> None:
+        """The processes for a run of `capacity` tokens; `payloads`: the prompt's host values per source."""
         spiking, T = self.spiking, self.timesteps
-        processes = {}
+        common = dict(clock=self.clock, timesteps=T, capacity=self.capacity, recording=self.record)
         for name, op in self.program.items():
             sizes = {port: spiking.op(source).out_features for port, source in spiking.inputs(name).items()}
             if isinstance(op, fx.GradedLinear):       # the neurons read their synapses' sums, one per neuron
                 sizes = {"x": spiking.op(name).out_features}
-            rows = T if op.sends_spikes else 1
-            processes[name] = process_class(op)(
-                name=name, op=op, timing=self.plan.timings[name], period=self.plan.period, timesteps=T,
-                in_sizes=sizes, out_size=spiking.op(name).out_features, record_rows=rows, cores=cores.get(name))
-        sources = {name: HostSource(name=f"host:{name}", size=spiking.op(name).out_features)
-                   for name in self.plan.host_before if any(s in self.program for s in spiking.graph.successors(name))}
-        dense = {name: synapses(op, fx.message_bits(spiking, spiking.inputs(name)["x"]), name)
-                 for name, op in self.program.items() if isinstance(op, fx.GradedLinear)}
-        sinks = {}
-        for name in self.plan.host_after:
-            for source in spiking.graph.predecessors(name):
-                if source in self.program and source not in sinks:
-                    spikes = out_kind(spiking.op(source)) != "graded"
-                    window = (self.plan.timings[source].start + LAVA_HOP, T, self.plan.period) if spikes else None
-                    sinks[source] = HostSink(name=f"host:{source}", size=spiking.op(source).out_features,
-                                             window=window)
-                    processes[source].out.connect(sinks[source].inp)
+            self.processes[name] = process_class(op)(
+                name=name, op=op, timing=self.plan.timings[name], in_sizes=sizes,
+                out_size=spiking.op(name).out_features, record_rows=T if op.sends_spikes else 1,
+                cores=self.cores.get(name), **common)
+        self.sources = {name: HostSource(name=f"host:{name}", prompt=payloads[name], clock=self.clock)
+                        for name in payloads}
+        self.synapses = {name: synapses(op, fx.message_bits(spiking, spiking.inputs(name)["x"]), name)
+                         for name, op in self.program.items() if isinstance(op, fx.GradedLinear)}
+        for source, port in self.plan.sinks.items():
+            self.sinks[source] = HostSink(name=f"host:{source}", size=spiking.op(source).out_features, port=port,
+                                          clock=self.clock, timesteps=T, capacity=self.capacity)
+            self.processes[source].out.connect(self.sinks[source].inp)
         for name in self.program:
             for port, source in spiking.inputs(name).items():
-                sender = processes[source].out if source in processes else sources[source].out
-                if name in dense:
-                    sender.connect(dense[name].s_in)
-                    dense[name].a_out.connect(getattr(processes[name], port))
+                sender = self.processes[source].out if source in self.processes else self.sources[source].out
+                if name in self.synapses:
+                    sender.connect(self.synapses[name].s_in)
+                    self.synapses[name].a_out.connect(getattr(self.processes[name], port))
                 else:
-                    sender.connect(getattr(processes[name], port))
-        return processes, dense, sources, sinks
+                    sender.connect(getattr(self.processes[name], port))
 
     # -- running ----------------------------------------------------------------------------------
     def __enter__(self) -> "LavaModel":
@@ -172,6 +194,11 @@ class LavaModel:
         """Stops Lava's runtime (its worker processes) if it was started."""
         if self._started:
             self._started = False
+            runtime = self._anchor.runtime
+            if runtime is not None and runtime._is_initialized:
+                # A runtime compiled but not yet run has workers waiting for their first command: Lava's
+                # stop() sends STOP only to a started one, and would then wait on them for ever.
+                runtime._is_started = True
             self._anchor.stop()
 
     @property
@@ -179,69 +206,106 @@ class LavaModel:
         """Any process: Lava compiles, runs and stops the whole connected network through one."""
         return next(iter(self.processes.values()))
 
-    def start(self) -> None:
-        """Compiles the processes and starts Lava's runtime (its worker processes)."""
-        started = time.perf_counter()
-        self._started = True
-        self._anchor.create_runtime(run_cfg=self.run_config)
-        self.compile_seconds = time.perf_counter() - started
+    def _run(self, steps: int, speed: Speed, progress: str | None = None) -> None:
+        """Lava runs `steps` more steps (in a few chunks, for a progress bar, when asked)."""
+        chunk = max(self.interval, -(-steps // 20)) if progress else steps
+        with tqdm(total=steps, desc=progress, unit="step", disable=not progress, leave=False) as bar:
+            done = 0
+            while done < steps:
+                todo = min(chunk, steps - done)
+                with deferred_interrupt():     # Lava stops cleanly only once a started runtime finished its steps
+                    started = time.perf_counter()
+                    self._anchor.run(condition=RunSteps(num_steps=todo))
+                    speed.lava_seconds += time.perf_counter() - started
+                done += todo
+                bar.update(todo)
+        speed.steps += steps
 
-    def _host_before(self) -> dict[str, torch.Tensor]:
+    def _host_before(self, positions: slice) -> dict[str, torch.Tensor]:
+        """The host nodes before the chip on every token fed so far, kept at `positions`."""
         ids = torch.tensor([self.token_ids])
         values: dict[str, torch.Tensor] = {}
         for name in self.plan.host_before:
-            values[name] = execute_node(self.spiking.op(name), {p: values[s] for p, s in
-                                                                self.spiking.inputs(name).items()}, ids,
-                                        self.timesteps)[:, -1:]
-        return values
+            inputs = {p: values[s] for p, s in self.spiking.inputs(name).items()}
+            values[name] = execute_node(self.spiking.op(name), inputs, ids, self.timesteps)
+        return {name: value[:, positions] for name, value in values.items()}
 
-    def step_token(self, token_id: int) -> torch.Tensor:
-        """Feeds one token (after the ones fed before) and returns its logits [vocab]."""
-        if self.kv_capacity is not None and len(self.token_ids) >= self.kv_capacity:
-            raise UsageError(f"the sequence is longer than the KV cache ({self.kv_capacity} tokens, the model's "
-                             f"context); use a shorter prompt or fewer new tokens")
-        token_started = time.perf_counter()
-        self.token_ids.append(int(token_id))
-        before = self._host_before()
-        payloads = {name: fx.to_payload(before[name][0, 0].double().numpy()).astype(np.int32)
-                    for name in self.sources}
-        with deferred_interrupt():     # Lava stops cleanly only once a started runtime finished its steps
-            if not self._started:       # Lava sets Vars only once it has run: the first token is their initial value
-                for name, source in self.sources.items():
-                    source.payload.init = payloads[name]
-                self.start()
-            else:
-                for name, source in self.sources.items():
-                    source.payload.set(payloads[name])
-            started = time.perf_counter()
-            self._anchor.run(condition=RunSteps(num_steps=self.plan.period))
-            self.lava_seconds += time.perf_counter() - started
-        self.steps_run += self.plan.period
-        if self.record:
-            self.records.append(TokenRecord({name: p.record.get().astype(np.int64)
-                                             for name, p in self.processes.items()},
-                                            {name: before[name][0, 0].numpy() for name in self.sources}))
-        logits = self._host_after(before)[0, 0]
-        self.logits.append(logits)
-        self.token_seconds += time.perf_counter() - token_started - (self.compile_seconds if len(self.token_ids) == 1
-                                                                     else 0.0)
-        return logits
+    def _payloads(self, before: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """What each host source sends the chip: its host node's values as payloads [tokens, N]."""
+        chip_sources = [n for n in self.plan.host_before if any(s in self.program for s in
+                                                                 self.spiking.graph.successors(n))]
+        for name in chip_sources:
+            self.host_values.setdefault(name, []).append(before[name][0].numpy())
+        return {name: fx.to_payload(before[name][0].double().numpy()).astype(np.int32) for name in chip_sources}
 
-    def _host_after(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids = torch.tensor([self.token_ids])
+    def _host_after(self, before: dict[str, torch.Tensor], tokens: slice) -> torch.Tensor:
+        """Logits [tokens, vocab] from what the sinks received for `tokens`."""
+        values = dict(before)
         for source, sink in self.sinks.items():
-            values[source] = fx.to_host(self.spiking.op(source), sink.payload.get()[None, None].astype(np.int64),
-                                        self.timesteps)
+            received = sink.payloads.get()[tokens].astype(np.int64)[None]
+            values[source] = fx.to_host(self.spiking.op(source), received, self.timesteps)
+        ids = torch.tensor([self.token_ids])[:, tokens]
         for name in self.plan.host_after:
             inputs = {p: values[s] for p, s in self.spiking.inputs(name).items()}
-            values[name] = execute_node(self.host_ops[name], inputs, ids[:, -1:], self.timesteps)
-        return values[self.spiking.meta["logits_node"]].float()
+            values[name] = execute_node(self.host_ops[name], inputs, ids, self.timesteps)
+        return values[self.spiking.meta["logits_node"]].float()[0]
+
+    def _check_capacity(self, tokens: int) -> None:
+        if self.kv_capacity is not None and tokens > self.kv_capacity:
+            raise UsageError(f"the sequence is longer than the KV cache ({self.kv_capacity} tokens, the model's "
+                             f"context); use a shorter prompt or fewer new tokens")
+
+    def prefill(self, token_ids: list[int], max_new_tokens: int = 0, progress: bool = True) -> torch.Tensor:
+        """Builds the processes for the prompt and `max_new_tokens` more, runs the whole prompt in one
+        go (its tokens entering every `interval` steps) and returns its logits [len, vocab]."""
+        if self._started:
+            raise UsageError("this Lava model already ran its prompt; feed further tokens one at a time")
+        self._check_capacity(len(token_ids) + max_new_tokens)
+        wall = time.perf_counter()
+        self.token_ids = [int(t) for t in token_ids]
+        self.capacity = len(token_ids) + max_new_tokens
+        self.clock = TokenClock(len(token_ids), self.interval, self.plan.period)
+        before = self._host_before(slice(None))
+        self._build(self._payloads(before))
+        if progress:
+            log.info(f"Lava: compiling {len(self.processes)} processes and starting their workers")
+        with deferred_interrupt(), one_blas_thread():
+            started = time.perf_counter()
+            self._started = True
+            self._anchor.create_runtime(run_cfg=self.run_config)
+            self.compile_seconds = time.perf_counter() - started
+        self._run(self.clock.entry(len(token_ids)), self.prompt, "Lava prompt" if progress else None)
+        logits = self._host_after(before, slice(0, len(token_ids)))
+        self.logits += list(logits)
+        self.prompt.tokens = len(token_ids)
+        self.prompt.wall_seconds += time.perf_counter() - wall - self.compile_seconds
+        return logits
+
+    def step_token(self, token_id: int) -> torch.Tensor:
+        """Feeds one more token after the prompt (its own period of steps) and returns its logits [vocab]."""
+        if not self._started:
+            return self.prefill([token_id], progress=False)[0]
+        if len(self.token_ids) >= self.capacity:
+            raise UsageError(f"this Lava model was built for {self.capacity} tokens; give prefill the tokens "
+                             f"to generate (max_new_tokens)")
+        wall = time.perf_counter()
+        self.token_ids.append(int(token_id))
+        position = len(self.token_ids) - 1
+        before = self._host_before(slice(position, position + 1))
+        for name, payload in self._payloads(before).items():
+            self.sources[name].next.set(payload[0])
+        self._run(self.plan.period, self.generation)
+        logits = self._host_after(before, slice(position, position + 1))[0]
+        self.logits.append(logits)
+        self.generation.tokens += 1
+        self.generation.wall_seconds += time.perf_counter() - wall
+        return logits
 
     def feed(self, token_ids: list[int], progress: bool = True) -> torch.Tensor:
-        """Logits [len, vocab] for each token of `token_ids`, fed one by one."""
-        rows = [self.step_token(t) for t in tqdm(token_ids, desc="Lava", unit="token", disable=not progress,
-                                                  leave=False)]
-        return torch.stack(rows)
+        """Logits [len, vocab]: the prompt run at once if nothing was fed yet, else one token at a time."""
+        if not self._started:
+            return self.prefill(token_ids, progress=progress)
+        return torch.stack([self.step_token(t) for t in token_ids])
 
     def generate_from(self, logits: torch.Tensor, max_new_tokens: int, progress: bool = True) -> list[int]:
         """Greedy continuation (argmax) from the last fed token's logits, one Lava period per token."""
@@ -254,17 +318,19 @@ class LavaModel:
 
     def recorded_values(self) -> dict[str, np.ndarray]:
         """What every on-chip node sent, over every token fed, shaped as the reference's values
-        ([1, tokens, T, N] spikes, [1, tokens, N] payloads and host inputs),
-        so `sim.energy.count` reads this run's own spikes. Needs record=True."""
-        if not self.records:
-            raise UsageError("this Lava run kept no records; build LavaModel(..., record=True)")
-        values = {}
-        for name, op in self.program.items():
-            sent = np.stack([r.sent[name] for r in self.records])[None]
-            values[name] = sent if op.sends_spikes else sent[:, :, 0]
-        for name in self.sources:
-            values[name] = np.stack([r.host[name] for r in self.records])[None]
-        return values
+        ([1, tokens, T, N] spikes, [1, tokens, N] payloads and host inputs), so `sim.energy.count`
+        reads this run's own spikes; read from the processes once. Needs record=True."""
+        if not self.record or not self._started:
+            raise UsageError("this Lava run kept no records; build LavaModel(..., record=True) and run it")
+        if self._records is None or len(next(iter(self._records.values()))[0]) != len(self.token_ids):
+            tokens = len(self.token_ids)
+            self._records = {}
+            for name, op in self.program.items():
+                sent = self.processes[name].record.get()[:tokens].astype(np.int64)[None]
+                self._records[name] = sent if op.sends_spikes else sent[:, :, 0]
+            for name, rows in self.host_values.items():
+                self._records[name] = np.concatenate(rows)[None]
+        return self._records
 
     def compare(self, twin) -> list[str]:
         """Nodes (and "logits") where this run differs from the reference's fixed-point run of the
@@ -276,20 +342,15 @@ class LavaModel:
         return differing
 
     @property
-    def tokens_run(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def steps_per_second(self) -> float:
-        return self.steps_run / self.lava_seconds if self.lava_seconds else 0.0
+    def steps_run(self) -> int:
+        return self.prompt.steps + self.generation.steps
 
     def speed(self) -> str:
-        """Seconds per token as a caller waits for them, beside the part Lava's own steps take."""
-        tokens = max(1, self.tokens_run)
-        recording = ", reading every layer's record" if self.record else ""
-        return (f"{self.token_seconds / tokens:.2f} s per token wall (host embedding and LM head, Lava{recording}); "
-                f"Lava's steps {self.lava_seconds / tokens:.2f} s per token ({self.plan.period} steps at "
-                f"{self.steps_per_second:.0f} steps/s); compile {self.compile_seconds:.1f} s")
+        """The prompt's and the generation's speed, apart (what pipelining the prompt buys)."""
+        mode = f"pipelined, a token every {self.interval} steps" if self.interval < self.plan.period \
+            else "token by token"
+        return (f"{self.prompt.line(f'prompt ({mode})')}; {self.generation.line('generation')}; "
+                f"compile {self.compile_seconds:.1f} s")
 
 
 def _check_lava_precision(spiking: SpikingGraph) -> None:
@@ -339,7 +400,7 @@ def run_netx(path, spikes_in: np.ndarray, steps: int, run_config=None, skip_laye
     for layer, sink in zip(recorded, sinks):
         layer.out.connect(sink.a_in)
     try:
-        with deferred_interrupt():
+        with deferred_interrupt(), one_blas_thread():
             net.run(condition=RunSteps(num_steps=steps), run_cfg=run_config or simulator_config())
         messages = [sink.data.get() for sink in sinks]
     finally:

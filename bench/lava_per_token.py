@@ -1,20 +1,22 @@
-"""Lava simulation time per token, next to the reference simulator's on the same model and tokens.
+"""Lava simulation time per token, the prompt pipelined against token by token, in one run.
 
-    python bench/lava_per_token.py [--models gpt2-tiny,random:gpt2-small]
-                                   [--methods neurtransformer,graded] [-T 8] [--tokens 4]
+    python bench/lava_per_token.py [--models gpt2-tiny,random:gpt2-small] [--methods neurtransformer,graded]
+                                   [-T 8] [--prompt-tokens 16] [--generate 4] [--modes pipelined,token-by-token]
 
 Each model is converted with each method, quantised for loihi2-sim and built as
-Lava processes (Loihi2SimCfg, fixed point); a prompt of `--tokens` tokens is fed
-one at a time. Reported: Lava's compile time, steps per token, steps/s, the
-seconds per token a caller waits (wall, host work included) and the part
-Lava's own steps take, and the reference simulator's seconds per token in its
-fixed-point mode (`sim.fixed_point.run`, the Lava run's twin) and in float
-(`sim.reference.run`), each running the same tokens as one sequence.
+Lava processes (Loihi2SimCfg, fixed point); the first --prompt-tokens held-out
+tokens run as a prompt, pipelined (a token enters every initiation interval)
+and token by token (each through the whole depth), each followed by --generate
+greedy tokens. Reported per mode: the prompt's steps, seconds per token a
+caller waits (wall: host embedding and LM head, Lava, reading results; compile
+apart) and the part inside Lava's run(), Lava's steps/s, the share of the wall
+time outside Lava's steps, and the same for generation; then the prompt
+throughput of pipelined over token by token. Records are off (as in `nxcompile
+run` without --check).
 """
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -25,29 +27,32 @@ from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
 from nxcompile.models.corpus import load_corpus
 from nxcompile.models.zoo import load_model
-from nxcompile.sim import fixed_point, reference
+
+MODES = {"pipelined": True, "token-by-token": False}
 
 
-def measure(spec: str, method: str, timesteps: int, tokens: int) -> dict:
+def graph_of(spec: str, method: str, timesteps: int):
     loaded = load_model(spec)
     calibration = torch.tensor(loaded.tokenizer(load_corpus().train[:20000])["input_ids"][:256]).reshape(2, 128)
-    timesteps = timesteps_for(method, timesteps)
-    graph = quantize(convert(loaded.model, ConversionOptions(method=method, timesteps=timesteps), calibration,
-                             model_name=spec), TARGETS["loihi2-sim"])
-    ids = loaded.tokenizer(load_corpus().held_out[:2000])["input_ids"][:tokens]
-    started = time.perf_counter()
-    fixed_point.run(graph, torch.tensor([ids]), timesteps)
-    fixed_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    reference.run(graph, torch.tensor([ids]), timesteps)
-    float_seconds = time.perf_counter() - started
-    with LavaModel(graph) as lava:
-        lava.feed(ids)
-        return {"model": spec, "method": method, "T": timesteps,
-                "processes": len(lava.processes) + len(lava.synapses), "compile": lava.compile_seconds,
-                "period": lava.plan.period, "steps_s": lava.steps_per_second,
-                "wall_s": lava.token_seconds / tokens, "lava_s": lava.lava_seconds / tokens,
-                "fixed_s": fixed_seconds / tokens, "float_s": float_seconds / tokens}
+    options = ConversionOptions(method=method, timesteps=timesteps_for(method, timesteps))
+    return loaded, quantize(convert(loaded.model, options, calibration, model_name=spec), TARGETS["loihi2-sim"])
+
+
+def measure(graph, ids: list[int], generate: int, pipeline: bool) -> dict:
+    with LavaModel(graph, pipeline=pipeline) as lava:
+        lava.generate_from(lava.prefill(ids, generate, progress=False)[-1], generate + 1, progress=False)
+        return {"processes": len(lava.processes) + len(lava.synapses), "compile": lava.compile_seconds,
+                "period": lava.plan.period, "interval": lava.interval, "prompt": lava.prompt,
+                "generation": lava.generation}
+
+
+def _row(spec, method, mode, r) -> str:
+    p, g = r["prompt"], r["generation"]
+    outside = lambda s: 100 * (1 - s.lava_seconds / s.wall_seconds)      # noqa: E731
+    return (f"| {spec} | {method} | {mode} | {r['processes']} | {r['compile']:.1f} | {r['period']} | {r['interval']} | "
+            f"{p.steps} | {p.wall_seconds / p.tokens:.3f} | {p.lava_seconds / p.tokens:.3f} | "
+            f"{p.steps / p.lava_seconds:.1f} | {outside(p):.0f} % | {g.wall_seconds / g.tokens:.3f} | "
+            f"{g.lava_seconds / g.tokens:.3f} | {outside(g):.0f} % |")
 
 
 def main() -> None:
@@ -55,16 +60,25 @@ def main() -> None:
     parser.add_argument("--models", default="gpt2-tiny,random:gpt2-small")
     parser.add_argument("--methods", default="neurtransformer,graded")
     parser.add_argument("-T", "--timesteps", type=int, default=8, help="for the rate-coded methods")
-    parser.add_argument("--tokens", type=int, default=4)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--generate", type=int, default=4)
+    parser.add_argument("--modes", default=",".join(MODES))
     args = parser.parse_args()
-    print(f"{'model':<20} {'method':<16} {'T':>2} {'procs':>5} {'compile s':>9} {'steps/token':>11} {'steps/s':>7} "
-          f"{'wall s/token':>12} {'Lava steps s/token':>18} {'ref fixed s/token':>17} {'ref float s/token':>17}")
+    print("| model | method | prompt | processes | compile s | steps/token (depth) | interval | prompt steps | "
+          "prompt wall s/token | prompt Lava s/token | steps/s | wall outside Lava | generation wall s/token | "
+          "generation Lava s/token | wall outside Lava |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for spec in args.models.split(","):
         for method in args.methods.split(","):
-            r = measure(spec, method, args.timesteps, args.tokens)
-            print(f"{r['model']:<20} {r['method']:<16} {r['T']:>2} {r['processes']:>5} {r['compile']:>9.1f} "
-                  f"{r['period']:>11} {r['steps_s']:>7.1f} {r['wall_s']:>12.2f} {r['lava_s']:>18.2f} "
-                  f"{r['fixed_s']:>17.4f} {r['float_s']:>17.4f}", flush=True)
+            loaded, graph = graph_of(spec, method, args.timesteps)
+            ids = loaded.tokenizer(load_corpus().held_out[:4000])["input_ids"][:args.prompt_tokens]
+            results = {mode: measure(graph, ids, args.generate, MODES[mode]) for mode in args.modes.split(",")}
+            for mode, r in results.items():
+                print(_row(spec, method, mode, r), flush=True)
+            if len(results) == 2:
+                rate = {m: r["prompt"].tokens / r["prompt"].wall_seconds for m, r in results.items()}
+                print(f"|  | {method} | pipelined / token by token: prompt throughput "
+                      f"{rate['pipelined'] / rate['token-by-token']:.1f}x |", flush=True)
 
 
 if __name__ == "__main__":

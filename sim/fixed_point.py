@@ -70,17 +70,32 @@ def limit_of(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """x @ weight.T on integers, through float64 BLAS (exact below 2**53)."""
-    return np.rint(x.astype(np.float64) @ weight.T.astype(np.float64)).astype(np.int64)
+@dataclass(frozen=True, eq=False)
+class Synapses:
+    """The synapses from one input, integers in state units: a matrix [out, in] (a Dense) or one
+    weight per neuron (elementwise, 1-D). A spike counts as an integer, a graded payload carries F
+    fraction bits that the synapse shifts out:
 
+        I = W x            (spikes)
+        I = (W x) >> F     (graded payloads)
+    Matrix products run in float64 (exact: every partial sum stays below 2**53), so BLAS does
+    the work on whole sequences; one step's spikes (a vector) gather only the rows of the inputs
+    that spiked, which is the same sum."""
+    weight: np.ndarray
 
-def synaptic_input(x: np.ndarray, spikes: bool, weight: np.ndarray) -> np.ndarray:
-    """State-unit current from one input: spikes count as integers, a graded payload
-    carries F fraction bits that the synapse shifts out. A 2-D weight is a matrix
-    (a Dense), a 1-D one a weight per neuron (elementwise)."""
-    current = matmul(x, weight) if weight.ndim == 2 else x * weight
-    return current if spikes else current >> GRADED_FRACTION_BITS
+    def __post_init__(self):
+        rows = np.ascontiguousarray(self.weight.T, dtype=np.float64) if self.weight.ndim == 2 else None
+        object.__setattr__(self, "_rows", rows)        # [in, out], converted once
+
+    def current(self, x: np.ndarray, spikes: bool) -> np.ndarray:
+        if self._rows is None:
+            current = x * self.weight
+        elif spikes and x.ndim == 1:
+            active = np.flatnonzero(x)
+            current = np.rint(x[active].astype(np.float64) @ self._rows[active]).astype(np.int64)
+        else:
+            current = np.rint(x.astype(np.float64) @ self._rows).astype(np.int64)
+        return current if spikes else current >> GRADED_FRACTION_BITS
 
 
 @dataclass(frozen=True)
@@ -170,7 +185,7 @@ class Population:
         s[t] = neuron(I[t])                           (Encode, the spiking residual Add)
     where a spike counts as an integer and a graded payload's fraction bits are shifted out."""
     neuron: IntNeuron
-    weights: dict[str, np.ndarray]      # input port -> [out, in] matrix or [out] elementwise weight
+    weights: dict[str, Synapses]        # input port -> its synapses
     bias: np.ndarray
     spike_ports: frozenset[str]         # ports whose messages are spikes (else graded payloads)
     windowed: ClassVar[bool] = True      # integrates over a window of T steps
@@ -182,7 +197,7 @@ class Population:
 
     def current(self, x: dict[str, np.ndarray]) -> np.ndarray:
         """The state-unit current of one step (or of a whole window, broadcasting)."""
-        return sum(synaptic_input(x[p], p in self.spike_ports, w) for p, w in self.weights.items()) + self.bias
+        return sum(w.current(x[p], p in self.spike_ports) for p, w in self.weights.items()) + self.bias
 
     def execute(self, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
         current = self.current({p: _window(x, p in self.spike_ports) for p, x in inputs.items()})
@@ -194,7 +209,7 @@ class Readout:
     """A Dense without neurons, read out as a graded value per token: I[t] = W x[t] + bias summed
     over the window, sent as the payload of its mean, round half up:
         p = floor((2 * (sum_t I[t] << F) + T 2**u) / (2 T 2**u))      (u = unit_log2 state units per unit)."""
-    weight: np.ndarray
+    synapses: Synapses
     bias: np.ndarray
     unit_log2: int
     spike_ports: frozenset[str]
@@ -203,7 +218,7 @@ class Readout:
     ports: ClassVar[tuple[str, ...]] = ("x",)
 
     def current(self, x: dict[str, np.ndarray]) -> np.ndarray:
-        return synaptic_input(x["x"], "x" in self.spike_ports, self.weight) + self.bias
+        return self.synapses.current(x["x"], "x" in self.spike_ports) + self.bias
 
     def payload(self, accumulated: np.ndarray, timesteps: int) -> np.ndarray:
         """A window's summed current as the graded payload of its mean."""
@@ -415,7 +430,7 @@ class GradedLinear:
 
     def accumulate(self, x: np.ndarray) -> np.ndarray:
         """What Lava's Dense sends the neurons."""
-        return matmul(x, 2 * self.weight) >> (1 + self.acc_shift)
+        return Synapses(2 * self.weight).current(x, spikes=True) >> (1 + self.acc_shift)
 
     def neuron_value(self, accumulated: np.ndarray) -> np.ndarray:
         """The neurons' message from their Dense's accumulation: bias, activation, rescale."""
@@ -539,24 +554,24 @@ def _norm(spiking: SpikingGraph, name: str, op: LayerNorm) -> Norm:
 
 def _dense(spiking: SpikingGraph, name: str, op: Dense):
     if op.neuron is not None:
-        return Population(_int_neuron(op.neuron, name), {"x": _integers(op.weight, f"{name}: weight")},
+        return Population(_int_neuron(op.neuron, name), {"x": Synapses(_integers(op.weight, f"{name}: weight"))},
                           _integers(op.bias, f"{name}: bias"), _spike_ports(spiking, name))
     unit = _layer_format(spiking, name, "readout").unit_log2
-    return Readout(_integers(op.weight * 2.0 ** unit, f"{name}: weight"),
+    return Readout(Synapses(_integers(op.weight * 2.0 ** unit, f"{name}: weight")),
                    _integers(op.bias * 2.0 ** unit, f"{name}: bias"), unit, _spike_ports(spiking, name))
 
 
 def _add(spiking: SpikingGraph, name: str, op: Add):
     if op.neuron is None:
         return GradedAdd()
-    weights = {"a": _integers(op.scale_a.expand(op.features), f"{name}: scale_a"),
-               "b": _integers(op.scale_b.expand(op.features), f"{name}: scale_b")}
+    weights = {"a": Synapses(_integers(op.scale_a.expand(op.features), f"{name}: scale_a")),
+               "b": Synapses(_integers(op.scale_b.expand(op.features), f"{name}: scale_b"))}
     return Population(_int_neuron(op.neuron, name), weights, _integers(op.bias, f"{name}: bias"),
                       _spike_ports(spiking, name))
 
 
 def _encode(spiking: SpikingGraph, name: str, op: Encode) -> Population:
-    return Population(_int_neuron(op.neuron, name), {"x": _integers(op.gain, f"{name}: gain")},
+    return Population(_int_neuron(op.neuron, name), {"x": Synapses(_integers(op.gain, f"{name}: gain"))},
                       _integers(op.bias, f"{name}: bias"), _spike_ports(spiking, name))
 
 

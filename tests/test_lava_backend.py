@@ -25,7 +25,7 @@ from nxcompile.models.zoo import load_model
 from nxcompile.sim import energy
 from nxcompile.sim import fixed_point as fx
 from nxcompile.sim import reference
-from nxcompile.sim.schedule import LAVA_HOP, schedule
+from nxcompile.sim.schedule import TokenClock, schedule
 
 PROMPT = "HAMLET. To be, or not to be, that is the question: whether 'tis nobler"
 
@@ -86,7 +86,7 @@ def test_integer_layer_norm_is_float_layer_norm_to_the_payload_resolution():
 
 
 def test_readout_rounds_the_window_mean_half_up():
-    op = fx.Readout(np.zeros((3, 1), dtype=np.int64), np.zeros(3, dtype=np.int64), 2, frozenset("x"))
+    op = fx.Readout(fx.Synapses(np.zeros((3, 1), dtype=np.int64)), np.zeros(3, dtype=np.int64), 2, frozenset("x"))
     # window sums 6, 5 and -5 over T = 4 at 4 state units per float unit: means 0.375, 0.3125, -0.3125
     got = op.payload(np.array([6, 5, -5]), 4)
     scale = 2 ** fx.GRADED_FRACTION_BITS
@@ -109,37 +109,54 @@ def test_fixed_point_mode_stays_close_to_the_float_run_of_the_same_graph(quantis
 
 # ---- the schedule, its invariants recomputed here ------------------------------------------------
 
-def _check_schedule(spiking, timesteps):
+def _check_schedule(spiking, timesteps, hop):
+    """Every input of every node arrives before the node uses it, recomputed from the ops alone:
+    a spike window's first spike one hop after its sender's window starts, a graded value one hop
+    after its sender computed it (one more step through Lava's Dense into a GradedDense's neurons)."""
     program = fx.integer_program(spiking)
-    plan = schedule(spiking, program, timesteps)
+    plan = schedule(spiking, program, timesteps, hop)
     ready = {}
     for name in spiking.order():
         if name not in program:
             continue
-        timing, window = plan.timings[name], program[name].windowed
+        timing, op = plan.timings[name], program[name]
         for port, source in spiking.inputs(name).items():
             spikes = source in program and out_kind(spiking.op(source)) != "graded"
-            arrive = (plan.timings[source].start if spikes else ready.get(source, 0)) + LAVA_HOP
+            arrive = (plan.timings[source].start if spikes else ready.get(source, 0)) + hop
+            arrive += 1 if isinstance(op, fx.GradedLinear) else 0
             port_timing = timing.ports[port]
-            if spikes and window:      # the delay line aligns logical step 0 of both windows
+            assert port_timing.first == arrive and port_timing.spikes == spikes, name
+            if spikes and not op.windowed:      # a graded node computes after the whole window arrived
+                assert port_timing.delay == 0 and timing.start >= arrive + timesteps - 1, name
+            else:                                # the window (or the computation) uses what arrived `delay` ago
                 assert arrive + port_timing.delay == timing.start, name
-            elif spikes:               # a graded node computes after the whole window arrived
-                assert port_timing.window_start == arrive and timing.start >= arrive + timesteps - 1, name
-            else:
-                assert timing.start >= arrive, name
-        readout = program[name].windowed and not program[name].sends_spikes
-        ready[name] = timing.start + (timesteps - 1 if readout else 0)
+        ready[name] = timing.start + (timesteps - 1 if op.windowed and not op.sends_spikes else 0)
     assert plan.period > max(ready.values())
+    spiking_nodes = any(getattr(spiking.op(n), "neuron", None) is not None for n in program)
+    assert plan.interval == (timesteps if spiking_nodes else 1)
+    assert plan.steps(16) == 15 * plan.interval + plan.period and plan.steps(16, 4) == plan.steps(16) + 4 * plan.period
     return plan
 
 
-def test_schedule_of_both_methods_respects_every_arrival(tiny_graph, tiny):
-    _check_schedule(quantize(tiny_graph, TARGETS["loihi2-sim"]), 8)
+@pytest.mark.parametrize("hop", [0, 1])
+def test_schedule_of_every_method_respects_every_arrival(tiny_graph, tiny, hop):
+    _check_schedule(quantize(tiny_graph, TARGETS["loihi2-sim"]), 8, hop)
     ids = torch.tensor(tiny.tokenizer(load_corpus().train[:4000])["input_ids"][:256]).reshape(2, 128)
     spikedecoder = convert(tiny.model, ConversionOptions(method="spikedecoder", timesteps=4), ids,
                            model_name="gpt2-tiny")
-    plan = _check_schedule(quantize(spikedecoder, TARGETS["loihi2-sim"]), 4)
-    assert any(p.delay > 0 for t in plan.timings.values() for p in t.ports.values())   # real delay lines
+    plan = _check_schedule(quantize(spikedecoder, TARGETS["loihi2-sim"]), 4, hop)
+    assert any(p.delay > 0 and p.spikes for t in plan.timings.values() for p in t.ports.values())   # delay lines
+    graded = convert(tiny.model, ConversionOptions(method="graded", timesteps=1), ids, model_name="gpt2-tiny")
+    assert _check_schedule(quantize(graded, TARGETS["loihi2-sim"]), 1, hop).interval == 1
+
+
+def test_the_token_clock_places_prompt_tokens_every_interval_and_generated_ones_a_period_apart():
+    clock = TokenClock(prompt=3, interval=2, period=5)
+    assert [clock.entry(i) for i in range(5)] == [0, 2, 4, 9, 14]
+    slots = [clock.slot(step) for step in range(-1, 16)]
+    assert slots[:7] == [(-1, -1), (0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert slots[7:10] == [(-1, -1)] * 3                  # the last prompt token drains: nothing enters
+    assert slots[10:] == [(3, 0), (3, 1), (3, 2), (3, 3), (3, 4), (4, 0), (4, 1)]
 
 
 # ---- Lava itself ----------------------------------------------------------------------------------
@@ -150,12 +167,16 @@ def _comparable(rows) -> list[tuple]:
             for r in rows]
 
 
-def _assert_twins(spiking, ids, timesteps):
-    twin = fx.run(spiking, torch.tensor([ids]), timesteps, keep_values=True)
-    with LavaModel(spiking, record=True) as model:
-        model.feed(ids, progress=False)
+def _assert_twins(spiking, ids, timesteps, generated: int = 0, pipeline: bool = True):
+    """Lava runs `ids` as a prompt (pipelined unless told not to) and then `generated` greedy tokens;
+    every layer's messages and the logits equal the reference's fixed-point run of all of them."""
+    with LavaModel(spiking, record=True, pipeline=pipeline) as model:
+        new = model.generate_from(model.prefill(ids, generated, progress=False)[-1], generated + 1, progress=False)
+        twin = fx.run(spiking, torch.tensor([model.token_ids]), timesteps, keep_values=True)
         assert model.compare(twin) == []
-        assert model.steps_run == len(ids) * model.plan.period
+        assert model.token_ids == list(ids) + new[:-1]
+        interval = model.plan.interval if pipeline else model.plan.period
+        assert model.steps_run == (len(ids) - 1) * interval + model.plan.period * (1 + generated)
         counted = energy.count(spiking, model.recorded_values(), timesteps)   # energy from Lava's own spikes
     assert _comparable(counted) == _comparable(energy.count(spiking, twin.values, timesteps))
     assert sum(np.count_nonzero(twin.values[name]) for name in model.program) > 0   # not silent networks
@@ -164,22 +185,24 @@ def _assert_twins(spiking, ids, timesteps):
 
 @pytest.mark.slow
 def test_lava_run_is_the_bit_exact_twin_of_the_fixed_point_reference(quantised, tiny):
-    """gpt2-tiny, 16 tokens fed one at a time: every layer's spikes (and graded payloads) for every
-    token, and the logits, equal the whole-sequence reference run."""
+    """gpt2-tiny at T = 8, a 16-token prompt pipelined (a token every T steps) and 4 generated, then
+    4 + 2 token by token: every layer's spikes (and graded payloads) for every token, and the
+    logits, equal the whole-sequence reference run."""
     ids = tiny.tokenizer(PROMPT)["input_ids"][:16]
     assert len(ids) == 16
-    twin = _assert_twins(quantised, ids, 8)
-    assert sum(c for n, c in twin.spike_count.items() if n.endswith("ssa")) > 0     # attention did fire
+    twin = _assert_twins(quantised, ids, 8, generated=4)
+    assert sum(twin.spike_count[n] for n in twin.spike_count if quantised.role(n).part == "op") > 0   # SSA fired
+    _assert_twins(quantised, ids[:4], 8, generated=2, pipeline=False)
 
 
 @pytest.mark.slow
 def test_spikedecoder_delay_lines_run_bit_exact_in_lava(tiny):
-    """SpikeDecoder's spiking residual joins spikes of different depths (delay lines) and norms a
-    spike window: 4 tokens at T = 2."""
+    """SpikeDecoder's spiking residual joins spikes of different depths (delay lines hold every token
+    in flight) and norms a spike window: a 16-token prompt pipelined and 4 generated, at T = 2."""
     ids = torch.tensor(tiny.tokenizer(load_corpus().train[:4000])["input_ids"][:256]).reshape(2, 128)
     graph = quantize(convert(tiny.model, ConversionOptions(method="spikedecoder", timesteps=2), ids,
                              model_name="gpt2-tiny"), TARGETS["loihi2-sim"])
-    _assert_twins(graph, tiny.tokenizer(PROMPT)["input_ids"][:4], 2)
+    _assert_twins(graph, tiny.tokenizer(PROMPT)["input_ids"][:16], 2, generated=4)
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ def add_parser(commands) -> None:
     run.add_argument("--prompt", default=None, help="text to feed (an nxcompile .net file)")
     run.add_argument("--max-new-tokens", type=non_negative_int, default=8,
                      help="tokens to generate after the prompt, greedily (default 8)")
+    run.add_argument("--no-pipeline", action="store_true",
+                     help="feed the prompt token by token (each through the whole depth) instead of pipelined")
     run.add_argument("--check", action="store_true",
                      help="also run the reference simulator's fixed-point mode on the same tokens and "
                           "check that every layer's spikes and the logits are identical")
@@ -45,12 +47,14 @@ def _run_ours(args: argparse.Namespace, config) -> int:
         raise UsageError(f"{args.file} is an nxcompile model: give the text to run with --prompt")
     spiking, placement = load_net(args.file)
     tokenizer = load_tokenizer(args.file)
-    with LavaModel(spiking, placement=placement, run_config=config, record=args.check) as model:
+    with LavaModel(spiking, placement=placement, run_config=config, record=args.check,
+                   pipeline=not args.no_pipeline) as model:
         ids = prompt_ids(tokenizer, args.prompt, model.kv_capacity, args.max_new_tokens)
-        logits = model.feed(ids)
+        logits = model.prefill(ids, args.max_new_tokens)
         new = model.generate_from(logits[-1], args.max_new_tokens)
-        print(f"{args.file}: {len(ids)} prompt tokens + {len(new)} generated, {model.plan.period} Lava steps "
-              f"per token (T = {model.timesteps}), {len(model.processes)} on-chip processes")
+        print(f"{args.file}: {len(ids)} prompt tokens + {len(new)} generated, T = {model.timesteps}, "
+              f"{model.plan.period} Lava steps per token through the whole depth, {len(model.processes)} on-chip "
+              f"processes")
         print(f"Lava ({args.target}): {model.speed()}")
         print(f"text: {tokenizer.decode(ids + new)!r}")
         if not args.check:
