@@ -7,11 +7,12 @@ Each point is a method at a T (the graded method runs at one step): its graph as
 the CLI builds it (gpt2-tiny's shipped fine-tuned graph for neurtransformer), quantised
 for loihi2-sim and scored in Loihi's integers against the ANN on the same held-out
 tokens; its operations per token counted on the first --energy-tokens held-out tokens
-and priced under every price set (Loihi 2's also with its static energy over the
-token's period on the chips the placement takes); its cores and chips on Loihi 2
-(Intel's packing); and, at each method's default T, the wall seconds per token a
-caller waits for Lava. The plot is quality (perplexity change, log) against energy per
-token under the fitted Loihi 2 prices, dynamic and with static.
+and priced under every price set (Loihi 2's also with the static energy of the chips
+the placement takes over one decoded token's time, `sim.timing`); its cores and chips
+on Loihi 2 (Intel's packing); and, at each method's default T, the wall seconds per
+token a caller waits for Lava on a pipelined prompt. The plot is quality (perplexity
+change, log) against energy per token under the fitted Loihi 2 prices, dynamic and
+with static.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from nxcompile.models.zoo import load_model
 from nxcompile.sim import energy, fixed_point
 from nxcompile.sim.evaluate import evaluate
 from nxcompile.sim.schedule import token_period
+from nxcompile.sim.timing import STATIC_W_PER_CHIP, TIME_MODELS, graph_performance
 
 # (method, T, whether Lava is timed there)
 POINTS = [("neurtransformer", 4, False), ("neurtransformer", 8, True), ("neurtransformer", 16, False),
@@ -56,6 +58,7 @@ def measure(loaded, method: str, timesteps: int, lava: bool, max_tokens: int, en
     ids = held_out.flatten()[:energy_tokens][None]
     rows = energy.count(graph, fixed_point.run(graph, ids, timesteps, keep_values=True).values, timesteps)
     placement = place(network_from_graph(graph), TARGETS["loihi2-sim"])
+    timing = graph_performance(graph, placement, rows, TIME_MODELS["loihi2-fitted"])
     period = token_period(graph)
     priced = {name: energy.total(rows, energy.ENERGY_MODELS[name]) for name in PRICES}
     result = {"method": method, "T": timesteps, "origin": graph.meta.get("origin", ""),
@@ -64,13 +67,13 @@ def measure(loaded, method: str, timesteps: int, lava: bool, max_tokens: int, en
               "chips": placement.chips_used, "period": period,
               "nj": {name: s.snn_pj / 1e3 for name, s in priced.items()},
               "ann_nj": priced["45nm"].ann_pj / 1e3,
-              "static_nj": energy.ENERGY_MODELS["loihi2"].static_pj(placement.chips_used, period) / 1e3,
+              "static_nj": timing.static_pj(timing.decode_seconds, STATIC_W_PER_CHIP["one chip"]) / 1e3,
               "lava_s": None}
     if lava:
         prompt = held_out.flatten()[:lava_tokens].tolist()
         with LavaModel(graph) as model:
-            model.feed(prompt, progress=False)
-            result["lava_s"] = model.token_seconds / len(prompt)
+            model.prefill(prompt, progress=False)
+            result["lava_s"] = model.prompt.wall_seconds / len(prompt)
     return result
 
 

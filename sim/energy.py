@@ -46,8 +46,8 @@ from nxcompile.errors import UsageError
 
 @dataclass(frozen=True)
 class EnergyModel:
-    """Picojoules per operation, and where each figure comes from. A chip's static power and time
-    per step, where measured, price the time a token or an inference takes on top."""
+    """Picojoules per operation, and where each figure comes from. Static power, priced over the time
+    a token takes, is `sim.timing`'s."""
     name: str
     accumulate_pj: float       # a binary or ternary spike crossing a synapse
     mac_pj: float              # a graded spike crossing a synapse (payload x weight)
@@ -56,18 +56,12 @@ class EnergyModel:
     message_pj: float          # one spike or payload sent
     ann_mac_pj: float          # the ANN's multiply-accumulate
     source: str
-    static_w_per_chip: float = 0.0
-    seconds_per_step: float = 0.0
-
-    def static_pj(self, chips: int, steps: float) -> float:
-        """Static energy of `chips` chips held for `steps` steps."""
-        return self.static_w_per_chip * chips * self.seconds_per_step * steps * 1e12
 
 
-def _scaled(model: EnergyModel, name: str, factor: float, source: str, **static) -> EnergyModel:
+def _scaled(model: EnergyModel, name: str, factor: float, source: str) -> EnergyModel:
     """A price set whose on-chip figures are `model`'s times `factor` (the ANN's MAC unchanged)."""
     return EnergyModel(name, model.accumulate_pj * factor, model.mac_pj * factor, model.add_pj * factor,
-                       model.mult_pj * factor, model.message_pj * factor, model.ann_mac_pj, source, **static)
+                       model.mult_pj * factor, model.message_pj * factor, model.ann_mac_pj, source)
 
 
 # Loihi 1's per-operation energies (Davies et al., IEEE Micro 38(1) 2018, Table 2): a synaptic
@@ -92,10 +86,10 @@ LOIHI2_MEASURED_MJ = 1.093544
 LOIHI2_FIT_PREDICTED_MJ = 1.3471            # `python bench/loihi2_energy.py`
 LOIHI2 = _scaled(LOIHI1, "loihi2", LOIHI2_MEASURED_MJ / LOIHI2_FIT_PREDICTED_MJ,
                  "Loihi 1's figures scaled to Intel's one Loihi 2 measurement (PilotNet SNN, 1.094 mJ dynamic "
-                 "per inference; bench/loihi2_energy.py): fitted to that number alone; static 0.232 W per chip "
-                 "over 153 us per step, PilotNet SNN's measured step (1e6 / 408.91 / 16), for any network",
-                 static_w_per_chip=0.232078, seconds_per_step=1.0 / 408.91 / 16)
+                 "per inference; bench/loihi2_energy.py): fitted to that number alone")
 ENERGY_MODELS = {m.name: m for m in (
+    LOIHI2,
+    LOIHI1,
     EnergyModel("45nm", accumulate_pj=0.9, mac_pj=4.6, add_pj=0.9, mult_pj=3.7, message_pj=0.0, ann_mac_pj=4.6,
                 source="Horowitz, ISSCC 2014, 45 nm 32-bit float: MAC 4.6 pJ (mult 3.7 + add 0.9), an accumulate "
                        "or a neuron's add 0.9 pJ, a neuron's multiply 3.7 pJ; messages not priced (the "
@@ -105,8 +99,6 @@ ENERGY_MODELS = {m.name: m for m in (
                 source="Horowitz, ISSCC 2014, 45 nm 8-bit integer: MAC 0.23 pJ (mult 0.2 + add 0.03), an "
                        "accumulate or a neuron's add 0.03 pJ, a neuron's multiply 0.2 pJ (a lower bound: the "
                        "graded method's payloads are up to 24 bits)"),
-    LOIHI1,
-    LOIHI2,
 )}
 
 # (adds, multiplies) of one neuron update, read off sim/fixed_point's integer program. Adds count
@@ -381,15 +373,20 @@ def summaries(rows: list[LayerCounts]) -> dict[str, dict[str, EnergySummary]]:
     return {scope: {m: total(rows, ENERGY_MODELS[m], where) for m in ENERGY_MODELS} for scope, where in SCOPES.items()}
 
 
-def loihi_line(by_model: dict[str, EnergySummary], chips: int, period: int) -> str:
-    """Loihi's dynamic energy per token under Loihi 1's and the fitted Loihi 2 prices, and Loihi 2's
-    static energy for the chips held over a token's period (its measured power and step time)."""
-    loihi2 = ENERGY_MODELS["loihi2"]
-    static = loihi2.static_pj(chips, period)
+def loihi_line(by_model: dict[str, EnergySummary], performance) -> str:
+    """Loihi's dynamic energy per token under Loihi 1's and the fitted Loihi 2 prices, and the static
+    energy of the chips held over the time a token takes (`sim.timing.Performance`): decoding (one
+    token through the depth) and in a pipelined prefill, at one chip's measured static power."""
+    from nxcompile.sim.timing import STATIC_W_PER_CHIP
+
+    watts = STATIC_W_PER_CHIP["one chip"]
+    decode, prefill = performance.decode_seconds, performance.interval * performance.steady.seconds
     return (f"at Loihi 1's per-op energies (Davies 2018) {by_model['loihi'].snn_pj / 1e3:.1f} nJ, at Loihi 2's "
             f"(fitted to one chip measurement) {by_model['loihi2'].snn_pj / 1e3:.1f} nJ dynamic + "
-            f"{static / 1e3:,.0f} nJ static ({chips} chip(s) x {loihi2.static_w_per_chip:.3f} W x {period} steps x "
-            f"{1e6 * loihi2.seconds_per_step:.0f} us, PilotNet SNN's measured power and step)")
+            f"{performance.static_pj(decode, watts) / 1e3:,.1f} nJ static decoding / "
+            f"{performance.static_pj(prefill, watts) / 1e3:,.1f} nJ in a pipelined prefill ({performance.chips} "
+            f"chip(s) x {watts:.3f} W x {decode * 1e6:,.1f} / {prefill * 1e6:,.2f} us per token, "
+            f"{performance.model.name} time model; `nxcompile perf` for both phases)")
 
 
 def _table(rows: list[LayerCounts], model: EnergyModel) -> list[str]:
@@ -405,14 +402,13 @@ def _table(rows: list[LayerCounts], model: EnergyModel) -> list[str]:
 
 @dataclass
 class TokenEnergy:
-    """Operations per token of a graph's fixed-point run over `tokens` tokens, with the chips its
-    placement takes and its steps per token (what static energy is priced over)."""
+    """Operations per token of a graph's fixed-point run over `tokens` tokens, with how fast its
+    placement runs on Loihi 2 (`sim.timing.Performance`: what static energy is priced over)."""
     source: str
     rows: list[LayerCounts]
     tokens: int
     timesteps: int
-    chips: int
-    period: int
+    performance: object
 
     def scopes(self) -> dict[str, dict[str, EnergySummary]]:
         return summaries(self.rows)
@@ -435,7 +431,7 @@ class TokenEnergy:
             lines.append(f"{scope}:")
             lines += [f"  {m:10} SNN {e.snn_pj / 1e3:10.1f} nJ | ANN {e.ann_pj / 1e3:10.1f} nJ | SNN {e.change()}"
                       for m, e in by_model.items()]
-        lines.append(f"on Loihi, per token: {loihi_line(scoped[WHOLE], self.chips, self.period)}")
+        lines.append(f"on Loihi, per token: {loihi_line(scoped[WHOLE], self.performance)}")
         lines.append("energy models:")
         lines += [f"  {m.name:10} {m.source}" for m in ENERGY_MODELS.values()]
         return "\n".join(lines)
@@ -447,7 +443,7 @@ class TokenEnergy:
         nm45 = whole["45nm"]
         return (f"per token on chip: SNN {nm45.snn_pj / 1e3:.1f} nJ vs ANN {nm45.ann_pj / 1e3:.1f} nJ "
                 f"({nm45.change()}; 45 nm figures, Horowitz 2014), attention op {attention.change()} than "
-                f"ANN attention; {loihi_line(whole, self.chips, self.period)}; `nxcompile energy FILE.net` for the "
+                f"ANN attention; {loihi_line(whole, self.performance)}; `nxcompile energy FILE.net` for the "
                 f"table")
 
 
@@ -461,23 +457,32 @@ def held_out_ids(tokenizer, tokens: int) -> list[int]:
     return ids
 
 
-def token_energy(graph: SpikingGraph, tokenizer, tokens: int, placement=None, source: str = "") -> TokenEnergy:
+def counted_rows(graph: SpikingGraph, tokenizer, tokens: int) -> tuple[list[LayerCounts], int]:
     """Counts per layer over the first `tokens` held-out tokens (at most the model's context), run in
-    Loihi's fixed point; the chips are `placement`'s, else those a loihi2-sim placement takes."""
+    Loihi's fixed point, and how many tokens that was."""
     import torch
 
-    from nxcompile.compiler.layers import network_from_graph
-    from nxcompile.compiler.partition import place
-    from nxcompile.compiler.targets import get_target
     from nxcompile.sim import fixed_point
-    from nxcompile.sim.schedule import token_period
 
     ids = held_out_ids(tokenizer, min(tokens, int(graph.meta.get("n_positions", tokens))))
     timesteps = int(graph.meta["options"]["timesteps"])
     run = fixed_point.run(graph, torch.tensor([ids]), timesteps, keep_values=True)
-    chips = (placement or place(network_from_graph(graph), get_target("loihi2-sim"))).chips_used
-    return TokenEnergy(source or str(graph.meta.get("model")), count(graph, run.values, timesteps), len(ids),
-                       timesteps, chips, token_period(graph))
+    return count(graph, run.values, timesteps), len(ids)
+
+
+def token_energy(graph: SpikingGraph, tokenizer, tokens: int, placement=None, source: str = "",
+                 time_model: str = "loihi2-fitted") -> TokenEnergy:
+    """Counts per layer over the first `tokens` held-out tokens, and how fast `placement` (else a
+    loihi2-sim placement) runs them on Loihi 2 under `time_model`."""
+    from nxcompile.compiler.layers import network_from_graph
+    from nxcompile.compiler.partition import place
+    from nxcompile.compiler.targets import get_target
+    from nxcompile.sim.timing import TIME_MODELS, graph_performance
+
+    rows, counted = counted_rows(graph, tokenizer, tokens)
+    placement = placement or place(network_from_graph(graph), get_target("loihi2-sim"))
+    return TokenEnergy(source or str(graph.meta.get("model")), rows, counted, int(graph.meta["options"]["timesteps"]),
+                       graph_performance(graph, placement, rows, TIME_MODELS[time_model]))
 
 
 def plot_layers(rows: list[LayerCounts], model: EnergyModel, folder) -> list:
@@ -523,9 +528,10 @@ def plot_layers(rows: list[LayerCounts], model: EnergyModel, folder) -> list:
 
 # ---- foreign lava-dl networks, counted from their Lava run -----------------------------------------
 
-def inference_steps(steps_per_inference: int | None, reset_interval: int | None) -> int:
-    """Steps of one inference of a netx network: as given, else its reset interval, else one."""
-    return steps_per_inference or reset_interval or 1
+def inference_steps(steps_per_inference: int | None, reset_interval: int | None, steps: int) -> int:
+    """Steps of one inference of a netx network: as given, else its reset interval (a sample's length),
+    else every step run (one inference)."""
+    return steps_per_inference or reset_interval or steps
 
 
 @dataclass
@@ -567,6 +573,6 @@ def netx_energy(path, spikes: np.ndarray, steps: int | None = None, skip_layers:
         raise UsageError("--input-layer-on-chip counts a skipped input layer: give --skip-layers 1 for a network "
                          "whose first layer is netx's input layer")
     messages = run_netx(path, spikes, steps, None, skip_layers, reset_interval, reset_offset, every_layer=True)
-    per = inference_steps(steps_per_inference, reset_interval)
+    per = inference_steps(steps_per_inference, reset_interval, steps)
     rows = count_netx(network, messages, spikes[..., :steps], per, network.layers[0] if input_layer_on_chip else None)
     return InferenceEnergy(str(path), rows, per, input_name)

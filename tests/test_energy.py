@@ -134,7 +134,7 @@ def test_token_energy_scopes_attention_by_role_and_the_command_writes_the_plots(
     assert scopes[attention_blocks]["45nm"].snn_pj == pytest.approx(expected)
     assert scopes[ATTENTION_OP]["45nm"].snn_pj == pytest.approx(
         sum(by_name[f"h{b}.attn.ssa"].snn_pj(ENERGY_MODELS["45nm"]) for b in range(4)))
-    assert report.chips == 1 and report.period > 8
+    assert report.performance.chips == 1 and len(report.performance.decode_steps) > 8
     assert main(["energy", str(tiny_net), "--tokens", "16", "--plot-dir", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
     for needle in ("h0.attn.ssa", "vs ANN attention", "every on-chip layer", "Horowitz", "Davies"):

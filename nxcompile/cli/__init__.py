@@ -5,6 +5,7 @@
     nxcompile convert | eval | finetune            the spiking graph and its quality
     nxcompile targets | quantize | partition       the hardware stages
     nxcompile export | inspect | run | energy      the `.net` file, Lava, operations and energy
+    nxcompile perf                                 speed and energy per token on Loihi 2, beside the ANN
 
 Every user-facing failure is one line on stderr and a non-zero exit code;
 `--debug` shows the traceback instead. The stages' notes (which graph, which T)
@@ -16,11 +17,11 @@ import argparse
 import logging
 import sys
 
-from nxcompile.cli import (convert, energy, eval, export, finetune, models, partition, pipeline, quantize,
+from nxcompile.cli import (convert, energy, eval, export, finetune, models, partition, perf, pipeline, quantize,
                            run)
 from nxcompile.errors import NxError
 
-VERBS = (models, pipeline, convert, eval, finetune, quantize, partition, export, run, energy)
+VERBS = (models, pipeline, convert, eval, finetune, quantize, partition, export, run, energy, perf)
 
 
 class _StderrHandler(logging.Handler):

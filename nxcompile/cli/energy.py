@@ -18,7 +18,7 @@ def add_parser(commands) -> None:
     add_conversion_arguments(energy)
     energy.add_argument("--tokens", type=positive_int, default=128,
                         help="held-out tokens to count over, as one sequence (default 128)")
-    energy.add_argument("--energy-model", default="45nm", choices=tuple(ENERGY_MODELS),
+    energy.add_argument("--energy-model", default=next(iter(ENERGY_MODELS)), choices=tuple(ENERGY_MODELS),
                         help="per-op energies for the per-layer table (totals show every model)")
     energy.add_argument("--plot-dir", type=Path, default=None, help="write the PNG plots here")
     foreign = add_netx_arguments(energy)
@@ -26,7 +26,7 @@ def add_parser(commands) -> None:
                          help="with --skip-layers 1: count the skipped input layer as on chip, sending --input "
                               "(as when its neurons are driven through their bias, as in Intel's benchmarks)")
     foreign.add_argument("--steps-per-inference", type=positive_int, default=None,
-                         help="steps of one inference (default --reset-interval, else 1)")
+                         help="steps of one inference (default --reset-interval, else every step run)")
     foreign.add_argument("--measured-mj", type=float, default=None,
                          help="a measured dynamic energy per inference (mJ) to compare every price set with")
     energy.set_defaults(handler=cmd_energy)
@@ -38,6 +38,9 @@ def _netx(args: argparse.Namespace) -> int:
     source = Path(args.source)
     report = netx_energy(source, load_input(args, source), args.steps, args.skip_layers, args.input_layer_on_chip,
                          args.reset_interval, args.reset_offset, args.steps_per_inference, str(args.input))
+    if args.reset_interval is None:
+        log.info("note: no --reset-interval: the network's neurons run on from one sample to the next; for an "
+                 "input of samples N steps long give --reset-interval N (and its --reset-offset)")
     print(report.format(ENERGY_MODELS[args.energy_model], args.measured_mj))
     return 0
 

@@ -21,6 +21,8 @@ def add_parser(commands) -> None:
     pipeline.add_argument("--prompt", default="HAMLET. To be, or not to be", help="prompt to run in Lava")
     pipeline.add_argument("--max-new-tokens", type=non_negative_int, default=4,
                           help="tokens Lava generates after the prompt (default 4)")
+    pipeline.add_argument("--no-pipeline", action="store_true",
+                          help="feed the prompt to Lava token by token instead of pipelined")
     pipeline.add_argument("--output", "-o", type=Path, default=None,
                           help="the .net file to write (default MODEL.net here)")
     pipeline.set_defaults(handler=cmd_pipeline)
@@ -42,6 +44,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from nxcompile.compiler.targets import get_target
     from nxcompile.sim import energy, fixed_point
     from nxcompile.sim.evaluate import evaluate, logit_agreement
+    from nxcompile.sim.timing import TIME_MODELS, graph_performance
 
     target = get_target(args.target)
     config = run_config(target.name)            # before any work: a missing hardware extension fails now
@@ -63,17 +66,18 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     _stage("reference simulation (fixed point)", started)
     started = time.perf_counter()
     from_file, placed = load_net(output)        # Lava runs what the file holds, nothing else
-    with LavaModel(from_file, placement=placed, run_config=config, record=True) as lava:
+    with LavaModel(from_file, placement=placed, run_config=config, record=True,
+                   pipeline=not args.no_pipeline) as lava:
         ids = prompt_ids(loaded.tokenizer, args.prompt, lava.kv_capacity, args.max_new_tokens)
-        new = lava.generate_from(lava.feed(ids)[-1], args.max_new_tokens)
+        new = lava.generate_from(lava.prefill(ids, args.max_new_tokens)[-1], args.max_new_tokens)
         fed = torch.tensor([lava.token_ids])
         differing = lava.compare(fixed_point.run(from_file, fed, lava.timesteps, keep_values=True))
         _stage("Lava", started)
         with torch.no_grad():
             cosine, agreement = logit_agreement(torch.stack(lava.logits), loaded.model(fed).logits[0])
         counted = energy.count(from_file, lava.recorded_values(), lava.timesteps)
-        report = energy.TokenEnergy(loaded.name, counted, len(lava.token_ids), lava.timesteps, placement.chips_used,
-                                    lava.plan.period)
+        timing = graph_performance(from_file, placement, counted, TIME_MODELS["loihi2-fitted"])
+        report = energy.TokenEnergy(loaded.name, counted, len(lava.token_ids), lava.timesteps, timing)
         twin = ("identical spikes at every layer and logits" if not differing
                 else f"DIFFERS at {', '.join(differing[:5])}")
         lines = _summary(from_file, loaded, target, placement, evaluation, lava) + [
@@ -82,6 +86,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             ("Lava speed", lava.speed()),
             ("Lava text", repr(loaded.tokenizer.decode(ids + new))),
             ("energy", report.summary_line()),
+            ("Loihi 2", f"predicted on {timing.chips} chip(s): prefill {1 / (timing.interval * timing.steady.seconds):,.0f}"
+                        f" tokens/s (a token every {timing.interval} steps of {timing.steady.seconds * 1e6:.1f} us), "
+                        f"decode {1 / timing.decode_seconds:,.0f} tokens/s ({len(timing.decode_steps)} steps); "
+                        f"{timing.model.name} time model; `nxcompile perf` for both phases and the ANN beside"),
             (".net file", str(output))]
     if loaded.random_weights:
         lines.append(("note", "RANDOM WEIGHTS: quality figures say nothing about any real model"))
