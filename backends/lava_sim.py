@@ -19,10 +19,11 @@ enters.
 # No `from __future__ import annotations`: Lava executes this file as a loose module while
 # searching for process models, and dataclasses with string annotations fail there.
 import logging
+import multiprocessing
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,8 @@ from lava.utils.weightutils import SignMode
 from nxcompile.backends import lava_processes as processes_of
 from nxcompile.backends.lava_processes import HostSink, HostSource
 from nxcompile.compiler.graph import SpikingGraph, out_kind
-from nxcompile.errors import UsageError
+from nxcompile.errors import NxError, UsageError
+from nxcompile.memory import check_memory
 from nxcompile.sim import fixed_point as fx
 from nxcompile.sim.reference import execute_node
 from nxcompile.sim.schedule import TokenClock, schedule
@@ -101,6 +103,116 @@ def deferred_interrupt():
         raise KeyboardInterrupt
 
 
+_WATCH_SECONDS = 0.25
+
+
+def _worker_names(runtime) -> list[str]:
+    """Lava's worker processes in the order its runtime starts them: one per Python process model,
+    then the runtime services."""
+    from lava.magma.compiler.builders.py_builder import PyProcessBuilder
+
+    executable = runtime._executable
+    names = [f"Lava process {process.name!r} ({type(process).__name__})"
+             for process, builder in executable.proc_builders.items() if isinstance(builder, PyProcessBuilder)]
+    return names + ["Lava's runtime service"] * len(executable.runtime_service_builders)
+
+
+def _dead_worker(runtime) -> str | None:
+    """The first of the runtime's workers that ended with a signal or an error code, described."""
+    for actor, name in zip(list(runtime._messaging_infrastructure.actors), _worker_names(runtime)):
+        try:
+            code = actor.exitcode
+        except ValueError:                      # joined and closed by a clean stop
+            continue
+        if code:
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            return f"{name} {how}"
+    return None
+
+
+def _end_workers(runtime) -> None:
+    """After a worker died: every other worker ended, Lava's shared memory released, and the runtime
+    marked stopped, so that Lava's own stop (which would wait on the dead) only joins and cleans."""
+    infrastructure = runtime._messaging_infrastructure
+    for actor in infrastructure.actors:
+        with suppress(ValueError):
+            if actor.is_alive():
+                actor.kill()
+    for actor in infrastructure.actors:
+        with suppress(ValueError):
+            multiprocessing.Process.join(actor, timeout=5)
+    infrastructure.smm.shutdown()
+    runtime._is_initialized = runtime._is_started = runtime._is_running = False
+
+
+class WorkerDied(NxError):
+    """One of Lava's worker processes ended mid-run (the OOM killer, a crash, a kill)."""
+
+
+@contextmanager
+def worker_watchdog(process):
+    """While Lava compiles, starts or runs the network of `process`, a thread checks its workers
+    every quarter second; when one has died it interrupts the main thread (blocked in Lava, waiting
+    on the dead, or still forking workers) with `WorkerDied`, and the main thread then ends every
+    other worker and releases Lava's shared memory."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    died: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(_WATCH_SECONDS):
+            runtime = process.runtime
+            if runtime is None or getattr(runtime, "_messaging_infrastructure", None) is None:
+                continue
+            death = _dead_worker(runtime)
+            if death is not None:
+                died.append(death)
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+                return
+
+    def interrupt(*_) -> None:
+        if not done.is_set():
+            raise WorkerDied(_died_message(died))
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    watcher = threading.Thread(target=watch, name="nxcompile-lava-watchdog", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGUSR1, previous)
+        if died:                                # here, where no worker is being forked any more
+            _end_workers(process.runtime)
+    if died:
+        raise WorkerDied(_died_message(died))
+
+
+def _died_message(died: list[str]) -> str:
+    return (f"{died[0] if died else 'a Lava worker'} mid-run (out of memory, a crash or a kill?); every other "
+            f"worker was stopped and Lava's shared memory released; no file was left half-written")
+
+
+# Per on-chip node, its forked Lava workers' own memory (the pages they write, their ports' buffers),
+# and per weight of the graph what the run holds of it (its integer copies in the process and its
+# Var, the float64 copy Synapses computes with): fitted to two measured runs, gpt2-tiny's
+# NeurTransformer (52 nodes, 1.8M weights: 1.14 GiB) and random:gpt2-small's graded method (132
+# nodes, 85M weights: 6.91 GiB), by `python bench/memory_peaks.py --lava`.
+WORKER_BYTES = 21 << 20
+BYTES_PER_WEIGHT = 54
+
+
+def lava_peak_bytes(spiking: SpikingGraph, program: dict | None = None) -> int:
+    """What building and running the graph in Lava takes beyond the host process, known before it starts."""
+    program = program if program is not None else fx.integer_program(spiking)
+    weights = sum(value.numel() for name in program for value in vars(spiking.op(name)).values()
+                  if isinstance(value, torch.Tensor))
+    return int(len(program) * WORKER_BYTES + weights * BYTES_PER_WEIGHT)
+
+
 @dataclass
 class Speed:
     """How long one phase of a run took: the prompt (pipelined, or token by token) or generation."""
@@ -129,7 +241,7 @@ class LavaModel:
     """
 
     def __init__(self, spiking: SpikingGraph, timesteps: int | None = None, placement=None,
-                 run_config=None, record: bool = False, pipeline: bool = True):
+                 run_config=None, record: bool = False, pipeline: bool = True, force: bool = False):
         self.spiking = spiking
         self.timesteps = timesteps or int(spiking.meta.get("options", {}).get("timesteps", 1))
         self.program = fx.integer_program(spiking)
@@ -139,6 +251,7 @@ class LavaModel:
         self.host_ops = {name: fx.in_float64(spiking.op(name)) for name in self.plan.host_after}
         self.run_config = run_config or simulator_config()
         self.record = record
+        self.force = force              # build even where lava_peak_bytes exceeds the memory available
         self.kv_capacity = min((op.kv_capacity for op in self.program.values() if hasattr(op, "kv_capacity")),
                                default=None)
         self.cores = _cores_by_node(placement)
@@ -213,7 +326,7 @@ class LavaModel:
             done = 0
             while done < steps:
                 todo = min(chunk, steps - done)
-                with deferred_interrupt():     # Lava stops cleanly only once a started runtime finished its steps
+                with deferred_interrupt(), worker_watchdog(self._anchor):   # stops cleanly only between runs
                     started = time.perf_counter()
                     self._anchor.run(condition=RunSteps(num_steps=todo))
                     speed.lava_seconds += time.perf_counter() - started
@@ -261,6 +374,8 @@ class LavaModel:
         if self._started:
             raise UsageError("this Lava model already ran its prompt; feed further tokens one at a time")
         self._check_capacity(len(token_ids) + max_new_tokens)
+        check_memory(lava_peak_bytes(self.spiking, self.program), f"building these {len(self.program)} processes "
+                     f"in Lava", self.force)
         wall = time.perf_counter()
         self.token_ids = [int(t) for t in token_ids]
         self.capacity = len(token_ids) + max_new_tokens
@@ -269,7 +384,7 @@ class LavaModel:
         self._build(self._payloads(before))
         if progress:
             log.info(f"Lava: compiling {len(self.processes)} processes and starting their workers")
-        with deferred_interrupt(), one_blas_thread():
+        with deferred_interrupt(), worker_watchdog(self._anchor), one_blas_thread():
             started = time.perf_counter()
             self._started = True
             self._anchor.create_runtime(run_cfg=self.run_config)
@@ -400,7 +515,7 @@ def run_netx(path, spikes_in: np.ndarray, steps: int, run_config=None, skip_laye
     for layer, sink in zip(recorded, sinks):
         layer.out.connect(sink.a_in)
     try:
-        with deferred_interrupt(), one_blas_thread():
+        with deferred_interrupt(), worker_watchdog(net), one_blas_thread():
             net.run(condition=RunSteps(num_steps=steps), run_cfg=run_config or simulator_config())
         messages = [sink.data.get() for sink in sinks]
     finally:

@@ -488,6 +488,9 @@ class Method:
     mlp_populations: Callable[[dict], int] = lambda options: 1
     spiking_residual: Callable[[ConversionOptions], bool] = lambda options: False
     fixed_timesteps: int | None = None
+    # Conversion's peak memory per GPT-2 parameter in the blocks and in the embeddings (which the LM
+    # head shares): fitted to the measured peaks of random:gpt2-small and -medium (bench/memory_peaks.py).
+    peak_bytes_per_parameter: tuple[float, float] = (25.8, 62.6)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -497,9 +500,28 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            _RATE_FIELDS + ("embedding", "norm", "residual"), _attention, _feed_forward, _spikedecoder_details,
            _hinge_count, spiking_residual=lambda options: options.residual == "spiking"),
     Method("graded", "one graded spike per layer and token, the transformer whole in integers", (),
-           _graded_attention, _graded_feed_forward, _graded_details, fixed_timesteps=1),
+           _graded_attention, _graded_feed_forward, _graded_details, fixed_timesteps=1,
+           peak_bytes_per_parameter=(15.9, 52.0)),
 )}
 DEFAULT_TIMESTEPS = ConversionOptions.__dataclass_fields__["timesteps"].default
+# The interpreter with torch, transformers and Lava imported, before any model (bench/memory_peaks.py).
+PROCESS_BYTES = 500 << 20
+
+
+def parameter_counts(config) -> tuple[int, int]:
+    """A GPT-2's parameters in its blocks (and final norm) and in its embeddings, from its config alone
+    (the LM head is tied to the token embedding)."""
+    d, inner = config.n_embd, config.n_inner or 4 * config.n_embd
+    block = 4 * d + 3 * d * d + 3 * d + d * d + d + 2 * d * inner + inner + d
+    return config.n_layer * block + 2 * d, (config.vocab_size + config.n_positions) * d
+
+
+def conversion_peak_bytes(config, method: str) -> int:
+    """What loading and converting a model of `config` with `method` peaks at, known before either
+    starts (sized by measured peaks: bench/memory_peaks.py)."""
+    blocks, embeddings = parameter_counts(config)
+    per_block, per_embedding = METHODS[method].peak_bytes_per_parameter
+    return int(PROCESS_BYTES + blocks * per_block + embeddings * per_embedding)
 
 
 def method_of(spiking: SpikingGraph) -> Method:

@@ -32,6 +32,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with the model's config.json and weights (else the HF cache)")
 
 
+def add_force_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="run even where the memory the run needs is estimated above what this machine has "
+                             "(NXCOMPILE_MEMORY_GIB, else MemAvailable)")
+
+
 def add_conversion_arguments(parser: argparse.ArgumentParser, shipped: bool = True) -> None:
     """The conversion flags (defaults: ConversionOptions'); `shipped`: the command uses a model's shipped
     fine-tuned graph unless --raw."""
@@ -68,6 +74,7 @@ def add_conversion_arguments(parser: argparse.ArgumentParser, shipped: bool = Tr
                         help=f"tokens per scored window (default {DEFAULT_CONTEXT}, capped by the model)")
     parser.add_argument("--graph", type=Path, default=None,
                         help="a spiking graph file (from `convert` or `finetune`) to use instead of converting")
+    add_force_argument(parser)
     if shipped:
         parser.add_argument("--raw", action="store_true",
                             help="convert without fine-tuning, even where a fine-tuned graph is shipped for the "

@@ -13,9 +13,15 @@ log = logging.getLogger("nxcompile.cli")
 
 def load_model_from(args: argparse.Namespace, name: str | None = None):
     """The zoo model the flags name (a models.zoo.LoadedModel), said on stderr."""
-    from nxcompile.models.zoo import load_model
+    from nxcompile.compiler.convert import conversion_peak_bytes
+    from nxcompile.memory import check_memory
+    from nxcompile.models.zoo import RANDOM_PREFIX, load_model, zoo_entry
 
-    loaded = load_model(name or args.model, args.model_path)
+    spec = name or args.model
+    if getattr(args, "method", None) is not None and getattr(args, "graph", None) is None:
+        config = zoo_entry(spec.removeprefix(RANDOM_PREFIX)).config()
+        check_memory(conversion_peak_bytes(config, args.method), f"converting {spec} ({args.method})", args.force)
+    loaded = load_model(spec, args.model_path)
     log.info(f"model: {loaded.name} ({loaded.source})")
     return loaded
 

@@ -66,8 +66,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     _stage("reference simulation (fixed point)", started)
     started = time.perf_counter()
     from_file, placed = load_net(output)        # Lava runs what the file holds, nothing else
-    with LavaModel(from_file, placement=placed, run_config=config, record=True,
-                   pipeline=not args.no_pipeline) as lava:
+    with LavaModel(from_file, placement=placed, run_config=config, record=True, pipeline=not args.no_pipeline,
+                   force=args.force) as lava:
         ids = prompt_ids(loaded.tokenizer, args.prompt, lava.kv_capacity, args.max_new_tokens)
         new = lava.generate_from(lava.prefill(ids, args.max_new_tokens)[-1], args.max_new_tokens)
         fed = torch.tensor([lava.token_ids])
@@ -86,7 +86,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             ("Lava speed", lava.speed()),
             ("Lava text", repr(loaded.tokenizer.decode(ids + new))),
             ("energy", report.summary_line()),
-            ("Loihi 2", f"predicted on {timing.chips} chip(s): prefill {1 / (timing.interval * timing.steady.seconds):,.0f}"
+            ("Loihi 2", f"predicted on {timing.chips} chip(s): prefill "
+                        f"{1 / (timing.interval * timing.steady.seconds):,.0f}"
                         f" tokens/s (a token every {timing.interval} steps of {timing.steady.seconds * 1e6:.1f} us), "
                         f"decode {1 / timing.decode_seconds:,.0f} tokens/s ({len(timing.decode_steps)} steps); "
                         f"{timing.model.name} time model; `nxcompile perf` for both phases and the ANN beside"),
