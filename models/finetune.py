@@ -36,10 +36,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from lava.lib.dl.slayer.spike.spike import Spike
+from torch.nn.parallel import DistributedDataParallel
 
 from nxcompile.compiler.graph import SSA, Add, Dense, Encode, NeuronModel, SpikingGraph
 from nxcompile.compiler.quantize import on_grid, quantisable
 from nxcompile.compiler.targets import Target
+from nxcompile.distributed import ONE, Ranks
 from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
 from nxcompile.sim import reference
@@ -275,14 +277,33 @@ def state_path(output: Path) -> Path:
     return output.with_name(output.name + ".train-state.pt")
 
 
+class StepLoss(torch.nn.Module):
+    """One step's forward pass, the spiking graph on the grid against the ANN's outputs, as a module:
+    what DistributedDataParallel wraps to average the gradients of the trainable tensors over ranks."""
+
+    def __init__(self, trainable: TrainableGraph, options: FinetuneOptions):
+        super().__init__()
+        self.trainable, self.options = trainable, options
+
+    def forward(self, ids: torch.Tensor, ann_logits: torch.Tensor, ann_hidden: list[torch.Tensor]) -> dict:
+        run = reference.run(self.trainable.spiking, ids, self.options.timesteps, ops=self.trainable.grid_ops(),
+                            spike=slayer_spike)
+        return distillation_loss(run, ids, ann_logits, ann_hidden, self.options)
+
+
 def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: Target,
              options: FinetuneOptions, resume: TrainState | None = None,
              on_step: Callable[[int, dict[str, float]], None] | None = None,
              on_checkpoint: Callable[[TrainableGraph, TrainState], None] | None = None,
-             checkpoint_every: int = 50) -> tuple[TrainableGraph, TrainState]:
+             checkpoint_every: int = 50, ranks: Ranks = ONE) -> tuple[TrainableGraph, TrainState]:
     """Train the scope's tensors of `spiking` against `model` (the ANN) on `train_windows` [N, context].
     `on_step` hears each step's losses (a progress bar); `on_checkpoint` gets the graph and the
-    resumable state every `checkpoint_every` steps before the last (the caller saves what it returns)."""
+    resumable state every `checkpoint_every` steps before the last (the caller saves what it returns).
+    Under torchrun (`ranks`) each rank takes its part of every step's global batch and DDP averages
+    the gradients: the same steps, losses and graph as one process, to float rounding."""
+    if options.batch_size % ranks.world:
+        raise UsageError(f"a batch of {options.batch_size} windows cannot be split evenly over {ranks.world} ranks; "
+                         f"give a --batch-size that is a multiple of {ranks.world}")
     if resume is not None and resume.options != dataclasses.asdict(options) | {"steps": resume.options["steps"],
                                                                              "device": resume.options["device"]}:
         raise UsageError("the saved fine-tuning state was made with other options; use the same ones, "
@@ -292,6 +313,10 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
     spiking = graph_on(spiking, device)
     model = model.to(device).eval()
     trainable = TrainableGraph(spiking, trainable_nodes(spiking, options.scope), target)
+    step_loss = StepLoss(trainable, options)
+    if ranks.distributed:
+        step_loss = DistributedDataParallel(step_loss,
+                                            device_ids=[device.index or 0] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(parameter_groups(trainable, options.step_size), lr=options.learning_rate)
     state = TrainState(0, {}, {}, dataclasses.asdict(options), [])
     if resume is not None:
@@ -301,16 +326,16 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
     for step in range(state.step, options.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, options) * group["unit"]
-        ids = batch_for_step(train_windows, step, options).to(device)
+        ids = ranks.part(batch_for_step(train_windows, step, options)).to(device)
         ann_logits, ann_hidden = ann_forward(model, ids)
-        run = reference.run(spiking, ids, options.timesteps, ops=trainable.grid_ops(), spike=slayer_spike)
-        losses = distillation_loss(run, ids, ann_logits, ann_hidden, options)
+        losses = step_loss(ids, ann_logits, ann_hidden)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
-        state.step, state.losses = step + 1, state.losses + [losses["loss"].item()]
+        logged = dict(zip(losses, (v / ranks.world for v in ranks.sum([v.item() for v in losses.values()]))))
+        state.step, state.losses = step + 1, state.losses + [logged["loss"]]
         if on_step is not None:
-            on_step(step + 1, {k: v.item() for k, v in losses.items()})
+            on_step(step + 1, logged)
         if on_checkpoint is not None and state.step % checkpoint_every == 0 and state.step < options.steps:
             on_checkpoint(trainable, _snapshot(trainable, optimizer, state))
     return trainable, _snapshot(trainable, optimizer, state)
@@ -353,7 +378,8 @@ def with_record(graph: SpikingGraph, state: TrainState) -> SpikingGraph:
     return graph
 
 
-def held_out_figures(model, graphs: dict[str, SpikingGraph], windows: torch.Tensor, timesteps: int) -> dict:
+def held_out_figures(model, graphs: dict[str, SpikingGraph], windows: torch.Tensor, timesteps: int,
+                     ranks: Ranks = ONE) -> dict:
     """Each graph quantised for loihi2-sim and scored in its fixed point against the ANN
     (`sim.evaluate.Evaluation` by label)."""
     from nxcompile.compiler.quantize import quantize
@@ -362,4 +388,4 @@ def held_out_figures(model, graphs: dict[str, SpikingGraph], windows: torch.Tens
     from nxcompile.sim.evaluate import evaluate
 
     return {label: evaluate(model, quantize(graph, get_target("loihi2-sim")), windows, timesteps,
-                            simulate=fixed_point.run) for label, graph in graphs.items()}
+                            simulate=fixed_point.run, ranks=ranks) for label, graph in graphs.items()}

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
 from nxcompile.compiler.graph import SpikingGraph
+from nxcompile.distributed import ONE, Ranks
+from nxcompile.errors import UsageError
 from nxcompile.sim import reference
 
 
@@ -123,18 +125,38 @@ class _Totals:
             self.hidden_cos[b] += float(_token_cosine(snn.hidden[b], ann_h).sum())
 
 
+def _summed_over_ranks(totals: _Totals, rate_sums: dict, counts: dict, ranks: Ranks):
+    """Every rank's sums added up (each rank scored the same graph, so the names agree)."""
+    names = sorted(rate_sums)
+    flat = ranks.sum([totals.nll_ann, totals.nll_snn, totals.logit_cos, totals.agree, totals.tokens,
+                      totals.predictions, *totals.hidden_cos, *(rate_sums[k] for k in names),
+                      *(counts[k] for k in names)])
+    summed = _Totals(len(totals.hidden_cos))
+    (summed.nll_ann, summed.nll_snn, summed.logit_cos, summed.agree, tokens, predictions), rest = flat[:6], flat[6:]
+    summed.tokens, summed.predictions = int(tokens), int(predictions)
+    blocks = len(totals.hidden_cos)
+    summed.hidden_cos = rest[:blocks]
+    rates, spikes = rest[blocks:blocks + len(names)], rest[blocks + len(names):]
+    return summed, dict(zip(names, rates)), dict(zip(names, spikes))
+
+
 @torch.no_grad()
 def evaluate(model: GPT2LMHeadModel, spiking: SpikingGraph, text_windows: torch.Tensor,
              timesteps: int | None, batch_size: int = 4, progress=None,
-             simulate: Callable[..., reference.RunResult] = reference.run) -> Evaluation:
+             simulate: Callable[..., reference.RunResult] = reference.run, ranks: Ranks = ONE) -> Evaluation:
     """Score the ANN and the spiking graph at `timesteps` on the same windows. `simulate` is the
-    executor: the float reference, or `sim.fixed_point.run` for what Loihi computes."""
+    executor: the float reference, or `sim.fixed_point.run` for what Loihi computes. Under torchrun
+    (`ranks`) each rank scores its shard of the windows and the sums are reduced: the same figures
+    as one process, to float rounding."""
+    if len(text_windows) < ranks.world:
+        raise UsageError(f"{len(text_windows)} windows cannot be shared by {ranks.world} ranks; score more "
+                         f"tokens or start fewer ranks")
     model.eval()
     totals = _Totals(len(spiking.meta["block_outputs"]))
     rate_sums: dict[str, float] = {}
     counts: dict[str, float] = {}
     ann_seconds = snn_seconds = 0.0
-    batches = text_windows.split(batch_size)
+    batches = ranks.shard(text_windows).split(batch_size)
     for ids in (progress(batches) if progress else batches):
         started = time.perf_counter()
         ann_logits, ann_hidden = ann_forward(model, ids)
@@ -145,6 +167,8 @@ def evaluate(model: GPT2LMHeadModel, spiking: SpikingGraph, text_windows: torch.
         for name, rate in snn.spike_rate.items():
             rate_sums[name] = rate_sums.get(name, 0.0) + rate * ids.numel()
             counts[name] = counts.get(name, 0.0) + snn.spike_count[name]
+    if ranks.distributed:
+        totals, rate_sums, counts = _summed_over_ranks(totals, rate_sums, counts, ranks)
     n = totals.tokens
     return Evaluation(
         timesteps=timesteps, tokens=n,

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from nxcompile.cli.flags import add_conversion_arguments, add_model_arguments, add_scoring_arguments
-from nxcompile.cli.inputs import context_of, evaluation_windows, graph_from, load_model_from, log, progress
+from nxcompile.cli.inputs import context_of, evaluation_windows, graph_from, load_model_from, log, on_ranks, progress
 from nxcompile.errors import UsageError
 
 
@@ -49,6 +49,11 @@ def _sweep(args: argparse.Namespace, spiking) -> list[int]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    return on_ranks(_evaluate, args)
+
+
+def _evaluate(args: argparse.Namespace, ranks) -> int:
+    """The scoring on this rank: under torchrun each rank scores its shard of the windows."""
     from nxcompile.compiler.convert import describe_graph
     from nxcompile.compiler.quantize import quantize
     from nxcompile.compiler.targets import get_target
@@ -71,13 +76,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     windows, results = evaluation_windows(args, loaded), []
     for timesteps in sweep:
         results.append(evaluate(loaded.model, spiking, windows, timesteps, batch_size=args.batch_size,
-                                progress=progress(f"eval T={timesteps}"),
-                                simulate=reference.run if args.float else fixed_point.run))
+                                progress=progress(f"eval T={timesteps}") if ranks.main else None,
+                                simulate=reference.run if args.float else fixed_point.run, ranks=ranks))
         print(results[-1].row(), flush=True)
     print(f"({results[0].tokens} tokens scored; cos(hid) is the mean over blocks)")
     if len(sweep) == 1:
         print(results[0].details())
-    if args.plot or len(sweep) > 1:
+    if ranks.main and (args.plot or len(sweep) > 1):
         path = args.plot or Path(f"eval-{loaded.name.replace(':', '-')}-{args.method}.png")
         plot_sweep(results, path, f"{loaded.name}, {args.method}")
         print(f"plot: {path}")

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from nxcompile.cli.flags import add_conversion_arguments, add_model_arguments, non_negative_int, positive_int
-from nxcompile.cli.inputs import conversion_options, evaluation_windows, graph_from, load_model_from, log
+from nxcompile.cli.inputs import (conversion_options, evaluation_windows, graph_from, load_model_from, log,
+                                  on_ranks)
 from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
 
@@ -90,6 +91,12 @@ def _print_held_out(figures: dict, windows, timesteps: int) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    _check_device(args.device)
+    return on_ranks(_finetune, args, args.device)
+
+
+def _finetune(args: argparse.Namespace, ranks) -> int:
+    """The run on this rank: only the main rank prints, shows progress and writes files."""
     import torch
     from tqdm import tqdm
 
@@ -99,7 +106,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from nxcompile.models.finetune import (TrainState, finetune, graph_on, held_out_figures, record_path, state_path,
                                            trainable_nodes, with_record)
 
-    _check_device(args.device)
     target = get_target(args.target)
     output = args.output or Path(f"finetuned-{args.model.replace(':', '-')}.safetensors")
     resume = TrainState.load(state_path(output)) if args.resume else None
@@ -112,8 +118,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     train = training_windows(loaded.tokenizer, min(options.context, loaded.config.n_positions), args.train_text)
     log.info(f"fine-tuning {len(trainable_nodes(converted, args.scope))} nodes ({args.scope}) of {loaded.name} at "
              f"T = {options.timesteps} for {args.steps} steps of {args.batch_size} x {train.shape[1]} tokens, "
-             f"quantisation-aware for {target.name}, on {args.device}")
-    bar = tqdm(total=args.steps, initial=resume.step if resume else 0, desc="finetune", unit="step", file=sys.stderr)
+             f"quantisation-aware for {target.name}, on {args.device}"
+             + (f", over {ranks.world} ranks ({args.batch_size // ranks.world} windows each)" if ranks.distributed
+                else ""))
+    bar = tqdm(total=args.steps, initial=resume.step if resume else 0, desc="finetune", unit="step", file=sys.stderr,
+               disable=not ranks.main)
     started, first_step = time.perf_counter(), resume.step if resume else 0
 
     def on_step(step: int, losses: dict[str, float]) -> None:
@@ -123,27 +132,33 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         bar.update(1)
 
     def on_checkpoint(trainable, state) -> None:
-        save_graph(with_record(trainable.deployable(), state), output)
-        state.save(state_path(output))
+        if ranks.main:
+            save_graph(with_record(trainable.deployable(), state), output)
+            state.save(state_path(output))
 
     try:
         trainable, state = finetune(loaded.model, converted, train, target, options, resume,
-                                    on_step=on_step, on_checkpoint=on_checkpoint)
+                                    on_step=on_step, on_checkpoint=on_checkpoint, ranks=ranks)
     finally:
         bar.close()
     on_checkpoint(trainable, state)
     seconds = time.perf_counter() - started
     record = {"model": loaded.name, "conversion": converted.meta["options"], "finetune": state.options,
               "steps": state.step, "train_seconds_this_run": round(seconds, 1),
-              "torch_threads": torch.get_num_threads(),
+              "torch_threads": torch.get_num_threads(), "ranks": ranks.world,
+              "peak_cuda_memory_gib": (round(torch.cuda.max_memory_allocated() / 2**30, 3)
+                                       if args.device.startswith("cuda") else None),
               "loss_every_10_steps": [round(x, 4) for x in state.losses[::10]]}
     if args.eval_tokens:
         windows = evaluation_windows(args, loaded, args.eval_tokens)
         tuned = graph_on(trainable.deployable(), torch.device("cpu"))
         figures = held_out_figures(loaded.model, {"converted": converted, f"fine-tuned ({args.scope})": tuned},
-                                   windows, options.timesteps)
-        _print_held_out(figures, windows, options.timesteps)
+                                   windows, options.timesteps, ranks)
+        if ranks.main:
+            _print_held_out(figures, windows, options.timesteps)
         record["held_out"] = {label: ev.as_record() for label, ev in figures.items()}
+    if not ranks.main:
+        return 0
     write_atomically(record_path(output), lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"),
                      "choose a writable --output path")
     print(f"wrote {output} and {record_path(output)} ({state.step} steps, {seconds:.1f} s this run; resumable "

@@ -96,3 +96,27 @@ def load_input(args: argparse.Namespace, source: Path):
         return np.load(args.input, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read {args.input} as a .npy array ({exc})") from None
+
+
+def on_ranks(body, args: argparse.Namespace, device: str = "cpu") -> int:
+    """`body(args, ranks)` on this process's rank of a torchrun launch, or alone as rank 0 of 1:
+    the other ranks print nothing and log only warnings; a rank lost mid-run is one line."""
+    import contextlib
+    import io
+
+    import torch.distributed as dist
+
+    from nxcompile.distributed import join, leave, lost_a_rank
+
+    ranks = join(device)
+    if not ranks.main:
+        logging.getLogger("nxcompile").setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if not ranks.main else contextlib.nullcontext():
+            done = body(args, ranks)
+    except (RuntimeError, dist.DistBackendError) as exc:
+        if ranks.distributed:           # the group is broken: leaving it would wait on the lost rank
+            raise lost_a_rank(exc, ranks) from exc
+        raise
+    leave()
+    return done
