@@ -38,7 +38,7 @@ from lava.proc.dense.process import Dense as LavaDense
 from lava.utils.weightutils import SignMode
 from nxcompile.backends import lava_processes as processes_of
 from nxcompile.backends.lava_processes import HostSink, HostSource
-from nxcompile.compiler.graph import SpikingGraph, out_kind
+from nxcompile.compiler.graph import SpikingGraph
 from nxcompile.errors import NxError, UsageError
 from nxcompile.memory import check_memory
 from nxcompile.sim import fixed_point as fx

@@ -62,6 +62,14 @@ TRAINABLE_FIELDS = {Dense: ("weight", "bias", "neuron.threshold"), SSA: ("neuron
 MIN_THRESHOLD = 1e-6
 
 
+def check_device(name: str) -> None:
+    """A device name fine-tuning can use on this machine, or one line saying why not."""
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UsageError(f"unknown --device {name!r}; use cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda but this torch sees no CUDA device; use --device cpu")
+
+
 @dataclass(frozen=True)
 class FinetuneOptions:
     """One fine-tuning run (the CLI's flags take their defaults from here)."""
@@ -389,3 +397,14 @@ def held_out_figures(model, graphs: dict[str, SpikingGraph], windows: torch.Tens
 
     return {label: evaluate(model, quantize(graph, get_target("loihi2-sim")), windows, timesteps,
                             simulate=fixed_point.run, ranks=ranks) for label, graph in graphs.items()}
+
+
+def held_out_table(figures: dict, windows: torch.Tensor, timesteps: int) -> str:
+    """`held_out_figures` as the table the finetune command prints."""
+    lines = [f"\nheld-out text, T = {timesteps}, {windows.numel()} tokens (reference simulator, loihi2-sim's fixed "
+             f"point)",
+             f"{'graph':34} {'ANN ppl':>8} {'SNN ppl':>8} {'change':>8} {'cos(lgt)':>8} {'cos(hid)':>8} {'top-1':>6}"]
+    lines += [f"{label:34} {ev.ann_perplexity:>8.2f} {ev.snn_perplexity:>8.2f} {100 * ev.perplexity_change:>+7.1f}% "
+              f"{ev.logits_cosine:>8.4f} {ev.mean_hidden_cosine:>8.4f} {100 * ev.top1_agreement:>5.1f}%"
+              for label, ev in figures.items()]
+    return "\n".join(lines)

@@ -10,7 +10,6 @@ from pathlib import Path
 from nxcompile.cli.flags import add_conversion_arguments, add_model_arguments, non_negative_int, positive_int
 from nxcompile.cli.inputs import (conversion_options, evaluation_windows, graph_from, load_model_from, log,
                                   on_ranks)
-from nxcompile.errors import UsageError
 from nxcompile.files import write_atomically
 
 
@@ -62,15 +61,6 @@ def add_parser(commands) -> None:
     parser.set_defaults(handler=cmd_finetune)
 
 
-def _check_device(name: str) -> None:
-    import torch
-
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UsageError(f"unknown --device {name!r}; use cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda but this torch sees no CUDA device; use --device cpu")
-
-
 def _options(args: argparse.Namespace):
     from nxcompile.models.finetune import FinetuneOptions
 
@@ -82,16 +72,10 @@ def _options(args: argparse.Namespace):
                            device=args.device)
 
 
-def _print_held_out(figures: dict, windows, timesteps: int) -> None:
-    print(f"\nheld-out text, T = {timesteps}, {windows.numel()} tokens (reference simulator, loihi2-sim's fixed point)")
-    print(f"{'graph':34} {'ANN ppl':>8} {'SNN ppl':>8} {'change':>8} {'cos(lgt)':>8} {'cos(hid)':>8} {'top-1':>6}")
-    for label, ev in figures.items():
-        print(f"{label:34} {ev.ann_perplexity:>8.2f} {ev.snn_perplexity:>8.2f} {100 * ev.perplexity_change:>+7.1f}% "
-              f"{ev.logits_cosine:>8.4f} {ev.mean_hidden_cosine:>8.4f} {100 * ev.top1_agreement:>5.1f}%")
-
-
 def cmd_finetune(args: argparse.Namespace) -> int:
-    _check_device(args.device)
+    from nxcompile.models.finetune import check_device
+
+    check_device(args.device)
     return on_ranks(_finetune, args, args.device)
 
 
@@ -103,8 +87,8 @@ def _finetune(args: argparse.Namespace, ranks) -> int:
     from nxcompile.compiler.graph import save_graph
     from nxcompile.compiler.targets import get_target
     from nxcompile.models.corpus import training_windows
-    from nxcompile.models.finetune import (TrainState, finetune, graph_on, held_out_figures, record_path, state_path,
-                                           trainable_nodes, with_record)
+    from nxcompile.models.finetune import (TrainState, finetune, graph_on, held_out_figures, held_out_table, record_path,
+                                           state_path, trainable_nodes, with_record)
 
     target = get_target(args.target)
     output = args.output or Path(f"finetuned-{args.model.replace(':', '-')}.safetensors")
@@ -155,7 +139,7 @@ def _finetune(args: argparse.Namespace, ranks) -> int:
         figures = held_out_figures(loaded.model, {"converted": converted, f"fine-tuned ({args.scope})": tuned},
                                    windows, options.timesteps, ranks)
         if ranks.main:
-            _print_held_out(figures, windows, options.timesteps)
+            print(held_out_table(figures, windows, options.timesteps))
         record["held_out"] = {label: ev.as_record() for label, ev in figures.items()}
     if not ranks.main:
         return 0
