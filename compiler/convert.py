@@ -468,7 +468,9 @@ def _graded_details(spiking: SpikingGraph) -> str:
     precision = spiking.quantization.precision if spiking.quantization is not None else None
     if precision is None:
         return " (one graded spike per layer and token; float, not quantised)"
-    return (f" (one graded spike per layer and token: {precision.weight_bits}-bit weights, "
+    narrower = (f" ({len(precision.layer_weight_bits)} layers narrower, "
+                f"{min(b for _, b in precision.layer_weight_bits)} bits at least)" if precision.layer_weight_bits else "")
+    return (f" (one graded spike per layer and token: {precision.weight_bits}-bit weights{narrower}, "
             f"{precision.activation_bits}-bit activations, {precision.kv_bits}-bit KV cache)")
 
 

@@ -295,9 +295,17 @@ class GradedPrecision:
     kv_bits: int = 8
     activation_bits: int = 16
     exact: tuple[str, ...] = ()
+    layer_weight_bits: tuple[tuple[str, int], ...] = ()   # (node, bits): layers narrower than weight_bits
 
     def __post_init__(self):
         object.__setattr__(self, "exact", tuple(self.exact))
+        object.__setattr__(self, "layer_weight_bits", tuple((str(n), int(b)) for n, b in self.layer_weight_bits))
+        if not all(2 <= b <= 16 for b in [self.weight_bits, *dict(self.layer_weight_bits).values()]):
+            raise ValueError("weight mantissas are 2 to 16 bits wide, sign included")
+
+    def weight_bits_of(self, name: str) -> int:
+        """The signed mantissa width of node `name`'s weights."""
+        return dict(self.layer_weight_bits).get(name, self.weight_bits)
 
 
 def _layer_format(data: dict):

@@ -257,7 +257,7 @@ def quantize_graded(spiking: SpikingGraph, target: Target, precision: GradedPrec
         raise ValueError(f"{target.name} carries graded payloads of at most {target.graded_payload_bits} bits")
     quantised = spiking.copy()
     chip = [n for n in spiking.order() if not spiking.graph.nodes[n]["host"]]
-    dense = {n: _mantissas(spiking.op(n).weight, precision.weight_bits) for n in chip
+    dense = {n: _mantissas(spiking.op(n).weight, precision.weight_bits_of(n)) for n in chip
              if isinstance(spiking.op(n), GradedDense)}
     dot_bits = {n: _dot_bits(m) for n, (m, _) in dense.items()}
     formats: dict[str, MessageFormat] = {}

@@ -4,6 +4,7 @@
     nxcompile models | perplexity | generate       the zoo and the original (ANN) model
     nxcompile convert | eval | finetune            the spiking graph and its quality
     nxcompile targets | quantize | partition       the hardware stages
+    nxcompile fit                                  each layer's weight width chosen to fit a chip budget
     nxcompile export | inspect | run | energy      the `.net` file, Lava, operations and energy
     nxcompile perf                                 speed and energy per token on Loihi 2, beside the ANN
 
@@ -17,11 +18,11 @@ import argparse
 import logging
 import sys
 
-from nxcompile.cli import (convert, energy, eval, export, finetune, models, partition, perf, pipeline, quantize,
-                           run)
+from nxcompile.cli import (convert, energy, eval, export, finetune, fit, models, partition, perf, pipeline,
+                           quantize, run)
 from nxcompile.errors import NxError
 
-VERBS = (models, pipeline, convert, eval, finetune, quantize, partition, export, run, energy, perf)
+VERBS = (models, pipeline, convert, eval, finetune, quantize, partition, fit, export, run, energy, perf)
 
 
 class _StderrHandler(logging.Handler):

@@ -1,0 +1,120 @@
+"""`nxcompile fit MODEL --target T [--cores N]`: each layer's weight width chosen to fit a chip budget."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nxcompile.cli.flags import add_conversion_arguments, add_model_arguments, non_negative_int, positive_int
+from nxcompile.cli.inputs import graph_from, load_model_from, log, progress
+from nxcompile.errors import UsageError
+
+
+def add_parser(commands) -> None:
+    from nxcompile.compiler.partition import PACKINGS
+    from nxcompile.compiler.targets import TARGET_NAMES
+
+    parser = commands.add_parser("fit", help="choose each graded layer's weight width (8 to 2 bits) by measured "
+                                             "sensitivity so the model fits a chip budget")
+    add_model_arguments(parser)
+    add_conversion_arguments(parser)
+    parser.set_defaults(method="graded")
+    parser.add_argument("--target", default="loihi2", choices=TARGET_NAMES, help="the system to fit (default loihi2)")
+    parser.add_argument("--cores", type=positive_int, default=None, help="a core budget below the target's own")
+    parser.add_argument("--packing", choices=PACKINGS, default="intel", help="as `partition --packing`")
+    parser.add_argument("--calibration-tokens", type=positive_int, default=512,
+                        help="training-text tokens each layer's sensitivity is measured on (default 512)")
+    parser.add_argument("--eval-tokens", type=non_negative_int, default=1024,
+                        help="held-out tokens each frontier point is scored on (0: skip)")
+    parser.add_argument("--plot", type=Path, default=None, help="the frontier, cores against perplexity change (PNG)")
+    parser.add_argument("--output", "-o", type=Path, default=None, help="the fitted model's .net file")
+    parser.set_defaults(handler=cmd_fit)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from nxcompile.compiler.export import export_net
+    from nxcompile.compiler.fit import Budget, fit
+    from nxcompile.compiler.layers import network_from_graph
+    from nxcompile.compiler.partition import place
+    from nxcompile.compiler.quantize import quantize
+    from nxcompile.compiler.targets import get_target
+    from nxcompile.models.corpus import load_corpus, token_windows
+
+    budget = Budget(get_target(args.target), args.cores, args.packing)
+    loaded = load_model_from(args)
+    graph = graph_from(args, loaded)
+    context = min(args.context, loaded.config.n_positions)
+    ids = None if loaded.random_weights else token_windows(loaded.tokenizer, load_corpus().train, context,
+                                                           args.calibration_tokens)
+    if ids is None:
+        log.info("random weights: no model to lose, so sensitivity is not measurable; the frontier is the "
+                 "uniform widths")
+    result = fit(graph, budget, ids, progress=progress("sensitivity"))
+    if args.eval_tokens and ids is not None:
+        _score(args, loaded, graph, result.points, context)
+    print(_table(result))
+    if args.plot is not None:
+        _plot(result, args.plot, f"{loaded.name}, graded: the frontier fit searched")
+        print(f"plot: {args.plot}")
+    if result.chosen is None:
+        best = min(result.points, key=lambda p: (p.chips, p.cores))
+        raise UsageError(f"nothing on the frontier fits {budget.describe()}: the smallest, {best.describe()}, needs "
+                         f"{best.cores:,} cores on {best.chips} chip(s); narrower weights alone do not reach it "
+                         f"(sparsity is not built yet)")
+    print(f"chosen for {budget.describe()}: {result.chosen.describe()}, {result.chosen.cores:,} cores on "
+          f"{result.chosen.chips} chip(s)")
+    if args.output is not None:
+        quantised = quantize(graph, budget.target, result.chosen.precision())
+        export_net(quantised, args.output, place(network_from_graph(quantised), budget.target, args.packing),
+                   loaded.tokenizer)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _score(args: argparse.Namespace, loaded, graph, points: list, context: int) -> None:
+    """Each frontier point in Loihi's integers against the ANN on held-out text."""
+    from nxcompile.compiler.fit import UNBOUNDED
+    from nxcompile.compiler.quantize import quantize
+    from nxcompile.models.corpus import load_corpus, token_windows
+    from nxcompile.sim import fixed_point
+    from nxcompile.sim.evaluate import evaluate
+
+    held_out = token_windows(loaded.tokenizer, load_corpus().held_out, context, args.eval_tokens)
+    for point in progress("frontier")(points):
+        point.measured = evaluate(loaded.model, quantize(graph, UNBOUNDED, point.precision()), held_out, 1,
+                                  simulate=fixed_point.run)
+
+
+def _table(result) -> str:
+    lines = ["| widths | predicted KL | cores | chips | ppl change | cos(logits) | top-1 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for p in result.points:
+        m = p.measured
+        scored = (f"{100 * m.perplexity_change:+.2f} % | {m.logits_cosine:.4f} | {100 * m.top1_agreement:.1f} %"
+                  if m is not None else " | | ")
+        kl = f"{p.predicted_kl:.4f}" if result.measurable else "not measurable"
+        lines.append(f"| {p.describe()} | {kl} | {p.cores:,} | {p.chips} | {scored} |")
+    return "\n".join(lines)
+
+
+def _plot(result, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nxcompile.files import save_figure
+
+    scored = [p for p in result.points if p.measured is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if scored:
+        ax.plot([p.cores for p in scored], [100 * p.measured.perplexity_change for p in scored], "o-")
+        ax.set(ylabel="perplexity change (%), symlog", yscale="symlog")
+    else:
+        ax.plot([p.cores for p in result.points], [p.chips for p in result.points], "o-")
+        ax.set(ylabel="chips")
+    if result.chosen is not None:
+        ax.axvline(result.chosen.cores, color="C3", linestyle="--", label="chosen")
+        ax.legend()
+    ax.set(xlabel="cores", title=title)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
