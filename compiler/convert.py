@@ -468,8 +468,8 @@ def _graded_details(spiking: SpikingGraph) -> str:
     precision = spiking.quantization.precision if spiking.quantization is not None else None
     if precision is None:
         return " (one graded spike per layer and token; float, not quantised)"
-    narrower = (f" ({len(precision.layer_weight_bits)} layers narrower, "
-                f"{min(b for _, b in precision.layer_weight_bits)} bits at least)" if precision.layer_weight_bits else "")
+    widths = [bits for _, bits in precision.layer_weight_bits]
+    narrower = f" ({len(widths)} layers narrower, {min(widths)} bits at least)" if widths else ""
     return (f" (one graded spike per layer and token: {precision.weight_bits}-bit weights{narrower}, "
             f"{precision.activation_bits}-bit activations, {precision.kv_bits}-bit KV cache)")
 
