@@ -62,14 +62,6 @@ TRAINABLE_FIELDS = {Dense: ("weight", "bias", "neuron.threshold"), SSA: ("neuron
 MIN_THRESHOLD = 1e-6
 
 
-def check_device(name: str) -> None:
-    """A device name fine-tuning can use on this machine, or one line saying why not."""
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UsageError(f"unknown --device {name!r}; use cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda but this torch sees no CUDA device; use --device cpu")
-
-
 @dataclass(frozen=True)
 class FinetuneOptions:
     """One fine-tuning run (the CLI's flags take their defaults from here)."""

@@ -12,13 +12,16 @@ import math
 
 import torch
 
+from nxcompile.errors import UsageError
+
 
 def windows(token_ids: torch.Tensor, context: int, max_tokens: int | None = None) -> torch.Tensor:
     """[N, context] full windows of the text (one shorter window if the text is short)."""
     if max_tokens is not None:
         token_ids = token_ids[:max_tokens]
     if len(token_ids) < 2:
-        raise ValueError("need at least 2 tokens to score")
+        raise UsageError(f"{len(token_ids)} token(s) to score: scoring needs at least 2; give more tokens "
+                         f"(--max-tokens, --eval-tokens, --calibration-tokens) or a longer text")
     if len(token_ids) <= context:
         return token_ids[None]
     usable = len(token_ids) // context * context

@@ -187,3 +187,11 @@ def shipped_graph(model_name: str, method: str) -> Path | None:
     """The fine-tuned spiking graph shipped for this model and conversion method, if any."""
     path = SHIPPED_GRAPHS.get((model_name, method))
     return path if path is not None and path.is_file() else None
+
+
+def check_device(name: str) -> None:
+    """A device name a model can run on on this machine (`--device`), or one line saying why not."""
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UsageError(f"unknown --device {name!r}; use cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda but this torch sees no CUDA device; use --device cpu")

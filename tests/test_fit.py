@@ -100,6 +100,8 @@ def test_a_budget_nothing_reaches_is_one_line_with_the_best_reached(capsys):
     assert_one_line_error(code, err, 2, "nothing on the frontier fits 3 cores", "needs", "sparsity")
     code, _, err = cli(capsys, "fit", "gpt2-tiny", "--method", "neurtransformer", "--eval-tokens", "0")
     assert_one_line_error(code, err, 2, "graded method")
+    code, _, err = cli(capsys, "fit", "gpt2-tiny", "--calibration-tokens", "1", "--eval-tokens", "0")
+    assert_one_line_error(code, err, 2, "at least 2", "--calibration-tokens")
     with pytest.raises(SystemExit) as exit_:
         cli(capsys, "fit", "gpt2-tiny", "--cores", "0")
     assert exit_.value.code == 2 and "must be >= 1" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from nxcompile.sim.timing import (LOIHI1, LOIHI2, TIME_MODELS, CoreWork, graph_activity, graph_performance,
                                   step_time)
@@ -95,3 +96,7 @@ def test_the_perf_command_prints_both_phases_beside_the_ann_and_refuses_bad_inpu
     assert main(["perf", "nowhere.net"]) == 2
     err = capsys.readouterr().err.strip()
     assert "nowhere.net" in err and len(err.splitlines()) == 1
+    device = "cuda" if not torch.cuda.is_available() else "tpu"
+    assert main(["perf", "gpt2-tiny", "--device", device]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device" in err and len(err.splitlines()) == 1 and "Traceback" not in err

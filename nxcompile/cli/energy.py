@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from nxcompile.cli.flags import add_conversion_arguments, add_netx_arguments, positive_int
-from nxcompile.cli.inputs import graph_from, load_input, load_model_from, log
+from nxcompile.cli.inputs import load_input, log, quantised_source
 
 
 def add_parser(commands) -> None:
@@ -47,17 +47,11 @@ def _netx(args: argparse.Namespace) -> int:
 
 def _token_energy(args: argparse.Namespace):
     """The counts of an nxcompile .net file, or of a zoo model converted and quantised for loihi2-sim."""
-    from nxcompile.compiler.export import load_net, load_tokenizer
-    from nxcompile.compiler.quantize import quantize
     from nxcompile.compiler.targets import get_target
     from nxcompile.sim.energy import token_energy
 
-    if args.source.endswith(".net") or Path(args.source).is_file():
-        graph, placement = load_net(Path(args.source))
-        return token_energy(graph, load_tokenizer(Path(args.source)), args.tokens, placement, str(args.source))
-    loaded = load_model_from(args, args.source)
-    graph = quantize(graph_from(args, loaded), get_target("loihi2-sim"))
-    return token_energy(graph, loaded.tokenizer, args.tokens, source=loaded.name)
+    graph, placement, tokenizer, loaded = quantised_source(args, get_target("loihi2-sim"))
+    return token_energy(graph, tokenizer, args.tokens, placement, loaded.name if loaded else str(args.source))
 
 
 def cmd_energy(args: argparse.Namespace) -> int:

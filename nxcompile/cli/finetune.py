@@ -73,7 +73,7 @@ def _options(args: argparse.Namespace):
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from nxcompile.models.finetune import check_device
+    from nxcompile.models.zoo import check_device
 
     check_device(args.device)
     return on_ranks(_finetune, args, args.device)
@@ -87,8 +87,8 @@ def _finetune(args: argparse.Namespace, ranks) -> int:
     from nxcompile.compiler.graph import save_graph
     from nxcompile.compiler.targets import get_target
     from nxcompile.models.corpus import training_windows
-    from nxcompile.models.finetune import (TrainState, finetune, graph_on, held_out_figures, held_out_table, record_path,
-                                           state_path, trainable_nodes, with_record)
+    from nxcompile.models.finetune import (TrainState, finetune, graph_on, held_out_figures, held_out_table,
+                                           record_path, state_path, trainable_nodes, with_record)
 
     target = get_target(args.target)
     output = args.output or Path(f"finetuned-{args.model.replace(':', '-')}.safetensors")

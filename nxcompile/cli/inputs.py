@@ -49,6 +49,20 @@ def graph_from(args: argparse.Namespace, loaded):
                          shipped=not getattr(args, "raw", True))
 
 
+def quantised_source(args: argparse.Namespace, target):
+    """`args.source` as a command that prices or times it reads it: an nxcompile .net file as written (its
+    graph, placement and tokenizer), or a zoo model converted as the flags say and quantised for `target`
+    (no placement yet); and the loaded model, None for a file."""
+    from nxcompile.compiler.export import load_net, load_tokenizer
+    from nxcompile.compiler.quantize import quantize
+
+    if args.source.endswith(".net") or Path(args.source).is_file():
+        graph, placement = load_net(Path(args.source))
+        return graph, placement, load_tokenizer(Path(args.source)), None
+    loaded = load_model_from(args, args.source)
+    return quantize(graph_from(args, loaded), target), None, loaded.tokenizer, loaded
+
+
 def evaluation_ids(args: argparse.Namespace, loaded):
     """The --text file (default: the held-out plays) in the model's tokens."""
     import torch

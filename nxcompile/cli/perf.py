@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from nxcompile.cli.flags import add_conversion_arguments, add_netx_arguments, positive_int
-from nxcompile.cli.inputs import graph_from, load_input, load_model_from, log
+from nxcompile.cli.inputs import load_input, log, quantised_source
 from nxcompile.errors import UsageError
 
 
@@ -46,10 +46,9 @@ def _netx(args: argparse.Namespace, model) -> int:
     from nxcompile.sim.timing import netx_performance
 
     source = Path(args.source)
-    spikes = load_input(args, source)
-    steps = args.steps_per_inference or args.reset_interval or spikes.shape[-1]
-    rows = netx_energy(source, spikes, args.steps, args.skip_layers, args.input_layer_on_chip, args.reset_interval,
-                       args.reset_offset, steps).rows
+    counted = netx_energy(source, load_input(args, source), args.steps, args.skip_layers, args.input_layer_on_chip,
+                          args.reset_interval, args.reset_offset, args.steps_per_inference)
+    rows, steps = counted.rows, counted.steps_per_inference
     network = network_from_netx(source, 0 if args.input_layer_on_chip else args.skip_layers)
     placement = place(network, get_target(args.target))
     step = netx_performance(network, placement, rows, steps, model)
@@ -65,24 +64,17 @@ def _netx(args: argparse.Namespace, model) -> int:
 
 
 def _graph(args: argparse.Namespace, model) -> int:
-    from nxcompile.compiler.export import load_net, load_tokenizer
     from nxcompile.compiler.layers import network_from_graph
     from nxcompile.compiler.partition import place
-    from nxcompile.compiler.quantize import quantize
     from nxcompile.compiler.targets import get_target
     from nxcompile.models.ann_speed import measure_ann
     from nxcompile.sim.energy import ENERGY_MODELS, counted_rows, held_out_ids, total
     from nxcompile.sim.timing import PerfReport, graph_performance
 
     target = get_target(args.target)
-    loaded = None
-    if args.source.endswith(".net") or Path(args.source).is_file():
-        graph, placement = load_net(Path(args.source))
-        tokenizer = load_tokenizer(Path(args.source))
+    graph, placement, tokenizer, loaded = quantised_source(args, target)
+    if loaded is None:
         log.info("(the ANN is not measured for a .net file: give the model's name for it)")
-    else:
-        loaded = load_model_from(args, args.source)
-        graph, placement, tokenizer = quantize(graph_from(args, loaded), target), None, loaded.tokenizer
     placement = placement if placement is not None and placement.target == target.name else \
         place(network_from_graph(graph), target)
     context = int(graph.meta.get("n_positions", 1024))
@@ -106,8 +98,10 @@ def _graph(args: argparse.Namespace, model) -> int:
 
 def cmd_perf(args: argparse.Namespace) -> int:
     from nxcompile.compiler.export import is_nxcompile_net
+    from nxcompile.models.zoo import check_device
     from nxcompile.sim.timing import TIME_MODELS
 
+    check_device(args.device)                   # before any work: the ANN is measured on it last
     model = TIME_MODELS[args.time_model]
     if Path(args.source).is_file() and not is_nxcompile_net(Path(args.source)):
         return _netx(args, model)
