@@ -107,6 +107,10 @@ class CoreWork:
     layers: list[set[str]]
     chip: np.ndarray
 
+    @property
+    def chips(self) -> int:
+        return int(self.chip.max()) + 1 if len(self.chip) else 1
+
     def nanoseconds(self, model: TimeModel) -> tuple[np.ndarray, np.ndarray]:
         """(compute, network) ns of every core."""
         compute = self.synops * model.synop_ns + self.updates * model.update_ns + self.sends * model.send_ns
@@ -180,7 +184,7 @@ def step_time(work: CoreWork, model: TimeModel, working: np.ndarray | None = Non
     total = compute + network
     if working is not None:
         total = np.where(working, total, 0.0)
-    chips = int(work.chip.max()) + 1 if len(work.chip) else 1
+    chips = work.chips
     barrier = model.barrier(math.ceil(len(work.chip) / CORES_PER_TILE) if chips == 1 else 0, chips) * 1e-9
     if not total.any():
         return StepTime(barrier, -1, (), "barrier", 0.0, 0.0, barrier)
@@ -228,7 +232,7 @@ def performance(work: CoreWork, model: TimeModel, active_per_step: list[set[str]
     steady = step_time(work, model)
     decode = [step_time(work, model, np.array([bool(held & active) for held in work.layers]))
               for active in active_per_step]
-    return Performance(model, steady, decode, interval, int(work.chip.max()) + 1 if len(work.chip) else 1)
+    return Performance(model, steady, decode, interval, work.chips)
 
 
 def graph_activity(spiking, hop: int = 1) -> tuple[dict[str, int], list[set[str]], int]:
@@ -257,11 +261,16 @@ def graph_performance(spiking, placement, rows: list, model: TimeModel) -> Perfo
     return performance(work, model, active, interval)
 
 
-def netx_performance(network, placement, rows: list, steps_per_inference: int, model: TimeModel) -> StepTime:
-    """One step of a lava-dl netx network placed on Loihi 2 (every layer works every step), its
-    activity counted per inference (`rows`, a skipped input layer counted on chip as itself)."""
+def netx_work(network, placement, rows: list, steps_per_inference: int) -> CoreWork:
+    """Each core's work in a step of a lava-dl netx network placed on Loihi 2 (every layer works every
+    step), its activity counted per inference (`rows`, a skipped input layer counted on chip as itself)."""
     counts = {r.name.removesuffix(" (bias-driven)"): r for r in rows}
-    return step_time(core_work(network, placement, counts, {name: steps_per_inference for name in counts}), model)
+    return core_work(network, placement, counts, {name: steps_per_inference for name in counts})
+
+
+def netx_performance(network, placement, rows: list, steps_per_inference: int, model: TimeModel) -> StepTime:
+    """One step of a lava-dl netx network placed on Loihi 2 (`netx_work`)."""
+    return step_time(netx_work(network, placement, rows, steps_per_inference), model)
 
 
 @dataclass(frozen=True)
@@ -317,10 +326,10 @@ class PerfReport:
 def fitted_synop_ns(network, placement, rows: list, steps_per_inference: int, measured_s: float) -> float:
     """The synaptic op time at which the loihi2 set predicts a netx network's measured step (bisection:
     the step grows with it)."""
+    work = netx_work(network, placement, rows, steps_per_inference)
     low, high = 0.0, LOIHI2.synop_ns
     for _ in range(60):
         middle = (low + high) / 2
-        step = netx_performance(network, placement, rows, steps_per_inference,
-                                dataclasses.replace(LOIHI2, synop_ns=middle))
+        step = step_time(work, dataclasses.replace(LOIHI2, synop_ns=middle))
         low, high = (middle, high) if step.seconds < measured_s else (low, middle)
     return (low + high) / 2
