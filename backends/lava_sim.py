@@ -191,6 +191,14 @@ def worker_watchdog(process):
         raise WorkerDied(_died_message(died))
 
 
+@contextmanager
+def in_lava(process):
+    """Around every call into Lava that compiles, starts or runs the network of `process`: Ctrl-C
+    waits for the call's end, and a worker that dies ends it at once (`worker_watchdog`)."""
+    with deferred_interrupt(), worker_watchdog(process):
+        yield
+
+
 def _died_message(died: list[str]) -> str:
     return (f"{died[0] if died else 'a Lava worker'} mid-run (out of memory, a crash or a kill?); every other "
             f"worker was stopped and Lava's shared memory released; no file was left half-written")
@@ -326,7 +334,7 @@ class LavaModel:
             done = 0
             while done < steps:
                 todo = min(chunk, steps - done)
-                with deferred_interrupt(), worker_watchdog(self._anchor):   # stops cleanly only between runs
+                with in_lava(self._anchor):
                     started = time.perf_counter()
                     self._anchor.run(condition=RunSteps(num_steps=todo))
                     speed.lava_seconds += time.perf_counter() - started
@@ -384,7 +392,7 @@ class LavaModel:
         self._build(self._payloads(before))
         if progress:
             log.info(f"Lava: compiling {len(self.processes)} processes and starting their workers")
-        with deferred_interrupt(), worker_watchdog(self._anchor), one_blas_thread():
+        with in_lava(self._anchor), one_blas_thread():
             started = time.perf_counter()
             self._started = True
             self._anchor.create_runtime(run_cfg=self.run_config)
@@ -515,7 +523,7 @@ def run_netx(path, spikes_in: np.ndarray, steps: int, run_config=None, skip_laye
     for layer, sink in zip(recorded, sinks):
         layer.out.connect(sink.a_in)
     try:
-        with deferred_interrupt(), worker_watchdog(net), one_blas_thread():
+        with in_lava(net), one_blas_thread():
             net.run(condition=RunSteps(num_steps=steps), run_cfg=run_config or simulator_config())
         messages = [sink.data.get() for sink in sinks]
     finally:

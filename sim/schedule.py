@@ -59,11 +59,6 @@ class Schedule:
     host_before: list[str]
     host_after: list[str]
 
-    def steps(self, prompt_tokens: int, generated_tokens: int = 0) -> int:
-        """Steps to run a prompt whose tokens enter every `interval` steps, then generated tokens that
-        each enter once the one before is out (a period each)."""
-        return (prompt_tokens - 1) * self.interval + self.period * (1 + generated_tokens)
-
 
 @dataclass(frozen=True)
 class TokenClock:

@@ -134,7 +134,8 @@ def _check_schedule(spiking, timesteps, hop):
     assert plan.period > max(ready.values())
     spiking_nodes = any(getattr(spiking.op(n), "neuron", None) is not None for n in program)
     assert plan.interval == (timesteps if spiking_nodes else 1)
-    assert plan.steps(16) == 15 * plan.interval + plan.period and plan.steps(16, 4) == plan.steps(16) + 4 * plan.period
+    clock = TokenClock(16, plan.interval, plan.period)     # steps until token 16 (the first generated) enters
+    assert clock.entry(16) == 15 * plan.interval + plan.period and clock.entry(20) == clock.entry(16) + 4 * plan.period
     return plan
 
 
