@@ -132,15 +132,22 @@ def _dead_worker(runtime) -> str | None:
 
 def _end_workers(runtime) -> None:
     """After a worker died: every other worker ended, Lava's shared memory released, and the runtime
-    marked stopped, so that Lava's own stop (which would wait on the dead) only joins and cleans."""
+    marked stopped, so that Lava's own stop (which would wait on the dead) only joins and cleans.
+    The workers are the runtime's actors and any Lava worker this process started that the interrupt
+    caught before Lava listed it (forked, not yet appended to the actors)."""
+    from lava.magma.runtime.message_infrastructure.multiprocessing import SystemProcess
+
     infrastructure = runtime._messaging_infrastructure
-    for actor in infrastructure.actors:
+    workers = list(infrastructure.actors)
+    workers += [child for child in multiprocessing.active_children()
+                if isinstance(child, SystemProcess) and child not in workers]
+    for worker in workers:
         with suppress(ValueError):
-            if actor.is_alive():
-                actor.kill()
-    for actor in infrastructure.actors:
+            if worker.is_alive():
+                worker.kill()
+    for worker in workers:
         with suppress(ValueError):
-            multiprocessing.Process.join(actor, timeout=5)
+            multiprocessing.Process.join(worker, timeout=5)
     infrastructure.smm.shutdown()
     runtime._is_initialized = runtime._is_started = runtime._is_running = False
 
