@@ -20,6 +20,7 @@ enters.
 # searching for process models, and dataclasses with string annotations fail there.
 import logging
 import multiprocessing
+from multiprocessing.process import BaseProcess
 import signal
 import threading
 import time
@@ -156,31 +157,43 @@ class WorkerDied(NxError):
     """One of Lava's worker processes ended mid-run (the OOM killer, a crash, a kill)."""
 
 
+def _forking(frame) -> bool:
+    """Whether the main thread, interrupted in `frame`, is inside `multiprocessing.Process.start`:
+    an exception raised there, just after the fork returned, would lose the child from
+    multiprocessing's list of children, and it would outlive the command."""
+    while frame is not None:
+        if frame.f_code is BaseProcess.start.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
 def worker_watchdog(process):
     """While Lava compiles, starts or runs the network of `process`, a thread checks its workers
     every quarter second; when one has died it interrupts the main thread (blocked in Lava, waiting
-    on the dead, or still forking workers) with `WorkerDied`, and the main thread then ends every
-    other worker and releases Lava's shared memory."""
+    on the dead, or still forking workers) with `WorkerDied`, again each quarter second until the
+    main thread is outside a fork, and the main thread then ends every other worker and releases
+    Lava's shared memory."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     died: list[str] = []
-    done = threading.Event()
+    done, raised = threading.Event(), threading.Event()
 
     def watch() -> None:
-        while not done.wait(_WATCH_SECONDS):
+        while not done.wait(_WATCH_SECONDS) and not raised.is_set():
             runtime = process.runtime
-            if runtime is None or getattr(runtime, "_messaging_infrastructure", None) is None:
-                continue
-            death = _dead_worker(runtime)
-            if death is not None:
-                died.append(death)
+            if not died and runtime is not None and getattr(runtime, "_messaging_infrastructure", None) is not None:
+                death = _dead_worker(runtime)
+                if death is not None:
+                    died.append(death)
+            if died:
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-                return
 
-    def interrupt(*_) -> None:
-        if not done.is_set():
+    def interrupt(_, frame) -> None:
+        if not done.is_set() and not raised.is_set() and not _forking(frame):
+            raised.set()
             raise WorkerDied(_died_message(died))
 
     previous = signal.signal(signal.SIGUSR1, interrupt)

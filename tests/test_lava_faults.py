@@ -117,10 +117,7 @@ def test_a_killed_lava_worker_ends_the_command_in_seconds_with_one_line_and_leav
     leaked = {name for name in set(os.listdir(SHM)) - shm_before if name.startswith("psm_")}
     assert not leaked, f"{len(leaked)} shared-memory segments left in /dev/shm (seed {seed})"
     left = sorted({pid for pid in seen if _alive(pid)} | set(_end_left_over(graded_net)))
-    if left:                                    # found by the command's children and by the network's path
-        pytest.xfail(f"known defect (issue #26, open): {len(left)} process(es) outlived the command by a second "
-                     f"(seed {seed})")
-
+    assert not left, f"{len(left)} process(es) outlived the command by a second (seed {seed})"
 
 def test_a_conversion_estimated_above_the_memory_available_is_refused_before_loading(monkeypatch, tmp_path, capsys):
     from tests.test_cli import assert_one_line_error, cli
