@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.sparse import csr_matrix
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -36,6 +37,7 @@ import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.proc.dense.process import Dense as LavaDense
+from lava.proc.sparse.process import Sparse as LavaSparse
 from lava.utils.weightutils import SignMode
 from nxcompile.backends import lava_processes as processes_of
 from nxcompile.backends.lava_processes import HostSink, HostSource
@@ -70,12 +72,14 @@ def process_class(op):
 LAVA_WEIGHT_BITS = 8          # Lava's Dense (fixed point) holds 8-bit weights
 
 
-def synapses(op: fx.GradedLinear, in_bits: int, name: str) -> LavaDense:
-    """Lava's own Dense process for a GradedDense's weights: 2m with sign mode MIXED (which keeps even
-    8-bit weights), weight_exp = -(1 + acc_shift), graded input of `in_bits` bits; it sends
-    `op.accumulate` of its input."""
-    return LavaDense(weights=2 * op.weight, weight_exp=-(1 + op.acc_shift), num_message_bits=in_bits,
-                     sign_mode=SignMode.MIXED, num_weight_bits=LAVA_WEIGHT_BITS, name=f"{name}.synapses")
+def synapses(op: fx.GradedLinear, in_bits: int, name: str, pruned: bool = False) -> LavaDense | LavaSparse:
+    """Lava's own Dense process for a GradedDense's weights (its Sparse, holding only the kept
+    synapses, for a pruned layer): 2m with sign mode MIXED (which keeps even 8-bit weights),
+    weight_exp = -(1 + acc_shift), graded input of `in_bits` bits; it sends `op.accumulate` of its
+    input. Both bit-accurate models compute the same sum and shift."""
+    kind, weights = (LavaSparse, csr_matrix(2 * op.weight)) if pruned else (LavaDense, 2 * op.weight)
+    return kind(weights=weights, weight_exp=-(1 + op.acc_shift), num_message_bits=in_bits,
+                sign_mode=SignMode.MIXED, num_weight_bits=LAVA_WEIGHT_BITS, name=f"{name}.synapses")
 
 
 def one_blas_thread():
@@ -309,7 +313,9 @@ class LavaModel:
                 cores=self.cores.get(name), **common)
         self.sources = {name: HostSource(name=f"host:{name}", prompt=payloads[name], clock=self.clock)
                         for name in payloads}
-        self.synapses = {name: synapses(op, fx.message_bits(spiking, spiking.inputs(name)["x"]), name)
+        precision = spiking.quantization.precision if spiking.quantization is not None else None
+        self.synapses = {name: synapses(op, fx.message_bits(spiking, spiking.inputs(name)["x"]), name,
+                                        pruned=precision is not None and precision.sparsity_of(name) > 0)
                          for name, op in self.program.items() if isinstance(op, fx.GradedLinear)}
         for source, port in self.plan.sinks.items():
             self.sinks[source] = HostSink(name=f"host:{source}", size=spiking.op(source).out_features, port=port,

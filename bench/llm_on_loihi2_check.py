@@ -7,7 +7,9 @@ BitLinear layers, 8-bit quantised, 24-bit activations) on 24 Loihi 2 chips. Unde
 nxcompile's memory model fitted to Intel's compiler (12,000 words of 50 bits per
 core, a dense synapse its signed weight bits + 8: `compiler/targets.py`), this
 prints how many chips the weights alone need, densely stored, at each weight
-width, and what fraction of the weights a 24-chip deployment could store at most.
+width, and what fraction of the weights a 24-chip deployment could store at most; then,
+in the sparse format (each kept synapse also a 12-bit index: an assumption, docs/calibration.md),
+the largest fraction of synapses kept with which the 24 chips hold the model.
 """
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ def main() -> None:
         print(f"{bits}-bit weights ({per_synapse:.2f} bits a synapse): {cores:,} cores, "
               f"{math.ceil(cores / target.cores_per_chip)} chips dense; {args.chips} chips hold "
               f"{room / 1e6:.0f}M synapses = {100 * min(1.0, room / args.parameters):.0f} % of the weights")
+        kept = next(d / 1000 for d in range(1000, 0, -1)
+                    if args.parameters * synapse_words(FAN_OUT, bits, target, d / 1000) * target.synapse_word_bits
+                    / FAN_OUT <= args.chips * target.cores_per_chip * core_bits)
+        print(f"    sparse: {args.chips} chips hold the model with at most {100 * kept:.1f} % of its synapses kept")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
-"""Fit a chip budget: each graded layer's weight width chosen by its measured sensitivity.
+"""Fit a chip budget: each graded layer's weight width and pruned fraction chosen by its measured
+sensitivity.
 
-Loihi 2 holds 1- to 8-bit weights, and a narrower synapse takes fewer bits of a core's
-synaptic memory (the dense rule fitted to Intel's compiler: the weight's bits + 8). The
-graded method's layers differ in how much narrowing costs, so the fit measures it: each
-layer alone at each width of WIDTHS, every other layer at 8 bits, scored by the KL
-divergence of its fixed-point logits from the all-8-bit network's on calibration text.
-Then, greedily, the layer whose next narrower width costs the least KL per synapse bit
-saved is narrowed, one step at a time down to every layer at the narrowest width, each
-step placed on the target's cores: that path is the frontier, and the fit is its first
-point that fits the budget (the least predicted loss, taking the layers' KLs as adding up).
-With random weights there is no model to lose: the frontier is the uniform widths.
-Not yet: sparsity (pruned synapses), error-aware rounding (plain rounding here).
+Loihi 2 holds 1- to 8-bit weights and sparse synapses, and a narrower or pruned layer takes fewer
+bits of a core's synaptic memory (compiler/partition.py: the dense rule fitted to Intel's
+compiler, the weight's bits + 8; a sparse synapse also names its target, an assumption). The
+graded method's layers differ in how much each cut costs, so the fit measures it: each layer
+alone at each width of WIDTHS (8-bit dense elsewhere) and alone at each pruned fraction of
+SPARSITIES (at 8 bits), scored by the KL divergence of its fixed-point logits from the all-8-bit
+dense network's on calibration text; a layer both narrowed and pruned is predicted by the sum of
+its two KLs. Then, greedily, the cut of least KL per synapse bit saved is made, one layer one step
+at a time, down to every layer at the narrowest width and the largest fraction: that path is the
+frontier, and the fit is its first point that fits the budget (the least predicted loss, taking
+the layers' KLs as adding up). With random weights there is no model to lose: the frontier is the
+uniform configurations. Pruning is Wanda's (|w| * ||x|| on the calibration text) or magnitude's.
+Not yet: error-aware rounding (plain rounding here).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from nxcompile.compiler.targets import TARGETS, Target
 from nxcompile.errors import UsageError
 
 WIDTHS = (8, 6, 4, 3, 2)
+SPARSITIES = (0.0, 0.6, 0.75, 0.9)       # below about 0.45 a sparse synapse saves nothing (its index)
 UNBOUNDED = TARGETS["loihi2-sim"]          # Loihi 2's cores, as many chips as needed: the size of a choice
 
 
@@ -45,29 +49,42 @@ class Budget:
         return f"{self.cores:,} cores of {self.target.name}" if self.cores is not None else self.target.name
 
 
+Cut = tuple[int, float]                    # a layer's (weight bits, pruned fraction)
+
+
 @dataclass
 class FitPoint:
-    """One configuration on the frontier: the widths, the predicted loss (summed KLs) and its size."""
-    bits: dict[str, int]
+    """One configuration on the frontier: each layer's cut, the predicted loss (summed KLs) and its size."""
+    cuts: dict[str, Cut]
     predicted_kl: float
     cores: int
     chips: int
+    pruning: str = "magnitude"
     measured: object = None        # sim.evaluate.Evaluation, when scored on held-out text
 
     def precision(self) -> GradedPrecision:
-        return GradedPrecision(layer_weight_bits=tuple((n, b) for n, b in self.bits.items() if b != 8))
+        return GradedPrecision(layer_weight_bits=tuple((n, b) for n, (b, _) in self.cuts.items() if b != 8),
+                               layer_sparsity=tuple((n, f) for n, (_, f) in self.cuts.items() if f > 0),
+                               pruning=self.pruning)
 
     def describe(self) -> str:
-        counts = {w: sum(b == w for b in self.bits.values()) for w in WIDTHS}
-        return ", ".join(f"{n} at {w} bits" for w, n in counts.items() if n)
+        widths = {w: sum(b == w for b, _ in self.cuts.values()) for w in WIDTHS}
+        pruned = {f: sum(s == f for _, s in self.cuts.values()) for f in SPARSITIES[1:]}
+        return ", ".join([f"{n} at {w} bits" for w, n in widths.items() if n]
+                         + [f"{n} pruned {100 * f:.0f} %" for f, n in pruned.items() if n])
 
 
 @dataclass
 class Fit:
     points: list[FitPoint]
     chosen: FitPoint | None
-    sensitivity: dict[tuple[str, int], float] = field(default_factory=dict)
+    sensitivity: dict[tuple[str, int, float], float] = field(default_factory=dict)
     measurable: bool = True
+    input_norms: dict[str, torch.Tensor] = field(default_factory=dict)    # Wanda's, to quantise a point
+
+    def quantised(self, spiking: SpikingGraph, point: FitPoint, target: Target = UNBOUNDED) -> SpikingGraph:
+        """`spiking` quantised for `target` as `point` cuts it."""
+        return quantize(spiking, target, point.precision(), self.input_norms)
 
 
 def graded_layers(spiking: SpikingGraph) -> list[str]:
@@ -75,67 +92,130 @@ def graded_layers(spiking: SpikingGraph) -> list[str]:
     return [n for n in spiking.order() if isinstance(spiking.op(n), GradedDense) and not spiking.graph.nodes[n]["host"]]
 
 
-def _logits(spiking: SpikingGraph, precision: GradedPrecision, ids: torch.Tensor) -> torch.Tensor:
+def input_norms(spiking: SpikingGraph, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each graded layer's input feature norms ||x_j|| over the tokens of `ids` (the float graph's
+    values), which Wanda weighs a synapse's |w| by."""
+    from nxcompile.sim.reference import run
+
+    values = run(spiking, ids, None, keep_values=True).values
+    return {name: values[spiking.inputs(name)["x"]].double().flatten(0, -2).norm(dim=0).float()
+            for name in graded_layers(spiking)}
+
+
+def _logits(spiking: SpikingGraph, precision: GradedPrecision, ids: torch.Tensor,
+            norms: dict[str, torch.Tensor]) -> torch.Tensor:
     from nxcompile.sim import fixed_point
 
-    return torch.cat([fixed_point.run(quantize(spiking, UNBOUNDED, precision), window[None], 1).logits
-                      for window in ids]).flatten(0, 1)
+    quantised = quantize(spiking, UNBOUNDED, precision, norms)
+    return torch.cat([fixed_point.run(quantised, window[None], 1).logits for window in ids]).flatten(0, 1)
 
 
-def sensitivity(spiking: SpikingGraph, ids: torch.Tensor, progress=None) -> dict[tuple[str, int], float]:
-    """KL(all 8 bits || one layer narrowed) per (layer, width), mean over the tokens of `ids`."""
-    reference = F.log_softmax(_logits(spiking, GradedPrecision(), ids).double(), -1)
-    cases = [(name, bits) for name in graded_layers(spiking) for bits in WIDTHS[1:]]
+def _single_cuts(spiking: SpikingGraph, sparsities: tuple[float, ...]) -> list[tuple[str, int, float]]:
+    """Each layer at each narrower width (dense), and at each pruned fraction (8 bits)."""
+    return [(name, bits, 0.0) for name in graded_layers(spiking) for bits in WIDTHS[1:]] + \
+        [(name, WIDTHS[0], f) for name in graded_layers(spiking) for f in sparsities[1:]]
+
+
+def sensitivity(spiking: SpikingGraph, ids: torch.Tensor, pruning: str, norms: dict[str, torch.Tensor],
+                sparsities: tuple[float, ...] = SPARSITIES, progress=None) -> dict[tuple[str, int, float], float]:
+    """KL(all 8 bits dense || one layer cut) per (layer, bits, pruned fraction), mean over the tokens of `ids`."""
+    reference = F.log_softmax(_logits(spiking, GradedPrecision(), ids, norms).double(), -1)
+    cases = _single_cuts(spiking, sparsities)
     measured = {}
-    for name, bits in (progress(cases) if progress else cases):
-        narrowed = F.log_softmax(_logits(spiking, GradedPrecision(layer_weight_bits=((name, bits),)), ids).double(), -1)
-        measured[(name, bits)] = float(F.kl_div(narrowed, reference, log_target=True, reduction="batchmean"))
+    for name, bits, fraction in (progress(cases) if progress else cases):
+        cut = GradedPrecision(layer_weight_bits=((name, bits),), layer_sparsity=((name, fraction),), pruning=pruning)
+        narrowed = F.log_softmax(_logits(spiking, cut, ids, norms).double(), -1)
+        measured[(name, bits, fraction)] = float(F.kl_div(narrowed, reference, log_target=True, reduction="batchmean"))
     return measured
 
 
-def _placed(spiking: SpikingGraph, bits: dict[str, int], kl: float, packing: str) -> FitPoint:
-    chosen = FitPoint(dict(bits), kl, 0, 0)
-    placement = place(network_from_graph(quantize(spiking, UNBOUNDED, chosen.precision())), UNBOUNDED, packing)
+def predicted_kl(measured: dict[tuple[str, int, float], float], name: str, cut: Cut) -> float:
+    """A layer's KL with both cuts: its width's and its pruning's, added."""
+    bits, fraction = cut
+    return measured.get((name, bits, 0.0), 0.0) + measured.get((name, WIDTHS[0], fraction), 0.0)
+
+
+def synapse_bits(cut: Cut, target: Target = UNBOUNDED) -> float:
+    """The synaptic memory one synapse of a layer so cut takes, on average (partition's rule, unrounded)."""
+    bits, fraction = cut
+    dense = bits + target.synapse_overhead_bits
+    return dense if fraction == 0 else min(dense, (1 - fraction) * (dense + target.sparse_index_bits))
+
+
+def _placed(spiking: SpikingGraph, cuts: dict[str, Cut], kl: float, packing: str, pruning: str,
+            norms: dict[str, torch.Tensor]) -> FitPoint:
+    chosen = FitPoint(dict(cuts), kl, 0, 0, pruning)
+    placement = place(network_from_graph(quantize(spiking, UNBOUNDED, chosen.precision(), norms)), UNBOUNDED,
+                      packing)
     chosen.cores, chosen.chips = placement.cores_used, placement.chips_used
     return chosen
 
 
-def _greedy_path(spiking: SpikingGraph, measured: dict[tuple[str, int], float]) -> list[dict[str, int]]:
-    """Widths from all 8 down to all of the narrowest, one layer one step narrower at a time, the
-    cheapest step in KL per synapse bit saved first."""
-    bits = {name: WIDTHS[0] for name in graded_layers(spiking)}
-    synapses = {name: spiking.op(name).weight.numel() for name in bits}
-    path = [dict(bits)]
+def _next_cuts(cut: Cut, sparsities: tuple[float, ...]) -> list[Cut]:
+    bits, fraction = cut
+    narrower = [(WIDTHS[WIDTHS.index(bits) + 1], fraction)] if bits != WIDTHS[-1] else []
+    return narrower + [(bits, f) for f in sparsities if f > fraction]
+
+
+def _greedy_path(spiking: SpikingGraph, measured: dict[tuple[str, int, float], float],
+                 sparsities: tuple[float, ...]) -> list[dict[str, Cut]]:
+    """Cuts from all 8-bit dense to all of the narrowest and most pruned, one layer one step at a
+    time, the cheapest step in predicted KL per synapse bit saved first."""
+    cuts: dict[str, Cut] = {name: (WIDTHS[0], 0.0) for name in graded_layers(spiking)}
+    synapses = {name: spiking.op(name).weight.numel() for name in cuts}
+    path = [dict(cuts)]
     while True:
         steps = []
-        for name, width in bits.items():
-            if width == WIDTHS[-1]:
-                continue
-            narrower = WIDTHS[WIDTHS.index(width) + 1]
-            cost = measured[(name, narrower)] - measured.get((name, width), 0.0)
-            steps.append((max(cost, 0.0) / (synapses[name] * (width - narrower)), name, narrower))
+        for name, cut in cuts.items():
+            for after in _next_cuts(cut, sparsities):
+                saved = synapses[name] * (synapse_bits(cut) - synapse_bits(after))
+                if saved > 0:
+                    cost = predicted_kl(measured, name, after) - predicted_kl(measured, name, cut)
+                    steps.append((max(cost, 0.0) / saved, name, after))
         if not steps:
             return path
-        _, name, narrower = min(steps)
-        bits[name] = narrower
-        path.append(dict(bits))
+        _, name, after = min(steps)
+        cuts[name] = after
+        path.append(dict(cuts))
+
+
+def _uniform(spiking: SpikingGraph, sparsities: tuple[float, ...]) -> list[dict[str, Cut]]:
+    """Every layer alike, each width at each pruned fraction, the largest synapse first."""
+    cuts = sorted({(b, f) for b in WIDTHS for f in sparsities}, key=lambda cut: (-synapse_bits(cut), cut))
+    return [{name: cut for name in graded_layers(spiking)} for cut in cuts]
 
 
 def fit(spiking: SpikingGraph, budget: Budget, ids: torch.Tensor | None, points: int = 12,
-        progress=None) -> Fit:
+        pruning: str | None = "wanda", progress=None) -> Fit:
     """The frontier (at most `points` configurations placed, evenly along the path) and the first
-    that fits `budget`. `ids` None: weights are random, the frontier is the uniform widths."""
+    that fits `budget`. `ids` None: weights are random, the frontier is the uniform configurations
+    (pruned by magnitude). `pruning` None: widths only, every layer dense."""
     if spiking.meta["options"]["method"] != "graded":
-        raise UsageError("fit chooses each layer's weight width for the graded method (--method graded); the "
-                         "rate-coded methods' populations are not narrowed yet")
-    layers = graded_layers(spiking)
+        raise UsageError("fit chooses each layer's weight width and pruning for the graded method (--method graded); "
+                         "the rate-coded methods' populations are not cut yet")
+    sparsities = SPARSITIES if pruning is not None else SPARSITIES[:1]
     if ids is None:
-        frontier = [_placed(spiking, {n: w for n in layers}, float("nan"), budget.packing) for w in WIDTHS]
+        frontier = [_placed(spiking, cuts, float("nan"), budget.packing, "magnitude", {})
+                    for cuts in _uniform(spiking, sparsities)]
         return Fit(frontier, next((p for p in frontier if budget.holds(p)), None), measurable=False)
-    measured = sensitivity(spiking, ids, progress)
-    path = _greedy_path(spiking, measured)
-    picks = sorted({round(i * (len(path) - 1) / (points - 1)) for i in range(points)})
-    frontier = [_placed(spiking, path[i], sum(measured.get((n, b), 0.0) for n, b in path[i].items()), budget.packing)
-                for i in picks]
-    return Fit(frontier, next((p for p in frontier if budget.holds(p)), None), measured)
+    pruning = pruning or "magnitude"
+    norms = input_norms(spiking, ids) if pruning == "wanda" and len(sparsities) > 1 else {}
+    measured = sensitivity(spiking, ids, pruning, norms, sparsities, progress)
+    path = _greedy_path(spiking, measured, sparsities)
 
+    def placed(step: int) -> FitPoint:
+        return _placed(spiking, path[step], sum(predicted_kl(measured, n, c) for n, c in path[step].items()),
+                       budget.packing, pruning, norms)
+
+    picks = sorted({round(i * (len(path) - 1) / (points - 1)) for i in range(points)})
+    frontier = {step: placed(step) for step in picks}
+    fitting = [step for step in picks if budget.holds(frontier[step])]
+    if fitting and fitting[0] > 0:              # the path's first step that fits, between two picks
+        lo, hi = picks[picks.index(fitting[0]) - 1], fitting[0]
+        while hi - lo > 1:
+            middle = (lo + hi) // 2
+            frontier[middle] = placed(middle)
+            lo, hi = (lo, middle) if budget.holds(frontier[middle]) else (middle, hi)
+        fitting = [hi]
+    ordered = [frontier[step] for step in sorted(frontier)]
+    return Fit(ordered, frontier[fitting[0]] if fitting else None, measured, input_norms=norms)

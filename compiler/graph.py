@@ -290,22 +290,40 @@ class AccumulatorFormat(MessageFormat):
 @dataclass(frozen=True)
 class GradedPrecision:
     """The graded method's bit widths, sign included (its study changes one at a time).
-    `exact` lists integer kernels computed exactly in float64 instead: exp, gelu, norm."""
+    `exact` lists integer kernels computed exactly in float64 instead: exp, gelu, norm.
+    Per layer, narrower weights (`layer_weight_bits`) and pruned synapses (`layer_sparsity`: the
+    fraction of each neuron's synapses set to zero, chosen by `pruning`)."""
     weight_bits: int = 8
     kv_bits: int = 8
     activation_bits: int = 16
     exact: tuple[str, ...] = ()
     layer_weight_bits: tuple[tuple[str, int], ...] = ()   # (node, bits): layers narrower than weight_bits
+    layer_sparsity: tuple[tuple[str, float], ...] = ()    # (node, fraction pruned): pruned layers
+    pruning: str = "magnitude"                            # a synapse's importance: see PRUNINGS
 
     def __post_init__(self):
         object.__setattr__(self, "exact", tuple(self.exact))
         object.__setattr__(self, "layer_weight_bits", tuple((str(n), int(b)) for n, b in self.layer_weight_bits))
+        object.__setattr__(self, "layer_sparsity", tuple((str(n), float(f)) for n, f in self.layer_sparsity))
         if not all(2 <= b <= 16 for b in [self.weight_bits, *dict(self.layer_weight_bits).values()]):
             raise ValueError("weight mantissas are 2 to 16 bits wide, sign included")
+        if not all(0.0 <= f < 1.0 for f in dict(self.layer_sparsity).values()):
+            raise ValueError("a layer's pruned fraction is at least 0 and below 1")
+        if self.pruning not in PRUNINGS:
+            raise ValueError(f"pruning is one of {', '.join(PRUNINGS)}, not {self.pruning!r}")
 
     def weight_bits_of(self, name: str) -> int:
         """The signed mantissa width of node `name`'s weights."""
         return dict(self.layer_weight_bits).get(name, self.weight_bits)
+
+    def sparsity_of(self, name: str) -> float:
+        """The fraction of each of node `name`'s neurons' synapses pruned (0: dense)."""
+        return dict(self.layer_sparsity).get(name, 0.0)
+
+
+# How the pruned synapses of a neuron are chosen: the least |w| ("magnitude"), or the least
+# |w| * ||x|| over calibration text, x the synapse's input (Wanda: Sun et al., ICLR 2024).
+PRUNINGS = ("magnitude", "wanda")
 
 
 def _layer_format(data: dict):

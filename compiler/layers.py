@@ -42,7 +42,8 @@ class LayerSpec:
     dense: in_features; elementwise: ports; norm: features; attention: n_head,
     head_dim, kv_capacity, timesteps, kv_bits; conv: in_shape, out_shape (C, H, W),
     kernel, stride, padding, dilation (each (H, W)); input: out_shape where 3-D.
-    dense and conv may give weight_bits (signed; else the target's)."""
+    dense and conv may give weight_bits (signed; else the target's); a pruned dense layer its
+    density, the fraction of its synapses kept."""
     name: str
     kind: str
     neurons: int
@@ -113,9 +114,10 @@ def _graph_layer(spiking, name: str, rates: dict[str, float], timesteps: int) ->
         return LayerSpec(kind="dense", inputs=(), params={"in_features": op.wte.shape[0] + op.wpe.shape[0]},
                          **common)
     if isinstance(op, (Dense, GradedDense)):
-        return LayerSpec(kind="dense", inputs=sources, params={
-            "in_features": op.weight.shape[1], "weight_bits": getattr(formats.get(name), "mantissa_bits_used", None)},
-            **common)
+        params = {"in_features": op.weight.shape[1], "weight_bits": getattr(formats.get(name), "mantissa_bits_used", None)}
+        if isinstance(op, GradedDense) and spiking.quantization is not None:   # its zeros (pruned, or rounded
+            params["density"] = float((op.weight != 0).double().mean())        # at few bits) need no synapse
+        return LayerSpec(kind="dense", inputs=sources, params=params, **common)
     if isinstance(op, Attention):     # keys and values in the cache at their message's bits, one step per token
         kv_bits = max(kv_message_bits(spiking, inputs[p]) for p in ("k", "v"))
         return LayerSpec(kind="attention", inputs=(inputs["q"], inputs["k"], inputs["v"]),

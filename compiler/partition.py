@@ -196,16 +196,23 @@ class Placement:
 # --- what a block of each layer kind needs ------------------------------------
 # Costs follow compiler/targets.py's Loihi 2 model, fitted to Intel's compiler logs: a dense
 # synapse takes its signed weight bits plus `synapse_overhead_bits` in words of
-# `synapse_word_bits`, packed per input axon; conv kernels are stored once per core.
+# `synapse_word_bits`, packed per input axon; a pruned layer's axon stores only its kept synapses,
+# each also naming its target (`sparse_index_bits`), where that is smaller (an assumption:
+# docs/calibration.md); conv kernels are stored once per core.
 
 def _part_range(length: int, part: int, parts: int) -> tuple[int, int]:
     """Part `part` of `parts` near-equal contiguous pieces of range(length)."""
     return part * length // parts, (part + 1) * length // parts
 
 
-def synapse_words(targets: int, weight_bits: int, target: Target) -> int:
-    """Words one input axon's synapses to `targets` neurons of a core take."""
-    return -(-targets * (weight_bits + target.synapse_overhead_bits) // target.synapse_word_bits)
+def synapse_words(targets: int, weight_bits: int, target: Target, density: float = 1.0) -> int:
+    """Words one input axon's synapses to `targets` neurons of a core take, a `density` of them kept."""
+    dense = -(-targets * (weight_bits + target.synapse_overhead_bits) // target.synapse_word_bits)
+    if density >= 1.0:
+        return dense
+    kept = math.ceil(density * targets)
+    return min(dense, -(-kept * (weight_bits + target.synapse_overhead_bits + target.sparse_index_bits)
+                        // target.synapse_word_bits))
 
 
 def weight_bits(layer: LayerSpec, target: Target) -> int:
@@ -217,7 +224,7 @@ def _dense(layer, units, part, parts, target):
     lo, hi = _part_range(layer.params["in_features"], part, parts)
     sources = layer.inputs or (HOST,)
     n = units[1] - units[0]
-    words = (hi - lo) * synapse_words(n, weight_bits(layer, target), target)
+    words = (hi - lo) * synapse_words(n, weight_bits(layer, target), target, layer.params.get("density", 1.0))
     return n, words, hi - lo, tuple((s, lo, hi) for s in sources)
 
 

@@ -48,6 +48,7 @@ from nxcompile.compiler.graph import (RESIDUAL_FORMAT, SSA, AccumulatorFormat, A
                                       GradedDense, GradedPrecision, MessageFormat, NeuronModel, PopulationFormat,
                                       Quantization, SpikingGraph)
 from nxcompile.compiler.targets import Target
+from nxcompile.errors import UsageError
 from nxcompile.sim.fixed_point import limit_of
 
 ALIGN_BITS = 6   # Lava's fixed-point LIF/Dense: threshold and activation MSB-aligned by 6 bits
@@ -185,11 +186,13 @@ def _sizes_messages(spiking: SpikingGraph) -> bool:
     return any(isinstance(spiking.op(n), (GradedDense, Attention)) for n in spiking.graph.nodes)
 
 
-def quantize(spiking: SpikingGraph, target: Target, precision: GradedPrecision | None = None) -> SpikingGraph:
+def quantize(spiking: SpikingGraph, target: Target, precision: GradedPrecision | None = None,
+             input_norms: dict[str, torch.Tensor] | None = None) -> SpikingGraph:
     """A copy of `spiking` in `target`'s fixed point; its `quantization` records each layer's format.
-    `precision` changes the graded payloads' bit widths (the graded method's study)."""
+    `precision` changes the graded payloads' bit widths and prunes layers (the graded method's
+    study); Wanda pruning reads each pruned layer's `input_norms` (`compiler.fit.input_norms`)."""
     if _sizes_messages(spiking):
-        return quantize_graded(spiking, target, precision or GradedPrecision())
+        return quantize_graded(spiking, target, precision or GradedPrecision(), input_norms or {})
     quantised = spiking.copy()
     formats = {}
     for name in spiking.order():
@@ -213,6 +216,28 @@ def _mantissas(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
     largest = float(weight.abs().max())
     k = math.floor(math.log2(limit / largest)) if largest > 0 else 0
     return torch.clamp(torch.round(weight * 2.0 ** k), -limit, limit), k
+
+
+def pruned(weight: torch.Tensor, fraction: float, input_norm: torch.Tensor | None = None) -> torch.Tensor:
+    """`weight` [out, in] with each output neuron's `fraction` least important synapses zero:
+    importance |w|, or |w| * ||x_in|| with the input's norm (Wanda, which compares per output
+    too). Per neuron, so that every neuron keeps the same fan-in."""
+    drop = round(fraction * weight.shape[1])
+    if drop == 0:
+        return weight
+    importance = weight.abs() * (input_norm[None, :] if input_norm is not None else 1.0)
+    return weight.scatter(1, importance.topk(drop, dim=1, largest=False).indices, 0.0)
+
+
+def _pruned_weight(spiking: SpikingGraph, name: str, precision: GradedPrecision,
+                   input_norms: dict[str, torch.Tensor]) -> torch.Tensor:
+    weight, fraction = spiking.op(name).weight, precision.sparsity_of(name)
+    if fraction == 0.0 or precision.pruning == "magnitude":
+        return pruned(weight, fraction)
+    if name not in input_norms:
+        raise UsageError(f"Wanda pruning of {name} needs its input's norms on calibration text "
+                         f"(compiler.fit.input_norms); or prune by magnitude")
+    return pruned(weight, fraction, input_norms[name])
 
 
 def _dot_bits(mantissas: torch.Tensor) -> int:
@@ -250,15 +275,17 @@ def _message_format(spiking: SpikingGraph, name: str, dot_bits: dict[str, int],
     return MessageFormat(bits, _fraction_bits(bits, spiking.op(name).out_range))
 
 
-def quantize_graded(spiking: SpikingGraph, target: Target, precision: GradedPrecision) -> SpikingGraph:
+def quantize_graded(spiking: SpikingGraph, target: Target, precision: GradedPrecision,
+                    input_norms: dict[str, torch.Tensor] | None = None) -> SpikingGraph:
     """The graded method in fixed point: each on-chip node's message format, each GradedDense's weight
-    mantissas and accumulator shift; weights and biases moved onto their grids (in float units)."""
+    mantissas (its pruned synapses zero) and accumulator shift; weights and biases moved onto their
+    grids (in float units)."""
     if precision.activation_bits > target.graded_payload_bits or precision.kv_bits > target.graded_payload_bits:
         raise ValueError(f"{target.name} carries graded payloads of at most {target.graded_payload_bits} bits")
     quantised = spiking.copy()
     chip = [n for n in spiking.order() if not spiking.graph.nodes[n]["host"]]
-    dense = {n: _mantissas(spiking.op(n).weight, precision.weight_bits_of(n)) for n in chip
-             if isinstance(spiking.op(n), GradedDense)}
+    dense = {n: _mantissas(_pruned_weight(spiking, n, precision, input_norms or {}), precision.weight_bits_of(n))
+             for n in chip if isinstance(spiking.op(n), GradedDense)}
     dot_bits = {n: _dot_bits(m) for n, (m, _) in dense.items()}
     formats: dict[str, MessageFormat] = {}
     for name in chip:

@@ -77,6 +77,7 @@ class Target:
     synapse_words_per_core: int         # synaptic memory, in words
     synapse_word_bits: int              # payload bits of one word
     synapse_overhead_bits: int          # bits a dense synapse needs besides its weight
+    sparse_index_bits: int              # bits a sparse synapse adds to name its target neuron
     array_word_bits: int                # arrays at implied positions (conv kernels, KV caches): bits per word
     input_axons_per_core: int           # distinct source neurons a core can receive from
     weight_mantissa_bits: int           # signed
@@ -109,6 +110,7 @@ LOIHI1 = Target(
     synapse_words_per_core=16 * 2**20 * 8 // 128 // 64,   # [CAS22] 16 MB over 128 cores, as 64-bit words
     synapse_word_bits=64,                       # assumed: weights packed without per-synapse overhead
     synapse_overhead_bits=0,
+    sparse_index_bits=10,                       # assumed: the index of one of 1,024 neurons
     array_word_bits=64,
     input_axons_per_core=4096,                  # [Davies18] Table 1, fan-in axons per core
     weight_mantissa_bits=8,                     # [Davies18] 1-9 bit weights incl. sign; 8 as in [Lava]
@@ -131,6 +133,7 @@ LOIHI2 = Target(
     synapse_words_per_core=12_000,              # [Log] cost_db.registers['SynMem'] = 12000
     synapse_word_bits=50,                       # [Log] fitted: all 12 dense figures of both logs
     synapse_overhead_bits=8,                    # [Log] fitted with it
+    sparse_index_bits=12,                       # assumed: the index of one of 4,095 neurons (calibration.md)
     array_word_bits=64,                         # [Log] fitted: 6 of 10 conv figures (module docstring)
     input_axons_per_core=4096,                  # not published for Loihi 2: Loihi 1's [Davies18] assumed
     weight_mantissa_bits=8,                     # [Lava] 8-bit weights ...

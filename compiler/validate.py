@@ -26,9 +26,12 @@ def _fraction(total: int, index: int, count: int) -> tuple[int, int]:
     return (total * index) // count, (total * (index + 1)) // count
 
 
-def _words(targets: int, weight_bits: int, target: Target) -> int:
-    """Synapse words of one input axon reaching `targets` neurons (targets.py's Loihi 2 format)."""
-    return math.ceil(targets * (weight_bits + target.synapse_overhead_bits) / target.synapse_word_bits)
+def _words(targets: int, weight_bits: int, target: Target, density: float = 1.0) -> int:
+    """Synapse words of one input axon reaching `targets` neurons (targets.py's Loihi 2 format): the
+    smaller of dense and, a `density` of synapses kept, sparse (each kept one indexed)."""
+    dense_bits = targets * (weight_bits + target.synapse_overhead_bits)
+    sparse_bits = math.ceil(targets * density) * (weight_bits + target.synapse_overhead_bits + target.sparse_index_bits)
+    return math.ceil((dense_bits if density >= 1.0 else min(dense_bits, sparse_bits)) / target.synapse_word_bits)
 
 
 def _needs(layer: LayerSpec, block, target: Target) -> tuple[int, int, dict[str, set]]:
@@ -39,7 +42,7 @@ def _needs(layer: LayerSpec, block, target: Target) -> tuple[int, int, dict[str,
     sources = layer.inputs or ("host",)
     if layer.kind == "dense":
         lo, hi = _fraction(p["in_features"], block.part, block.parts)
-        return n, (hi - lo) * _words(n, bits, target), {s: {(lo, hi)} for s in sources}
+        return n, (hi - lo) * _words(n, bits, target, p.get("density", 1.0)), {s: {(lo, hi)} for s in sources}
     if layer.kind == "elementwise":
         return n, len(sources) * n * _words(1, bits, target), {s: {(block.start, block.stop)} for s in sources}
     if layer.kind == "norm":

@@ -195,9 +195,15 @@ def _graded_source(spiking: SpikingGraph, source: str) -> bool:
     return out_kind(spiking.op(source)) not in ("binary", "ternary")
 
 
-def _fan_out(op) -> int:
-    """Synapses each input event of a port crosses: all outputs of a Dense, one of an elementwise op."""
-    return op.out_features if isinstance(op, (Dense, GradedDense)) else 1
+def _fan_out(spiking: SpikingGraph, name: str, op) -> int | np.ndarray:
+    """Synapses each input event of a port crosses: all outputs of a Dense (each input's kept ones
+    where the layer is pruned: a sparse synapse list holds no others), one of an elementwise op."""
+    if not isinstance(op, (Dense, GradedDense)):
+        return 1
+    precision = spiking.quantization.precision if spiking.quantization is not None else None
+    if precision is not None and precision.sparsity_of(name) > 0:
+        return (op.weight != 0).sum(0).numpy()
+    return op.out_features
 
 
 def _synaptic(spiking: SpikingGraph, name: str, op, inputs: dict, timesteps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -211,7 +217,7 @@ def _synaptic(spiking: SpikingGraph, name: str, op, inputs: dict, timesteps: int
         return zeros, 2.0 * (positions + 1) * op.out_features
     accumulates, macs = zeros.copy(), zeros.copy()
     for port, source in spiking.inputs(name).items():
-        events = _events(inputs[port]).sum(-1) * _fan_out(op)
+        events = (_events(inputs[port]) * _fan_out(spiking, name, op)).sum(-1)
         if _graded_source(spiking, source):
             macs += events
         else:

@@ -1,5 +1,5 @@
-"""Per-layer weight widths: through the quantiser, the `.net` file, the core model and Lava; and
-`nxcompile fit`, whose choice always validates, and whose impossible budgets are one line."""
+"""Per-layer weight widths and pruning: through the quantiser, the `.net` file, the core model and
+Lava; and `nxcompile fit`, whose choice always validates, and whose impossible budgets are one line."""
 from __future__ import annotations
 
 import pytest
@@ -13,6 +13,7 @@ from nxcompile.models.zoo import load_model
 from tests.test_cli import assert_one_line_error, cli
 
 NARROW = (("h0.attn.q", 3), ("h1.mlp.c_fc", 2), ("h3.mlp.c_proj", 5))
+PRUNED = (("h0.attn.q", 0.75), ("h2.mlp.c_fc", 0.9), ("h3.attn.c_proj", 0.6))
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,21 @@ def graded(tiny):
 @pytest.fixture(scope="module")
 def narrowed(graded):
     return quantize(graded, TARGETS["loihi2-sim"], GradedPrecision(layer_weight_bits=NARROW))
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny):
+    from nxcompile.models.corpus import load_corpus, token_windows
+
+    return token_windows(tiny.tokenizer, load_corpus().train, 64, 128)
+
+
+@pytest.fixture(scope="module")
+def pruned(graded, calibration):
+    from nxcompile.compiler.fit import input_norms
+
+    precision = GradedPrecision(layer_weight_bits=NARROW, layer_sparsity=PRUNED, pruning="wanda")
+    return quantize(graded, TARGETS["loihi2-sim"], precision, input_norms(graded, calibration))
 
 
 def test_a_layers_width_bounds_its_mantissas_and_travels_through_the_net_file(narrowed, tiny, tmp_path):
@@ -63,12 +79,61 @@ def test_narrower_layers_take_fewer_synapse_words(graded, narrowed):
     assert place(network_from_graph(everywhere), target, "tight").cores_used < wide.cores_used
 
 
+def test_pruning_zeroes_each_neurons_least_important_synapses(graded, pruned, calibration):
+    from nxcompile.compiler.fit import input_norms
+    from nxcompile.compiler.quantize import pruned as prune
+    from nxcompile.errors import UsageError
+
+    for name, fraction in PRUNED:
+        weight, dense = pruned.op(name).weight, graded.op(name).weight
+        kept = weight != 0
+        assert (kept.sum(1) <= round((1 - fraction) * weight.shape[1])).all()       # per neuron, the same fan-in
+        assert not (kept & (dense == 0)).any()
+    # Wanda's choice is the least |w| * ||x||: a synapse kept outranks, per neuron, every one dropped
+    name, fraction = PRUNED[1]
+    norm = input_norms(graded, calibration)[name]
+    w = graded.op(name).weight
+    score, kept = w.abs() * norm, prune(w, fraction, norm) != 0
+    assert (score.masked_fill(~kept, float("inf")).min(1).values >= score.masked_fill(kept, 0).max(1).values).all()
+    assert not torch.equal(kept, prune(w, fraction) != 0)              # magnitude alone chooses differently
+    with pytest.raises(UsageError, match="Wanda pruning of h0.attn.q needs"):
+        quantize(graded, TARGETS["loihi2-sim"], GradedPrecision(layer_sparsity=PRUNED, pruning="wanda"))
+    with pytest.raises(ValueError, match="below 1"):
+        GradedPrecision(layer_sparsity=(("h0.attn.q", 1.0),))
+
+
+def test_a_pruned_layer_travels_through_the_net_file_and_takes_fewer_words(graded, pruned, tiny, tmp_path):
+    from nxcompile.compiler.export import export_net, load_net
+    from nxcompile.compiler.layers import network_from_graph
+    from nxcompile.compiler.partition import place, synapse_words
+    from nxcompile.compiler.validate import validate
+
+    target = TARGETS["loihi2-sim"]
+    placement = place(network_from_graph(pruned), target, "tight")
+    path = tmp_path / "pruned.net"
+    export_net(pruned, path, placement, tiny.tokenizer)
+    loaded, loaded_placement = load_net(path)
+    assert loaded.quantization.precision == pruned.quantization.precision
+    for name, _ in PRUNED:
+        assert torch.equal(loaded.op(name).weight, pruned.op(name).weight)
+    layers = {layer.name: layer for layer in network_from_graph(loaded).layers}
+    density = layers["h2.mlp.c_fc"].params["density"]
+    assert 0.05 < density <= 13 / 128 and layers["h2.attn.q"].params["density"] > 0.9
+    # a sparse synapse: 8 bits + 8 + a 12-bit index; at 10 % kept, 2.8 bits a synapse against the dense 16
+    assert synapse_words(512, 8, target, 0.1) == 30 and synapse_words(512, 8, target) == 164   # 52 * 28 bits
+    assert synapse_words(512, 8, target, 0.6) == 164                      # where sparse costs more, dense
+    dense = place(network_from_graph(quantize(graded, target, GradedPrecision(layer_weight_bits=NARROW))), target,
+                  "tight")
+    assert placement.cores_used < dense.cores_used
+    assert validate(network_from_graph(loaded), loaded_placement, target) == []     # checked independently
+
+
 @pytest.mark.slow
-def test_lava_runs_narrowed_layers_bit_exact(tiny, narrowed):
+def test_lava_runs_narrowed_and_pruned_layers_bit_exact(tiny, pruned):
     from tests.test_graded import PROMPT
     from tests.test_lava_backend import _assert_twins
 
-    _assert_twins(narrowed, tiny.tokenizer(PROMPT)["input_ids"][:8], 1, generated=2)
+    _assert_twins(pruned, tiny.tokenizer(PROMPT)["input_ids"][:8], 1, generated=2)      # pruned: Lava's Sparse
 
 
 def test_fit_chooses_the_first_frontier_point_under_the_budget_and_writes_a_valid_net(tmp_path, capsys):
@@ -95,9 +160,9 @@ def test_fit_chooses_the_first_frontier_point_under_the_budget_and_writes_a_vali
 
 
 def test_a_budget_nothing_reaches_is_one_line_with_the_best_reached(capsys):
-    code, _, err = cli(capsys, "fit", "gpt2-tiny", "--cores", "3", "--packing", "tight",
+    code, _, err = cli(capsys, "fit", "gpt2-tiny", "--cores", "1", "--packing", "tight",
                        "--calibration-tokens", "128", "--eval-tokens", "0")
-    assert_one_line_error(code, err, 2, "nothing on the frontier fits 3 cores", "needs", "sparsity")
+    assert_one_line_error(code, err, 2, "nothing on the frontier fits 1 cores", "needs", "pruning")
     code, _, err = cli(capsys, "fit", "gpt2-tiny", "--method", "neurtransformer", "--eval-tokens", "0")
     assert_one_line_error(code, err, 2, "graded method")
     code, _, err = cli(capsys, "fit", "gpt2-tiny", "--calibration-tokens", "1", "--eval-tokens", "0")
@@ -105,3 +170,19 @@ def test_a_budget_nothing_reaches_is_one_line_with_the_best_reached(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli(capsys, "fit", "gpt2-tiny", "--cores", "0")
     assert exit_.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_a_pruned_layers_payloads_cross_only_its_kept_synapses(pruned, tiny):
+    from nxcompile.sim import fixed_point
+    from nxcompile.sim.energy import count
+
+    ids = tiny.tokenizer("To be, or not to be")["input_ids"]
+    values = fixed_point.run(pruned, torch.tensor([ids]), 1, keep_values=True).values
+    rows = {row.name: row for row in count(pruned, values, 1)}
+    for name in ("h2.mlp.c_fc", "h2.attn.q"):          # pruned 90 %, and dense
+        weight = pruned.op(name).weight
+        arriving = torch.as_tensor(values[pruned.inputs(name)["x"]] != 0).double()[0]     # [S, N_in]
+        crossed = arriving @ ((weight != 0).double().sum(0) if name == "h2.mlp.c_fc"
+                              else torch.full((weight.shape[1],), float(weight.shape[0]), dtype=torch.float64))
+        assert rows[name].macs == pytest.approx(float(crossed.mean()))
+    assert rows["h2.mlp.c_fc"].macs < 0.15 * rows["h2.mlp.c_fc"].ann_macs

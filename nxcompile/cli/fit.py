@@ -1,4 +1,4 @@
-"""`nxcompile fit MODEL --target T [--cores N]`: each layer's weight width chosen to fit a chip budget."""
+"""`nxcompile fit MODEL --target T [--cores N]`: each layer's weight width and pruning chosen to fit a chip budget."""
 from __future__ import annotations
 
 import argparse
@@ -13,14 +13,17 @@ def add_parser(commands) -> None:
     from nxcompile.compiler.partition import PACKINGS
     from nxcompile.compiler.targets import TARGET_NAMES
 
-    parser = commands.add_parser("fit", help="choose each graded layer's weight width (8 to 2 bits) by measured "
-                                             "sensitivity so the model fits a chip budget")
+    parser = commands.add_parser("fit", help="choose each graded layer's weight width (8 to 2 bits) and pruned "
+                                             "fraction by measured sensitivity so the model fits a chip budget")
     add_model_arguments(parser)
     add_conversion_arguments(parser)
     parser.set_defaults(method="graded")
     parser.add_argument("--target", default="loihi2", choices=TARGET_NAMES, help="the system to fit (default loihi2)")
     parser.add_argument("--cores", type=positive_int, default=None, help="a core budget below the target's own")
     parser.add_argument("--packing", choices=PACKINGS, default="intel", help="as `partition --packing`")
+    parser.add_argument("--pruning", choices=("wanda", "magnitude", "none"), default="wanda",
+                        help="how pruned synapses are chosen: |w| * ||x|| on the calibration text (wanda, the "
+                             "default), |w| (magnitude), or no pruning, widths only (none)")
     parser.add_argument("--calibration-tokens", type=positive_int, default=512,
                         help="training-text tokens each layer's sensitivity is measured on (default 512)")
     parser.add_argument("--eval-tokens", type=non_negative_int, default=1024,
@@ -35,7 +38,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from nxcompile.compiler.fit import Budget, fit
     from nxcompile.compiler.layers import network_from_graph
     from nxcompile.compiler.partition import place
-    from nxcompile.compiler.quantize import quantize
     from nxcompile.compiler.targets import get_target
     from nxcompile.models.corpus import load_corpus, token_windows
 
@@ -47,10 +49,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
                                                            args.calibration_tokens)
     if ids is None:
         log.info("random weights: no model to lose, so sensitivity is not measurable; the frontier is the "
-                 "uniform widths")
-    result = fit(graph, budget, ids, progress=progress("sensitivity"))
+                 "uniform configurations (every layer at one width and pruned fraction, pruned by magnitude)")
+    result = fit(graph, budget, ids, pruning=None if args.pruning == "none" else args.pruning,
+                 progress=progress("sensitivity"))
     if args.eval_tokens and ids is not None:
-        _score(args, loaded, graph, result.points, context)
+        _score(args, loaded, graph, result, context)
     print(_table(result))
     if args.plot is not None:
         _plot(result, args.plot, f"{loaded.name}, graded: the frontier fit searched")
@@ -58,34 +61,31 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if result.chosen is None:
         best = min(result.points, key=lambda p: (p.chips, p.cores))
         raise UsageError(f"nothing on the frontier fits {budget.describe()}: the smallest, {best.describe()}, needs "
-                         f"{best.cores:,} cores on {best.chips} chip(s); narrower weights alone do not reach it "
-                         f"(sparsity is not built yet)")
+                         f"{best.cores:,} cores on {best.chips} chip(s); narrower weights and pruning do not reach "
+                         f"it{'' if args.pruning != 'none' else ' (try without --pruning none)'}")
     print(f"chosen for {budget.describe()}: {result.chosen.describe()}, {result.chosen.cores:,} cores on "
           f"{result.chosen.chips} chip(s)")
     if args.output is not None:
-        quantised = quantize(graph, budget.target, result.chosen.precision())
+        quantised = result.quantised(graph, result.chosen, budget.target)
         export_net(quantised, args.output, place(network_from_graph(quantised), budget.target, args.packing),
                    loaded.tokenizer)
         print(f"wrote {args.output}")
     return 0
 
 
-def _score(args: argparse.Namespace, loaded, graph, points: list, context: int) -> None:
+def _score(args: argparse.Namespace, loaded, graph, result, context: int) -> None:
     """Each frontier point in Loihi's integers against the ANN on held-out text."""
-    from nxcompile.compiler.fit import UNBOUNDED
-    from nxcompile.compiler.quantize import quantize
     from nxcompile.models.corpus import load_corpus, token_windows
     from nxcompile.sim import fixed_point
     from nxcompile.sim.evaluate import evaluate
 
     held_out = token_windows(loaded.tokenizer, load_corpus().held_out, context, args.eval_tokens)
-    for point in progress("frontier")(points):
-        point.measured = evaluate(loaded.model, quantize(graph, UNBOUNDED, point.precision()), held_out, 1,
-                                  simulate=fixed_point.run)
+    for point in progress("frontier")(result.points):
+        point.measured = evaluate(loaded.model, result.quantised(graph, point), held_out, 1, simulate=fixed_point.run)
 
 
 def _table(result) -> str:
-    lines = ["| widths | predicted KL | cores | chips | ppl change | cos(logits) | top-1 |",
+    lines = ["| widths and pruning | predicted KL | cores | chips | ppl change | cos(logits) | top-1 |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for p in result.points:
         m = p.measured
