@@ -12,8 +12,8 @@ its two KLs. Then, greedily, the cut of least KL per synapse bit saved is made, 
 at a time, down to every layer at the narrowest width and the largest fraction: that path is the
 frontier, and the fit is its first point that fits the budget (the least predicted loss, taking
 the layers' KLs as adding up). With random weights there is no model to lose: the frontier is the
-uniform configurations. Pruning is Wanda's (|w| * ||x|| on the calibration text) or magnitude's.
-Not yet: error-aware rounding (plain rounding here).
+uniform configurations. Pruning is Wanda's (|w| * ||x|| on the calibration text) or magnitude's;
+a cut layer's rounding GPTQ's (on the same text) or plain rounding to the nearest mantissa.
 """
 from __future__ import annotations
 
@@ -60,12 +60,13 @@ class FitPoint:
     cores: int
     chips: int
     pruning: str = "magnitude"
+    rounding: str = "nearest"
     measured: object = None        # sim.evaluate.Evaluation, when scored on held-out text
 
     def precision(self) -> GradedPrecision:
         return GradedPrecision(layer_weight_bits=tuple((n, b) for n, (b, _) in self.cuts.items() if b != 8),
                                layer_sparsity=tuple((n, f) for n, (_, f) in self.cuts.items() if f > 0),
-                               pruning=self.pruning)
+                               pruning=self.pruning, rounding=self.rounding)
 
     def describe(self) -> str:
         widths = {w: sum(b == w for b, _ in self.cuts.values()) for w in WIDTHS}
@@ -80,11 +81,11 @@ class Fit:
     chosen: FitPoint | None
     sensitivity: dict[tuple[str, int, float], float] = field(default_factory=dict)
     measurable: bool = True
-    input_norms: dict[str, torch.Tensor] = field(default_factory=dict)    # Wanda's, to quantise a point
+    input_grams: dict[str, torch.Tensor] = field(default_factory=dict)    # Wanda's, to quantise a point
 
     def quantised(self, spiking: SpikingGraph, point: FitPoint, target: Target = UNBOUNDED) -> SpikingGraph:
         """`spiking` quantised for `target` as `point` cuts it."""
-        return quantize(spiking, target, point.precision(), self.input_norms)
+        return quantize(spiking, target, point.precision(), self.input_grams)
 
 
 def graded_layers(spiking: SpikingGraph) -> list[str]:
@@ -92,21 +93,24 @@ def graded_layers(spiking: SpikingGraph) -> list[str]:
     return [n for n in spiking.order() if isinstance(spiking.op(n), GradedDense) and not spiking.graph.nodes[n]["host"]]
 
 
-def input_norms(spiking: SpikingGraph, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each graded layer's input feature norms ||x_j|| over the tokens of `ids` (the float graph's
-    values), which Wanda weighs a synapse's |w| by."""
+def input_grams(spiking: SpikingGraph, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each graded layer's input Gram matrix X^T X over the tokens of `ids` (the float graph's
+    values, float64): Wanda weighs a synapse's |w| by its diagonal's root, GPTQ rounds against it."""
     from nxcompile.sim.reference import run
 
     values = run(spiking, ids, None, keep_values=True).values
-    return {name: values[spiking.inputs(name)["x"]].double().flatten(0, -2).norm(dim=0).float()
-            for name in graded_layers(spiking)}
+    grams = {}
+    for name in graded_layers(spiking):
+        x = values[spiking.inputs(name)["x"]].double().flatten(0, -2)
+        grams[name] = x.T @ x
+    return grams
 
 
 def _logits(spiking: SpikingGraph, precision: GradedPrecision, ids: torch.Tensor,
-            norms: dict[str, torch.Tensor]) -> torch.Tensor:
+            grams: dict[str, torch.Tensor]) -> torch.Tensor:
     from nxcompile.sim import fixed_point
 
-    quantised = quantize(spiking, UNBOUNDED, precision, norms)
+    quantised = quantize(spiking, UNBOUNDED, precision, grams)
     return torch.cat([fixed_point.run(quantised, window[None], 1).logits for window in ids]).flatten(0, 1)
 
 
@@ -116,15 +120,16 @@ def _single_cuts(spiking: SpikingGraph, sparsities: tuple[float, ...]) -> list[t
         [(name, WIDTHS[0], f) for name in graded_layers(spiking) for f in sparsities[1:]]
 
 
-def sensitivity(spiking: SpikingGraph, ids: torch.Tensor, pruning: str, norms: dict[str, torch.Tensor],
-                sparsities: tuple[float, ...] = SPARSITIES, progress=None) -> dict[tuple[str, int, float], float]:
+def sensitivity(spiking: SpikingGraph, ids: torch.Tensor, pruning: str, rounding: str,
+                grams: dict[str, torch.Tensor], sparsities: tuple[float, ...] = SPARSITIES, progress=None) -> dict[tuple[str, int, float], float]:
     """KL(all 8 bits dense || one layer cut) per (layer, bits, pruned fraction), mean over the tokens of `ids`."""
-    reference = F.log_softmax(_logits(spiking, GradedPrecision(), ids, norms).double(), -1)
+    reference = F.log_softmax(_logits(spiking, GradedPrecision(), ids, grams).double(), -1)
     cases = _single_cuts(spiking, sparsities)
     measured = {}
     for name, bits, fraction in (progress(cases) if progress else cases):
-        cut = GradedPrecision(layer_weight_bits=((name, bits),), layer_sparsity=((name, fraction),), pruning=pruning)
-        narrowed = F.log_softmax(_logits(spiking, cut, ids, norms).double(), -1)
+        cut = GradedPrecision(layer_weight_bits=((name, bits),), layer_sparsity=((name, fraction),), pruning=pruning,
+                              rounding=rounding)
+        narrowed = F.log_softmax(_logits(spiking, cut, ids, grams).double(), -1)
         measured[(name, bits, fraction)] = float(F.kl_div(narrowed, reference, log_target=True, reduction="batchmean"))
     return measured
 
@@ -142,10 +147,10 @@ def synapse_bits(cut: Cut, target: Target = UNBOUNDED) -> float:
     return dense if fraction == 0 else min(dense, (1 - fraction) * (dense + target.sparse_index_bits))
 
 
-def _placed(spiking: SpikingGraph, cuts: dict[str, Cut], kl: float, packing: str, pruning: str,
-            norms: dict[str, torch.Tensor]) -> FitPoint:
-    chosen = FitPoint(dict(cuts), kl, 0, 0, pruning)
-    placement = place(network_from_graph(quantize(spiking, UNBOUNDED, chosen.precision(), norms)), UNBOUNDED,
+def _placed(spiking: SpikingGraph, cuts: dict[str, Cut], kl: float, packing: str, pruning: str, rounding: str,
+            grams: dict[str, torch.Tensor]) -> FitPoint:
+    chosen = FitPoint(dict(cuts), kl, 0, 0, pruning, rounding)
+    placement = place(network_from_graph(quantize(spiking, UNBOUNDED, chosen.precision(), grams)), UNBOUNDED,
                       packing)
     chosen.cores, chosen.chips = placement.cores_used, placement.chips_used
     return chosen
@@ -186,26 +191,26 @@ def _uniform(spiking: SpikingGraph, sparsities: tuple[float, ...]) -> list[dict[
 
 
 def fit(spiking: SpikingGraph, budget: Budget, ids: torch.Tensor | None, points: int = 12,
-        pruning: str | None = "wanda", progress=None) -> Fit:
+        pruning: str | None = "wanda", rounding: str = "gptq", progress=None) -> Fit:
     """The frontier (at most `points` configurations placed, evenly along the path) and the first
     that fits `budget`. `ids` None: weights are random, the frontier is the uniform configurations
-    (pruned by magnitude). `pruning` None: widths only, every layer dense."""
+    (pruned by magnitude, rounded to nearest). `pruning` None: widths only, every layer dense."""
     if spiking.meta["options"]["method"] != "graded":
         raise UsageError("fit chooses each layer's weight width and pruning for the graded method (--method graded); "
                          "the rate-coded methods' populations are not cut yet")
     sparsities = SPARSITIES if pruning is not None else SPARSITIES[:1]
     if ids is None:
-        frontier = [_placed(spiking, cuts, float("nan"), budget.packing, "magnitude", {})
+        frontier = [_placed(spiking, cuts, float("nan"), budget.packing, "magnitude", "nearest", {})
                     for cuts in _uniform(spiking, sparsities)]
         return Fit(frontier, next((p for p in frontier if budget.holds(p)), None), measurable=False)
     pruning = pruning or "magnitude"
-    norms = input_norms(spiking, ids) if pruning == "wanda" and len(sparsities) > 1 else {}
-    measured = sensitivity(spiking, ids, pruning, norms, sparsities, progress)
+    grams = input_grams(spiking, ids) if rounding == "gptq" or (pruning == "wanda" and len(sparsities) > 1) else {}
+    measured = sensitivity(spiking, ids, pruning, rounding, grams, sparsities, progress)
     path = _greedy_path(spiking, measured, sparsities)
 
     def placed(step: int) -> FitPoint:
         return _placed(spiking, path[step], sum(predicted_kl(measured, n, c) for n, c in path[step].items()),
-                       budget.packing, pruning, norms)
+                       budget.packing, pruning, rounding, grams)
 
     picks = sorted({round(i * (len(path) - 1) / (points - 1)) for i in range(points)})
     frontier = {step: placed(step) for step in picks}
@@ -218,4 +223,4 @@ def fit(spiking: SpikingGraph, budget: Budget, ids: torch.Tensor | None, points:
             lo, hi = (lo, middle) if budget.holds(frontier[middle]) else (middle, hi)
         fitting = [hi]
     ordered = [frontier[step] for step in sorted(frontier)]
-    return Fit(ordered, frontier[fitting[0]] if fitting else None, measured, input_norms=norms)
+    return Fit(ordered, frontier[fitting[0]] if fitting else None, measured, input_grams=grams)

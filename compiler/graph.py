@@ -292,7 +292,8 @@ class GradedPrecision:
     """The graded method's bit widths, sign included (its study changes one at a time).
     `exact` lists integer kernels computed exactly in float64 instead: exp, gelu, norm.
     Per layer, narrower weights (`layer_weight_bits`) and pruned synapses (`layer_sparsity`: the
-    fraction of each neuron's synapses set to zero, chosen by `pruning`)."""
+    fraction of each neuron's synapses set to zero, chosen by `pruning`); a cut layer's weights
+    rounded by `rounding` (see ROUNDINGS)."""
     weight_bits: int = 8
     kv_bits: int = 8
     activation_bits: int = 16
@@ -300,6 +301,7 @@ class GradedPrecision:
     layer_weight_bits: tuple[tuple[str, int], ...] = ()   # (node, bits): layers narrower than weight_bits
     layer_sparsity: tuple[tuple[str, float], ...] = ()    # (node, fraction pruned): pruned layers
     pruning: str = "magnitude"                            # a synapse's importance: see PRUNINGS
+    rounding: str = "nearest"
 
     def __post_init__(self):
         object.__setattr__(self, "exact", tuple(self.exact))
@@ -311,6 +313,8 @@ class GradedPrecision:
             raise ValueError("a layer's pruned fraction is at least 0 and below 1")
         if self.pruning not in PRUNINGS:
             raise ValueError(f"pruning is one of {', '.join(PRUNINGS)}, not {self.pruning!r}")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"rounding is one of {', '.join(ROUNDINGS)}, not {self.rounding!r}")
 
     def weight_bits_of(self, name: str) -> int:
         """The signed mantissa width of node `name`'s weights."""
@@ -324,6 +328,10 @@ class GradedPrecision:
 # How the pruned synapses of a neuron are chosen: the least |w| ("magnitude"), or the least
 # |w| * ||x|| over calibration text, x the synapse's input (Wanda: Sun et al., ICLR 2024).
 PRUNINGS = ("magnitude", "wanda")
+# How a narrowed or pruned layer's weights meet their grid: each to its nearest mantissa, or one
+# input at a time with the error spread over the rest on calibration text (GPTQ: Frantar et al.,
+# ICLR 2023). Layers at 8 bits dense always round to nearest.
+ROUNDINGS = ("nearest", "gptq")
 
 
 def _layer_format(data: dict):

@@ -187,12 +187,13 @@ def _sizes_messages(spiking: SpikingGraph) -> bool:
 
 
 def quantize(spiking: SpikingGraph, target: Target, precision: GradedPrecision | None = None,
-             input_norms: dict[str, torch.Tensor] | None = None) -> SpikingGraph:
+             grams: dict[str, torch.Tensor] | None = None) -> SpikingGraph:
     """A copy of `spiking` in `target`'s fixed point; its `quantization` records each layer's format.
-    `precision` changes the graded payloads' bit widths and prunes layers (the graded method's
-    study); Wanda pruning reads each pruned layer's `input_norms` (`compiler.fit.input_norms`)."""
+    `precision` changes the graded payloads' bit widths, prunes layers and chooses their rounding
+    (the graded method's study); Wanda pruning and GPTQ rounding read each cut layer's input Gram
+    matrix X^T X on calibration text (`grams`, from `compiler.fit.input_grams`)."""
     if _sizes_messages(spiking):
-        return quantize_graded(spiking, target, precision or GradedPrecision(), input_norms or {})
+        return quantize_graded(spiking, target, precision or GradedPrecision(), grams)
     quantised = spiking.copy()
     formats = {}
     for name in spiking.order():
@@ -210,12 +211,41 @@ ACCUMULATOR_BITS = 24          # a graded neuron's state (Lava's 24-bit state), 
 DENSE_DOT_BITS = 32            # Lava's Dense accumulates sum(w x) in int32 before its weight_exp shift
 
 
-def _mantissas(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
-    """Signed `bits`-bit mantissas m and the exponent k with weight ~ m * 2**-k (largest |m| fills the bits)."""
-    limit = 2 ** (bits - 1) - 1
+def _exponent(weight: torch.Tensor, bits: int) -> int:
+    """k with weight ~ m * 2**-k, the largest |m| filling `bits` signed bits."""
     largest = float(weight.abs().max())
-    k = math.floor(math.log2(limit / largest)) if largest > 0 else 0
+    return math.floor(math.log2(limit_of(bits) / largest)) if largest > 0 else 0
+
+
+def _mantissas(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
+    """Signed `bits`-bit mantissas m, rounded to nearest, and the exponent k: weight ~ m * 2**-k."""
+    k, limit = _exponent(weight, bits), limit_of(bits)
     return torch.clamp(torch.round(weight * 2.0 ** k), -limit, limit), k
+
+
+GPTQ_DAMPING = 0.01            # of the Gram matrix's mean diagonal, as GPTQ's reference code
+
+
+def gptq_mantissas(weight: torch.Tensor, bits: int, gram: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mantissas chosen one input at a time, each one's rounding error spread over the inputs not
+    yet rounded so that the layer's output on the calibration inputs (X^T X = `gram`) moves least
+    (GPTQ: Frantar et al., ICLR 2023). Zero weights (pruned) stay zero, their neighbours absorbing
+    what they carried, as SparseGPT does with a fixed mask. The exponent is nearest rounding's."""
+    k, limit = _exponent(weight, bits), limit_of(bits)
+    w = weight.double() * 2.0 ** k                         # in units of the grid
+    kept = weight != 0
+    h = gram.double().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    h += GPTQ_DAMPING * h.diagonal().mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    mantissas = torch.zeros_like(w)
+    for i in range(w.shape[1]):
+        column = torch.where(kept[:, i], torch.clamp(torch.round(w[:, i]), -limit, limit), 0.0)
+        error = (w[:, i] - column) / upper[i, i]
+        w[:, i:] -= error[:, None] * upper[i, i:][None, :]
+        mantissas[:, i] = column
+    return mantissas.to(weight.dtype), k
 
 
 def pruned(weight: torch.Tensor, fraction: float, input_norm: torch.Tensor | None = None) -> torch.Tensor:
@@ -229,15 +259,25 @@ def pruned(weight: torch.Tensor, fraction: float, input_norm: torch.Tensor | Non
     return weight.scatter(1, importance.topk(drop, dim=1, largest=False).indices, 0.0)
 
 
-def _pruned_weight(spiking: SpikingGraph, name: str, precision: GradedPrecision,
-                   input_norms: dict[str, torch.Tensor]) -> torch.Tensor:
-    weight, fraction = spiking.op(name).weight, precision.sparsity_of(name)
-    if fraction == 0.0 or precision.pruning == "magnitude":
-        return pruned(weight, fraction)
-    if name not in input_norms:
-        raise UsageError(f"Wanda pruning of {name} needs its input's norms on calibration text "
-                         f"(compiler.fit.input_norms); or prune by magnitude")
-    return pruned(weight, fraction, input_norms[name])
+def _gram_of(name: str, grams: dict[str, torch.Tensor], why: str) -> torch.Tensor:
+    if name not in grams:
+        raise UsageError(f"{why} of {name} needs its input's Gram matrix on calibration text "
+                         f"(compiler.fit.input_grams); or prune by magnitude and round to nearest")
+    return grams[name]
+
+
+def _layer_mantissas(spiking: SpikingGraph, name: str, precision: GradedPrecision,
+                     grams: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """A GradedDense's pruned synapses zeroed, then its weights rounded: GPTQ where asked and the
+    layer is cut (narrowed or pruned; at 8 bits dense nearest rounding loses nothing measurable)."""
+    weight, fraction, bits = spiking.op(name).weight, precision.sparsity_of(name), precision.weight_bits_of(name)
+    if fraction > 0 and precision.pruning == "wanda":
+        weight = pruned(weight, fraction, _gram_of(name, grams, "Wanda pruning").diagonal().sqrt().to(weight.dtype))
+    else:
+        weight = pruned(weight, fraction)
+    if precision.rounding == "gptq" and (fraction > 0 or bits < 8):
+        return gptq_mantissas(weight, bits, _gram_of(name, grams, "GPTQ rounding"))
+    return _mantissas(weight, bits)
 
 
 def _dot_bits(mantissas: torch.Tensor) -> int:
@@ -276,7 +316,7 @@ def _message_format(spiking: SpikingGraph, name: str, dot_bits: dict[str, int],
 
 
 def quantize_graded(spiking: SpikingGraph, target: Target, precision: GradedPrecision,
-                    input_norms: dict[str, torch.Tensor] | None = None) -> SpikingGraph:
+                    grams: dict[str, torch.Tensor] | None = None) -> SpikingGraph:
     """The graded method in fixed point: each on-chip node's message format, each GradedDense's weight
     mantissas (its pruned synapses zero) and accumulator shift; weights and biases moved onto their
     grids (in float units)."""
@@ -284,8 +324,8 @@ def quantize_graded(spiking: SpikingGraph, target: Target, precision: GradedPrec
         raise ValueError(f"{target.name} carries graded payloads of at most {target.graded_payload_bits} bits")
     quantised = spiking.copy()
     chip = [n for n in spiking.order() if not spiking.graph.nodes[n]["host"]]
-    dense = {n: _mantissas(_pruned_weight(spiking, n, precision, input_norms or {}), precision.weight_bits_of(n))
-             for n in chip if isinstance(spiking.op(n), GradedDense)}
+    dense = {n: _layer_mantissas(spiking, n, precision, grams or {}) for n in chip
+             if isinstance(spiking.op(n), GradedDense)}
     dot_bits = {n: _dot_bits(m) for n, (m, _) in dense.items()}
     formats: dict[str, MessageFormat] = {}
     for name in chip:

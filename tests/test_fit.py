@@ -40,10 +40,10 @@ def calibration(tiny):
 
 @pytest.fixture(scope="module")
 def pruned(graded, calibration):
-    from nxcompile.compiler.fit import input_norms
+    from nxcompile.compiler.fit import input_grams
 
-    precision = GradedPrecision(layer_weight_bits=NARROW, layer_sparsity=PRUNED, pruning="wanda")
-    return quantize(graded, TARGETS["loihi2-sim"], precision, input_norms(graded, calibration))
+    precision = GradedPrecision(layer_weight_bits=NARROW, layer_sparsity=PRUNED, pruning="wanda", rounding="gptq")
+    return quantize(graded, TARGETS["loihi2-sim"], precision, input_grams(graded, calibration))
 
 
 def test_a_layers_width_bounds_its_mantissas_and_travels_through_the_net_file(narrowed, tiny, tmp_path):
@@ -80,7 +80,7 @@ def test_narrower_layers_take_fewer_synapse_words(graded, narrowed):
 
 
 def test_pruning_zeroes_each_neurons_least_important_synapses(graded, pruned, calibration):
-    from nxcompile.compiler.fit import input_norms
+    from nxcompile.compiler.fit import input_grams
     from nxcompile.compiler.quantize import pruned as prune
     from nxcompile.errors import UsageError
 
@@ -91,12 +91,12 @@ def test_pruning_zeroes_each_neurons_least_important_synapses(graded, pruned, ca
         assert not (kept & (dense == 0)).any()
     # Wanda's choice is the least |w| * ||x||: a synapse kept outranks, per neuron, every one dropped
     name, fraction = PRUNED[1]
-    norm = input_norms(graded, calibration)[name]
+    norm = input_grams(graded, calibration)[name].diagonal().sqrt().float()
     w = graded.op(name).weight
     score, kept = w.abs() * norm, prune(w, fraction, norm) != 0
     assert (score.masked_fill(~kept, float("inf")).min(1).values >= score.masked_fill(kept, 0).max(1).values).all()
     assert not torch.equal(kept, prune(w, fraction) != 0)              # magnitude alone chooses differently
-    with pytest.raises(UsageError, match="Wanda pruning of h0.attn.q needs"):
+    with pytest.raises(UsageError, match="Wanda pruning of h0.attn.q needs its input's Gram matrix"):
         quantize(graded, TARGETS["loihi2-sim"], GradedPrecision(layer_sparsity=PRUNED, pruning="wanda"))
     with pytest.raises(ValueError, match="below 1"):
         GradedPrecision(layer_sparsity=(("h0.attn.q", 1.0),))
@@ -186,3 +186,26 @@ def test_a_pruned_layers_payloads_cross_only_its_kept_synapses(pruned, tiny):
                               else torch.full((weight.shape[1],), float(weight.shape[0]), dtype=torch.float64))
         assert rows[name].macs == pytest.approx(float(crossed.mean()))
     assert rows["h2.mlp.c_fc"].macs < 0.15 * rows["h2.mlp.c_fc"].ann_macs
+
+
+def test_gptq_rounding_moves_a_layers_output_less_than_nearest_rounding(graded, calibration):
+    from nxcompile.compiler.fit import input_grams
+    from nxcompile.compiler.quantize import gptq_mantissas, pruned as prune
+    from nxcompile.errors import UsageError
+
+    grams = input_grams(graded, calibration)
+    for name, bits, fraction in (("h1.mlp.c_fc", 3, 0.0), ("h2.attn.c_proj", 4, 0.75)):
+        w = prune(graded.op(name).weight, fraction).double()
+        gram = grams[name]
+        nearest = quantize(graded, TARGETS["loihi2-sim"], GradedPrecision(
+            layer_weight_bits=((name, bits),), layer_sparsity=((name, fraction),))).op(name).weight.double()
+        mantissas, k = gptq_mantissas(w.float(), bits, gram)
+        assert torch.equal(mantissas, mantissas.round()) and mantissas.abs().max() <= 2 ** (bits - 1) - 1
+        assert not ((mantissas != 0) & (w == 0)).any()                     # pruned synapses stay pruned
+
+        def output_error(q):                      # ||X (W - Q)^T||^2 on the calibration inputs, from X^T X
+            d = w - q
+            return float(torch.einsum("oi,ij,oj->", d, gram, d))
+        assert output_error(mantissas.double() * 2.0 ** -k) < 0.8 * output_error(nearest)
+    with pytest.raises(UsageError, match="GPTQ rounding of h0.attn.q needs"):
+        quantize(graded, TARGETS["loihi2-sim"], GradedPrecision(layer_weight_bits=(("h0.attn.q", 3),), rounding="gptq"))

@@ -24,6 +24,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--pruning", choices=("wanda", "magnitude", "none"), default="wanda",
                         help="how pruned synapses are chosen: |w| * ||x|| on the calibration text (wanda, the "
                              "default), |w| (magnitude), or no pruning, widths only (none)")
+    parser.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
+                        help="how a cut layer's weights meet their grid: GPTQ on the calibration text (the default) "
+                             "or each to its nearest mantissa")
     parser.add_argument("--calibration-tokens", type=positive_int, default=512,
                         help="training-text tokens each layer's sensitivity is measured on (default 512)")
     parser.add_argument("--eval-tokens", type=non_negative_int, default=1024,
@@ -51,7 +54,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         log.info("random weights: no model to lose, so sensitivity is not measurable; the frontier is the "
                  "uniform configurations (every layer at one width and pruned fraction, pruned by magnitude)")
     result = fit(graph, budget, ids, pruning=None if args.pruning == "none" else args.pruning,
-                 progress=progress("sensitivity"))
+                 rounding=args.rounding, progress=progress("sensitivity"))
     if args.eval_tokens and ids is not None:
         _score(args, loaded, graph, result, context)
     print(_table(result))
