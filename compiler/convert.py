@@ -470,7 +470,9 @@ def _graded_details(spiking: SpikingGraph) -> str:
         return " (one graded spike per layer and token; float, not quantised)"
     widths = [bits for _, bits in precision.layer_weight_bits]
     narrower = f" ({len(widths)} layers narrower, {min(widths)} bits at least)" if widths else ""
-    return (f" (one graded spike per layer and token: {precision.weight_bits}-bit weights{narrower}, "
+    fractions = [fraction for _, fraction in precision.layer_sparsity]
+    pruned = f", {len(fractions)} layers pruned (up to {100 * max(fractions):.0f} %)" if fractions else ""
+    return (f" (one graded spike per layer and token: {precision.weight_bits}-bit weights{narrower}{pruned}, "
             f"{precision.activation_bits}-bit activations, {precision.kv_bits}-bit KV cache)")
 
 

@@ -17,6 +17,7 @@ a cut layer's rounding GPTQ's (on the same text) or plain rounding to the neares
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -87,10 +88,26 @@ class Fit:
         """`spiking` quantised for `target` as `point` cuts it."""
         return quantize(spiking, target, point.precision(), self.input_grams)
 
+    def cut_graph(self, spiking: SpikingGraph, point: FitPoint) -> SpikingGraph:
+        """`spiking` with each graded layer's weights pruned and rounded as `point` cuts them (float
+        units) and that grid recorded: what `finetune --graph` recovers from and `export` deploys."""
+        quantised, cut = self.quantised(spiking, point), spiking.copy()
+        for name in graded_layers(spiking):
+            cut.graph.nodes[name]["op"] = dataclasses.replace(spiking.op(name), weight=quantised.op(name).weight)
+        return cut.with_weight_grid(dataclasses.replace(point.precision(), pruning="magnitude", rounding="nearest"))
+
 
 def graded_layers(spiking: SpikingGraph) -> list[str]:
     """The on-chip layers whose weights a width applies to."""
     return [n for n in spiking.order() if isinstance(spiking.op(n), GradedDense) and not spiking.graph.nodes[n]["host"]]
+
+
+def uniform_grid(spiking: SpikingGraph, bits: int, fraction: float, rounding: str = "nearest") -> GradedPrecision:
+    """Every graded layer at signed `bits` with `fraction` of each neuron's synapses pruned by magnitude."""
+    if spiking.meta["options"]["method"] != "graded":
+        raise UsageError("weight widths and pruning are the graded method's (--method graded)")
+    return GradedPrecision(weight_bits=bits, layer_sparsity=tuple((n, fraction) for n in graded_layers(spiking)
+                                                                   if fraction), rounding=rounding)
 
 
 def input_grams(spiking: SpikingGraph, ids: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -436,6 +436,17 @@ class SpikingGraph:
     def spiking_nodes(self) -> list[str]:
         return [n for n in self.order() if out_kind(self.op(n)) != "graded"]
 
+    def weight_grid(self) -> GradedPrecision:
+        """The graded method's per-layer widths and pruning this graph was fitted or fine-tuned for
+        (meta "weight_grid", written by `nxcompile fit --save-graph` and `finetune`), else 8 bits dense."""
+        grid = self.meta.get("weight_grid")
+        return GradedPrecision(**grid) if grid is not None else GradedPrecision()
+
+    def with_weight_grid(self, precision: GradedPrecision) -> "SpikingGraph":
+        """The graph recording `precision` as the grid its weights are for (the quantiser's default)."""
+        self.meta["weight_grid"] = json.loads(json.dumps(dataclasses.asdict(precision)))
+        return self
+
     def copy(self) -> "SpikingGraph":
         """A deep copy (ops, metadata and formats)."""
         return copy.deepcopy(self)

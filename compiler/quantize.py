@@ -190,10 +190,11 @@ def quantize(spiking: SpikingGraph, target: Target, precision: GradedPrecision |
              grams: dict[str, torch.Tensor] | None = None) -> SpikingGraph:
     """A copy of `spiking` in `target`'s fixed point; its `quantization` records each layer's format.
     `precision` changes the graded payloads' bit widths, prunes layers and chooses their rounding
-    (the graded method's study); Wanda pruning and GPTQ rounding read each cut layer's input Gram
-    matrix X^T X on calibration text (`grams`, from `compiler.fit.input_grams`)."""
+    (the graded method's study; default: the grid the graph was fitted or fine-tuned for); Wanda
+    pruning and GPTQ rounding read each cut layer's input Gram matrix X^T X on calibration text
+    (`grams`, from `compiler.fit.input_grams`)."""
     if _sizes_messages(spiking):
-        return quantize_graded(spiking, target, precision or GradedPrecision(), grams)
+        return quantize_graded(spiking, target, precision or spiking.weight_grid(), grams)
     quantised = spiking.copy()
     formats = {}
     for name in spiking.order():
@@ -257,6 +258,14 @@ def pruned(weight: torch.Tensor, fraction: float, input_norm: torch.Tensor | Non
         return weight
     importance = weight.abs() * (input_norm[None, :] if input_norm is not None else 1.0)
     return weight.scatter(1, importance.topk(drop, dim=1, largest=False).indices, 0.0)
+
+
+def graded_on_grid(op: GradedDense, bits: int, fraction: float) -> GradedDense:
+    """A GradedDense with its weights as the graded quantiser deploys them when it prunes by
+    magnitude and rounds to nearest, in float units. Fine-tuning on a cut grid trains through this;
+    a graph of such weights quantises to itself (its zeros are the least |w|, its values on the grid)."""
+    mantissas, k = _mantissas(pruned(op.weight, fraction), bits)
+    return dataclasses.replace(op, weight=mantissas * 2.0 ** -k)
 
 
 def _gram_of(name: str, grams: dict[str, torch.Tensor], why: str) -> torch.Tensor:

@@ -11,7 +11,8 @@ from nxcompile.compiler.graph import NeuronModel, load_graph, save_graph
 from nxcompile.compiler.quantize import on_grid, quantisable, quantize
 from nxcompile.compiler.targets import TARGETS
 from nxcompile.models.finetune import (FinetuneOptions, TrainableGraph, TrainState, distillation_loss, finetune,
-                                       learning_rate_at, slayer_spike, trainable_nodes)
+                                       learning_rate_at, pruned_share, slayer_spike,
+                                       trainable_nodes)
 from nxcompile.sim import reference
 from tests.test_convert_reference import small_gpt2, token_batch
 
@@ -33,6 +34,15 @@ def test_learning_rate_schedules_warm_up_and_decay_as_functions_of_the_step():
     assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] == pytest.approx(0.1, abs=1e-3)
     constant = FinetuneOptions(steps=100, learning_rate=1.0, warmup_steps=4)
     assert [learning_rate_at(s, constant) for s in (0, 3, 50)] == [0.25, 1.0, 1.0]
+
+
+def test_pruning_grows_along_a_cubic_to_the_grids_fraction_and_stays_there():
+    """s_t = s_f (1 - (1 - t/n)^3) (Zhu & Gupta 2017), t counting steps from one; all at once by default."""
+    ramp = FinetuneOptions(steps=100, prune_steps=10)
+    shares = [pruned_share(s, ramp) for s in range(100)]
+    assert shares[0] == pytest.approx(1 - 0.9 ** 3) and shares[4] == pytest.approx(1 - 0.5 ** 3)
+    assert all(a < b for a, b in zip(shares[:9], shares[1:10])) and set(shares[9:]) == {1.0}
+    assert pruned_share(0, FinetuneOptions()) == 1.0
 
 
 def test_loss_weights_weigh_the_three_terms(small):

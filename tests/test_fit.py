@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nxcompile.compiler.convert import ConversionOptions, resolve_graph
-from nxcompile.compiler.graph import GradedPrecision
+from nxcompile.compiler.graph import GradedPrecision, load_graph, save_graph
 from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
 from nxcompile.models.zoo import load_model
@@ -145,18 +145,24 @@ def test_fit_chooses_the_first_frontier_point_under_the_budget_and_writes_a_vali
     out = tmp_path / "fit.net"
     code, printed, err = cli(capsys, "fit", "gpt2-tiny", "--cores", "22", "--packing", "tight",
                              "--calibration-tokens", "128", "--eval-tokens", "256", "-o", str(out),
-                             "--plot", str(tmp_path / "fit.png"))
+                             "--plot", str(tmp_path / "fit.png"), "--save-graph", str(tmp_path / "fit.safetensors"))
     assert code == 0, err
     rows = [line for line in printed.splitlines() if line.startswith("| ") and "at " in line]
     cores = [int(row.split("|")[3].replace(",", "")) for row in rows]
     kls = [float(row.split("|")[2]) for row in rows]
     assert kls == sorted(kls) and cores[0] > 22 and cores[-1] <= cores[0]       # the path narrows as it goes
     chosen = next(c for c in cores if c <= 22)
-    assert f"{chosen} cores on 1 chip(s)" in printed.splitlines()[-2]
+    assert f"{chosen} cores on 1 chip(s)" in next(line for line in printed.splitlines() if line.startswith("chosen"))
     graph, placement = load_net(out)
     assert placement.cores_used <= 22 and graph.quantization.precision.layer_weight_bits
     assert validate(network_from_graph(graph), placement, get_target("loihi2")) == []   # checked independently
     assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
+    saved = load_graph(tmp_path / "fit.safetensors")           # the cut graph quantises to the .net's weights
+    again = quantize(saved, get_target("loihi2"))
+    assert saved.weight_grid().layer_weight_bits == graph.quantization.precision.layer_weight_bits
+    for name in graph.quantization.layers:
+        if hasattr(graph.op(name), "weight"):
+            assert torch.equal(again.op(name).weight, graph.op(name).weight), name
 
 
 def test_a_budget_nothing_reaches_is_one_line_with_the_best_reached(capsys):
@@ -209,3 +215,48 @@ def test_gptq_rounding_moves_a_layers_output_less_than_nearest_rounding(graded, 
         assert output_error(mantissas.double() * 2.0 ** -k) < 0.8 * output_error(nearest)
     with pytest.raises(UsageError, match="GPTQ rounding of h0.attn.q needs"):
         quantize(graded, TARGETS["loihi2-sim"], GradedPrecision(layer_weight_bits=(("h0.attn.q", 3),), rounding="gptq"))
+
+
+def test_fine_tuning_on_a_cut_grid_recovers_and_every_layer_stays_on_it(tiny, graded, calibration, tmp_path):
+    """Quantisation-aware training of the graded method at 4 bits with 75 % of each neuron's synapses
+    pruned: the loss is the cut network's, the saved graph is on that grid (each neuron's pruned
+    synapses zero, every weight a 4-bit mantissa of its layer's exponent, so the quantiser changes
+    nothing) and records it, and a few steps win back part of what the one-shot cut lost."""
+    from nxcompile.compiler.fit import graded_layers, uniform_grid
+    from nxcompile.compiler.quantize import _exponent
+    from nxcompile.models.corpus import load_corpus, token_windows
+    from nxcompile.models.finetune import FinetuneOptions, finetune
+    from nxcompile.sim import fixed_point
+    from nxcompile.sim.evaluate import evaluate
+    from nxcompile.sim.fixed_point import limit_of
+
+    grid = uniform_grid(graded, 4, 0.75)
+    cut = graded.copy().with_weight_grid(grid)
+    options = FinetuneOptions(steps=12, learning_rate=1e-3, batch_size=2, context=64, timesteps=1, scope="all")
+    trainable, _ = finetune(tiny.model, cut, calibration, TARGETS["loihi2-sim"], options)
+    save_graph(trainable.deployable(), tmp_path / "cut.safetensors")
+    tuned = load_graph(tmp_path / "cut.safetensors")
+    assert tuned.weight_grid() == grid
+    again = quantize(tuned, TARGETS["loihi2-sim"])
+    for name in graded_layers(tuned):
+        weight = tuned.op(name).weight
+        assert not torch.equal(weight, graded.op(name).weight), name
+        assert int((weight == 0).sum(1).min()) >= round(0.75 * weight.shape[1]), name
+        mantissas = weight * 2.0 ** _exponent(weight, 4)
+        assert torch.equal(mantissas, mantissas.round()) and mantissas.abs().max() <= limit_of(4), name
+        assert torch.equal(again.op(name).weight, weight), name
+    held_out = token_windows(tiny.tokenizer, load_corpus().held_out, 64, 256)
+    score = lambda g: evaluate(tiny.model, quantize(g, TARGETS["loihi2-sim"]), held_out, 1,   # noqa: E731
+                               simulate=fixed_point.run)
+    assert score(tuned).snn_perplexity < 0.9 * score(cut).snn_perplexity
+
+
+def test_finetune_grid_flags_are_checked_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli(capsys, "finetune", "gpt2-tiny", "--method", "graded", "--weight-bits", "9")
+    assert exit_.value.code == 2 and "at most 8 bits" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli(capsys, "finetune", "gpt2-tiny", "--method", "graded", "--sparsity", "1")
+    assert exit_.value.code == 2 and "below 1" in capsys.readouterr().err
+    code, _, err = cli(capsys, "finetune", "gpt2-tiny", "--weight-bits", "4", "--steps", "0", "--eval-tokens", "0")
+    assert_one_line_error(code, err, 2, "graded method")

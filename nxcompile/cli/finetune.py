@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from nxcompile.cli.flags import add_conversion_arguments, add_model_arguments, non_negative_int, positive_int
+from nxcompile.cli.flags import (add_conversion_arguments, add_model_arguments, fraction, non_negative_int,
+                                positive_int, weight_bits)
 from nxcompile.cli.inputs import (conversion_options, evaluation_windows, graph_from, load_model_from, log,
                                   on_ranks)
 from nxcompile.files import write_atomically
@@ -47,6 +48,15 @@ def add_parser(commands) -> None:
                         help="weight of 1 - cos between the ANN's and the SNN's residual streams")
     parser.add_argument("--lm-weight", type=float, default=default.lm_weight,
                         help="weight of the next-token cross-entropy")
+    parser.add_argument("--weight-bits", type=weight_bits, default=None,
+                        help="graded method: train every layer's weights on signed mantissas this wide (2 to 8; "
+                             "default the graph's grid, 8 bits unless `nxcompile fit --save-graph` cut it)")
+    parser.add_argument("--sparsity", type=fraction, default=None,
+                        help="graded method: with each neuron's synapses this fraction pruned by magnitude "
+                             "(0 to 0.99)")
+    parser.add_argument("--prune-steps", type=non_negative_int, default=default.prune_steps,
+                        help="grow each layer's pruned fraction from 0 to the grid's over this many steps, along a "
+                             "cubic (default 0: pruned from the first step)")
     parser.add_argument("--seed", type=int, default=default.seed)
     parser.add_argument("--target", default="loihi2", help="the precision to train for (quantisation-aware)")
     parser.add_argument("--device", default=default.device, help="cpu or cuda")
@@ -69,7 +79,22 @@ def _options(args: argparse.Namespace):
                            timesteps=conversion_options(args).timesteps, scope=args.scope, seed=args.seed,
                            kl_weight=args.kl_weight, hidden_weight=args.hidden_weight, lm_weight=args.lm_weight,
                            schedule=args.schedule, warmup_steps=args.warmup_steps, step_size=args.step_size,
+                           prune_steps=args.prune_steps,
                            device=args.device)
+
+
+def _on_grid_asked(args: argparse.Namespace, graph):
+    """The graph with the grid the flags ask for recorded (the one-shot cut is where training starts
+    and the "converted" row of the table)."""
+    from nxcompile.compiler.fit import uniform_grid
+
+    if args.weight_bits is None and args.sparsity is None:
+        return graph
+    grid = uniform_grid(graph, args.weight_bits or 8, args.sparsity or 0.0)
+    current = graph.weight_grid()
+    if current.layer_weight_bits or current.layer_sparsity:
+        log.info("note: --weight-bits / --sparsity replace the per-layer grid the graph records")
+    return graph.with_weight_grid(grid)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -97,7 +122,7 @@ def _finetune(args: argparse.Namespace, ranks) -> int:
         log.info(f"note: starting afresh; {state_path(output)} will be overwritten (--resume continues it)")
     loaded = load_model_from(args)
     torch.manual_seed(args.seed)
-    converted = graph_from(args, loaded)
+    converted = _on_grid_asked(args, graph_from(args, loaded))
     options = _options(args)
     train = training_windows(loaded.tokenizer, min(options.context, loaded.config.n_positions), args.train_text)
     log.info(f"fine-tuning {len(trainable_nodes(converted, args.scope))} nodes ({args.scope}) of {loaded.name} at "

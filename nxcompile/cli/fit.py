@@ -33,12 +33,16 @@ def add_parser(commands) -> None:
                         help="held-out tokens each frontier point is scored on (0: skip)")
     parser.add_argument("--plot", type=Path, default=None, help="the frontier, cores against perplexity change (PNG)")
     parser.add_argument("--output", "-o", type=Path, default=None, help="the fitted model's .net file")
+    parser.add_argument("--save-graph", type=Path, default=None,
+                        help="the fitted graph (.safetensors: each layer's weights cut, the grid recorded) for "
+                             "`finetune --graph` to recover on, or `eval` / `export --graph`")
     parser.set_defaults(handler=cmd_fit)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from nxcompile.compiler.export import export_net
     from nxcompile.compiler.fit import Budget, fit
+    from nxcompile.compiler.graph import save_graph
     from nxcompile.compiler.layers import network_from_graph
     from nxcompile.compiler.partition import place
     from nxcompile.compiler.targets import get_target
@@ -73,6 +77,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         export_net(quantised, args.output, place(network_from_graph(quantised), budget.target, args.packing),
                    loaded.tokenizer)
         print(f"wrote {args.output}")
+    if args.save_graph is not None:
+        save_graph(result.cut_graph(graph, result.chosen), args.save_graph)
+        print(f"wrote {args.save_graph}")
     return 0
 
 

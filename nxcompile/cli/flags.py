@@ -26,6 +26,25 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def weight_bits(text: str) -> int:
+    """argparse type: a signed weight mantissa width Loihi 2 holds (2 to 8 bits)."""
+    value = _int_at_least(text, 2)
+    if value > 8:
+        raise argparse.ArgumentTypeError(f"Loihi 2 holds weights of at most 8 bits, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a pruned fraction, 0 to below 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a pruned fraction is at least 0 and below 1, got {value}")
+    return value
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="zoo name (see `nxcompile models`) or random:<name>")
     parser.add_argument("--model-path", type=Path, default=None,
