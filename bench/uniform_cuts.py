@@ -3,6 +3,7 @@
     python bench/uniform_cuts.py [--bits 8,6,4,3,2] [--sparsity 0,0.75,0.9] [--max-tokens 4096]
                                  [--shapes random:gpt2-small,random:gpt2-medium] [--packing intel]
                                  [--rounding nearest|gptq] [--calibration-tokens 512]
+                                 [--finetune-steps 0] [--finetune-lr 1e-3] [--batch-size 4] [--prune-steps 0]
 
 Every on-chip layer's weight mantissas at the same signed width and the same fraction of each
 neuron's synapses pruned by magnitude (`GradedPrecision`), quantised for loihi2-sim; gpt2-tiny
@@ -11,20 +12,27 @@ Loihi 2 under the memory rule fitted to Intel's compiler (a dense synapse its we
 in 50-bit words; a sparse one also a 12-bit index, assumed), which gives the cores and chips.
 Random weights give the shapes' chip counts only (`nxcompile fit` chooses per layer instead),
 always rounded to nearest; `--rounding gptq` rounds gpt2-tiny's cut layers by GPTQ on training
-text (`--calibration-tokens`).
+text (`--calibration-tokens`). `--finetune-steps N` also fine-tunes gpt2-tiny on each cut's grid
+(quantisation-aware, every layer, `nxcompile finetune --scope all --weight-bits B --sparsity F`'s
+training: Adam, a cosine schedule after a tenth of the steps warming up, seed 0; `--prune-steps`
+as `finetune --prune-steps`) and scores it
+on the same tokens.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+
+from tqdm import tqdm
 
 from nxcompile.compiler.convert import ConversionOptions, resolve_graph
-from nxcompile.compiler.fit import input_grams
-from nxcompile.compiler.graph import GradedDense, GradedPrecision
+from nxcompile.compiler.fit import input_grams, uniform_grid
 from nxcompile.compiler.layers import network_from_graph
 from nxcompile.compiler.partition import place
 from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
-from nxcompile.models.corpus import load_corpus, token_windows
+from nxcompile.models.corpus import load_corpus, token_windows, training_windows
+from nxcompile.models.finetune import FinetuneOptions, finetune
 from nxcompile.models.zoo import load_model
 from nxcompile.sim import fixed_point
 from nxcompile.sim.evaluate import evaluate
@@ -34,11 +42,26 @@ TARGET = TARGETS["loihi2-sim"]
 
 
 def placed(graph, bits: int, fraction: float, packing: str, rounding: str = "nearest", grams=None):
-    layers = [n for n in graph.order() if isinstance(graph.op(n), GradedDense) and not graph.graph.nodes[n]["host"]]
-    precision = GradedPrecision(weight_bits=bits, layer_sparsity=tuple((n, fraction) for n in layers if fraction),
-                                rounding=rounding)
-    quantised = quantize(graph, TARGET, precision, grams)
+    quantised = quantize(graph, TARGET, uniform_grid(graph, bits, fraction, rounding), grams)
     return quantised, place(network_from_graph(quantised), TARGET, packing)
+
+
+def scored(tiny, quantised, held_out) -> str:
+    """ppl change | cos(logits) | top-1 of a quantised graph in Loihi's integers against the ANN."""
+    ev = evaluate(tiny.model, quantised, held_out, 1, simulate=fixed_point.run)
+    return f"{100 * ev.perplexity_change:+.2f} % | {ev.logits_cosine:.4f} | {100 * ev.top1_agreement:.1f} %"
+
+
+def finetuned(tiny, graph, bits: int, fraction: float, args: argparse.Namespace):
+    """gpt2-tiny's graded graph fine-tuned on the cut's grid, quantised for loihi2-sim."""
+    options = FinetuneOptions(steps=args.finetune_steps, learning_rate=args.finetune_lr, batch_size=args.batch_size,
+                              context=tiny.config.n_positions, timesteps=1, scope="all", schedule="cosine",
+                              warmup_steps=args.finetune_steps // 10, prune_steps=args.prune_steps)
+    cut = graph.copy().with_weight_grid(uniform_grid(graph, bits, fraction))
+    with tqdm(total=options.steps, desc=f"fine-tune {bits}-bit {100 * fraction:.0f} % pruned", file=sys.stderr) as bar:
+        trainable, _ = finetune(tiny.model, cut, training_windows(tiny.tokenizer, options.context), TARGET, options,
+                                on_step=lambda step, losses: bar.update(1))
+    return quantize(trainable.deployable(), TARGET)
 
 
 def main() -> None:
@@ -50,6 +73,10 @@ def main() -> None:
     parser.add_argument("--rounding", default="nearest", choices=("nearest", "gptq"))
     parser.add_argument("--calibration-tokens", type=int, default=512)
     parser.add_argument("--shapes", default="random:gpt2-small,random:gpt2-medium")
+    parser.add_argument("--finetune-steps", type=int, default=0)
+    parser.add_argument("--finetune-lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--prune-steps", type=int, default=0)
     args = parser.parse_args()
     cuts = [(int(b), float(f)) for f in args.sparsity.split(",") for b in args.bits.split(",")]
     tiny = load_model("gpt2-tiny")
@@ -59,13 +86,16 @@ def main() -> None:
                                              args.calibration_tokens)) if args.rounding == "gptq" else None
     print(f"gpt2-tiny, graded, {held_out.numel()} held-out tokens in loihi2-sim's integers; every layer alike, "
           f"{args.packing} packing, {args.rounding} rounding")
-    print("| weight bits | pruned | ppl change | cos(logits) | top-1 | cores / chips |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    tuned = f" | after {args.finetune_steps} steps on the grid: ppl change | cos(logits) | top-1"
+    print("| weight bits | pruned | ppl change | cos(logits) | top-1 | cores / chips"
+          + (tuned if args.finetune_steps else "") + " |")
+    print("|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.finetune_steps else ""))
     for bits, fraction in cuts:
         quantised, placement = placed(graph, bits, fraction, args.packing, args.rounding, grams)
-        ev = evaluate(tiny.model, quantised, held_out, 1, simulate=fixed_point.run)
-        print(f"| {bits} | {100 * fraction:.0f} % | {100 * ev.perplexity_change:+.2f} % | {ev.logits_cosine:.4f} | "
-              f"{100 * ev.top1_agreement:.1f} % | {placement.cores_used} / {placement.chips_used} |", flush=True)
+        cells = [scored(tiny, quantised, held_out), f"{placement.cores_used} / {placement.chips_used}"]
+        if args.finetune_steps:
+            cells.append(scored(tiny, finetuned(tiny, graph, bits, fraction, args), held_out))
+        print(f"| {bits} | {100 * fraction:.0f} % | " + " | ".join(cells) + " |", flush=True)
     for spec in filter(None, args.shapes.split(",")):
         loaded = load_model(spec)
         graph = resolve_graph(loaded, GRADED, 256, shipped=False)
