@@ -52,15 +52,14 @@ def scored(tiny, quantised, held_out) -> str:
     return f"{100 * ev.perplexity_change:+.2f} % | {ev.logits_cosine:.4f} | {100 * ev.top1_agreement:.1f} %"
 
 
-def finetuned(tiny, graph, bits: int, fraction: float, args: argparse.Namespace):
+def finetuned(tiny, graph, bits: int, fraction: float, train, args: argparse.Namespace):
     """gpt2-tiny's graded graph fine-tuned on the cut's grid, quantised for loihi2-sim."""
     options = FinetuneOptions(steps=args.finetune_steps, learning_rate=args.finetune_lr, batch_size=args.batch_size,
                               context=tiny.config.n_positions, timesteps=1, scope="all", schedule="cosine",
                               warmup_steps=args.finetune_steps // 10, prune_steps=args.prune_steps)
     cut = graph.copy().with_weight_grid(uniform_grid(graph, bits, fraction))
     with tqdm(total=options.steps, desc=f"fine-tune {bits}-bit {100 * fraction:.0f} % pruned", file=sys.stderr) as bar:
-        trainable, _ = finetune(tiny.model, cut, training_windows(tiny.tokenizer, options.context), TARGET, options,
-                                on_step=lambda step, losses: bar.update(1))
+        trainable, _ = finetune(tiny.model, cut, train, TARGET, options, on_step=lambda step, losses: bar.update(1))
     return quantize(trainable.deployable(), TARGET)
 
 
@@ -84,6 +83,7 @@ def main() -> None:
     held_out = token_windows(tiny.tokenizer, load_corpus().held_out, tiny.config.n_positions, args.max_tokens)
     grams = input_grams(graph, token_windows(tiny.tokenizer, load_corpus().train, tiny.config.n_positions,
                                              args.calibration_tokens)) if args.rounding == "gptq" else None
+    train = training_windows(tiny.tokenizer, tiny.config.n_positions) if args.finetune_steps else None
     print(f"gpt2-tiny, graded, {held_out.numel()} held-out tokens in loihi2-sim's integers; every layer alike, "
           f"{args.packing} packing, {args.rounding} rounding")
     tuned = f" | after {args.finetune_steps} steps on the grid: ppl change | cos(logits) | top-1"
@@ -94,7 +94,7 @@ def main() -> None:
         quantised, placement = placed(graph, bits, fraction, args.packing, args.rounding, grams)
         cells = [scored(tiny, quantised, held_out), f"{placement.cores_used} / {placement.chips_used}"]
         if args.finetune_steps:
-            cells.append(scored(tiny, finetuned(tiny, graph, bits, fraction, args), held_out))
+            cells.append(scored(tiny, finetuned(tiny, graph, bits, fraction, train, args), held_out))
         print(f"| {bits} | {100 * fraction:.0f} % | " + " | ".join(cells) + " |", flush=True)
     for spec in filter(None, args.shapes.split(",")):
         loaded = load_model(spec)

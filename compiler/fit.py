@@ -94,7 +94,7 @@ class Fit:
         quantised, cut = self.quantised(spiking, point), spiking.copy()
         for name in graded_layers(spiking):
             cut.graph.nodes[name]["op"] = dataclasses.replace(spiking.op(name), weight=quantised.op(name).weight)
-        return cut.with_weight_grid(dataclasses.replace(point.precision(), pruning="magnitude", rounding="nearest"))
+        return cut.with_weight_grid(point.precision())
 
 
 def graded_layers(spiking: SpikingGraph) -> list[str]:

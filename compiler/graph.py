@@ -443,8 +443,12 @@ class SpikingGraph:
         return GradedPrecision(**grid) if grid is not None else GradedPrecision()
 
     def with_weight_grid(self, precision: GradedPrecision) -> "SpikingGraph":
-        """The graph recording `precision` as the grid its weights are for (the quantiser's default)."""
-        self.meta["weight_grid"] = json.loads(json.dumps(dataclasses.asdict(precision)))
+        """The graph recording `precision`'s widths and pruned fractions as the grid its weights are
+        for (the quantiser's default), reached by magnitude pruning and nearest rounding: the rule
+        fine-tuning trains through, and one that finds again weights already on the grid (however
+        they got there: Wanda, GPTQ), since their zeros are the least |w| and their values on it."""
+        grid = dataclasses.replace(precision, pruning="magnitude", rounding="nearest")
+        self.meta["weight_grid"] = json.loads(json.dumps(dataclasses.asdict(grid)))
         return self
 
     def copy(self) -> "SpikingGraph":

@@ -230,10 +230,7 @@ class TrainableGraph(torch.nn.Module):
         with torch.no_grad():
             for name in self.names:
                 graph.nodes[name]["op"] = self._on_grid(name, self._float_op(name, detached=True))
-        deployable = SpikingGraph(graph, json.loads(json.dumps(self.spiking.meta)))
-        if "weight_grid" in self.spiking.meta:    # on the grid now: re-pruning by magnitude finds its zeros
-            deployable.with_weight_grid(dataclasses.replace(self.grid, pruning="magnitude", rounding="nearest"))
-        return deployable
+        return SpikingGraph(graph, json.loads(json.dumps(self.spiking.meta)))      # the grid recorded with it
 
 
 def distillation_loss(run: reference.RunResult, ids: torch.Tensor, ann_logits: torch.Tensor,
