@@ -1,18 +1,21 @@
-"""The graded method with every layer cut alike: quality on gpt2-tiny, chips on GPT-2's shapes.
+"""Every layer cut alike: quality on gpt2-tiny, chips on GPT-2's shapes.
 
-    python bench/uniform_cuts.py [--bits 8,6,4,3,2] [--sparsity 0,0.75,0.9] [--max-tokens 4096]
+    python bench/uniform_cuts.py [--method graded|neurtransformer|spikedecoder]
+                                 [--bits 8,6,4,3,2] [--sparsity 0,0.75,0.9] [--max-tokens 4096]
                                  [--shapes random:gpt2-small,random:gpt2-medium] [--packing intel]
                                  [--rounding nearest|gptq] [--calibration-tokens 512]
                                  [--finetune-steps 0] [--finetune-lr 1e-3] [--batch-size 4] [--prune-steps 0]
 
-Every on-chip layer's weight mantissas at the same signed width and the same fraction of each
+Every on-chip weight layer's mantissas at the same signed width and the same fraction of each
 neuron's synapses pruned by magnitude (`GradedPrecision`), quantised for loihi2-sim; gpt2-tiny
-scored in Loihi's integers against the ANN on the same held-out tokens; each model placed on
+(the graded method's conversion, or the rate-coded methods' graph as the pipeline takes it: the
+shipped fine-tuned NeurTransformer graph, at the method's T) scored in Loihi's integers against
+the ANN on the same held-out tokens; each model placed on
 Loihi 2 under the memory rule fitted to Intel's compiler (a dense synapse its weight bits + 8,
 in 50-bit words; a sparse one also a 12-bit index, assumed), which gives the cores and chips.
-Random weights give the shapes' chip counts only (`nxcompile fit` chooses per layer instead),
-always rounded to nearest; `--rounding gptq` rounds gpt2-tiny's cut layers by GPTQ on training
-text (`--calibration-tokens`). `--finetune-steps N` also fine-tunes gpt2-tiny on each cut's grid
+Random weights give the shapes' chip counts only (contexts of 256 tokens; `nxcompile fit` chooses
+per layer instead), always rounded to nearest; `--rounding gptq` rounds gpt2-tiny's cut layers by
+GPTQ on training text (`--calibration-tokens`; the graded method's only). `--finetune-steps N` also fine-tunes gpt2-tiny on each cut's grid
 (quantisation-aware, every layer, `nxcompile finetune --scope all --weight-bits B --sparsity F`'s
 training: Adam, a cosine schedule after a tenth of the steps warming up, seed 0; `--prune-steps`
 as `finetune --prune-steps`) and scores it
@@ -25,7 +28,7 @@ import sys
 
 from tqdm import tqdm
 
-from nxcompile.compiler.convert import ConversionOptions, resolve_graph
+from nxcompile.compiler.convert import ConversionOptions, resolve_graph, timesteps_for
 from nxcompile.compiler.fit import input_grams, uniform_grid
 from nxcompile.compiler.layers import network_from_graph
 from nxcompile.compiler.partition import place
@@ -37,7 +40,6 @@ from nxcompile.models.zoo import load_model
 from nxcompile.sim import fixed_point
 from nxcompile.sim.evaluate import evaluate
 
-GRADED = ConversionOptions(method="graded", timesteps=1)
 TARGET = TARGETS["loihi2-sim"]
 
 
@@ -48,14 +50,15 @@ def placed(graph, bits: int, fraction: float, packing: str, rounding: str = "nea
 
 def scored(tiny, quantised, held_out) -> str:
     """ppl change | cos(logits) | top-1 of a quantised graph in Loihi's integers against the ANN."""
-    ev = evaluate(tiny.model, quantised, held_out, 1, simulate=fixed_point.run)
+    ev = evaluate(tiny.model, quantised, held_out, quantised.meta["options"]["timesteps"], simulate=fixed_point.run)
     return f"{100 * ev.perplexity_change:+.2f} % | {ev.logits_cosine:.4f} | {100 * ev.top1_agreement:.1f} %"
 
 
 def finetuned(tiny, graph, bits: int, fraction: float, train, args: argparse.Namespace):
     """gpt2-tiny's graded graph fine-tuned on the cut's grid, quantised for loihi2-sim."""
     options = FinetuneOptions(steps=args.finetune_steps, learning_rate=args.finetune_lr, batch_size=args.batch_size,
-                              context=tiny.config.n_positions, timesteps=1, scope="all", schedule="cosine",
+                              context=tiny.config.n_positions, timesteps=graph.meta["options"]["timesteps"],
+                              scope="all", schedule="cosine",
                               warmup_steps=args.finetune_steps // 10, prune_steps=args.prune_steps)
     cut = graph.copy().with_weight_grid(uniform_grid(graph, bits, fraction))
     with tqdm(total=options.steps, desc=f"fine-tune {bits}-bit {100 * fraction:.0f} % pruned", file=sys.stderr) as bar:
@@ -65,6 +68,7 @@ def finetuned(tiny, graph, bits: int, fraction: float, train, args: argparse.Nam
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", default="graded", choices=("graded", "neurtransformer", "spikedecoder"))
     parser.add_argument("--bits", default="8,6,4,3,2")
     parser.add_argument("--sparsity", default="0,0.75,0.9")
     parser.add_argument("--packing", default="intel")
@@ -78,14 +82,15 @@ def main() -> None:
     parser.add_argument("--prune-steps", type=int, default=0)
     args = parser.parse_args()
     cuts = [(int(b), float(f)) for f in args.sparsity.split(",") for b in args.bits.split(",")]
+    options = ConversionOptions(method=args.method, timesteps=timesteps_for(args.method, None))
     tiny = load_model("gpt2-tiny")
-    graph = resolve_graph(tiny, GRADED, tiny.config.n_positions, shipped=False)
+    graph = resolve_graph(tiny, options, tiny.config.n_positions)
     held_out = token_windows(tiny.tokenizer, load_corpus().held_out, tiny.config.n_positions, args.max_tokens)
     grams = input_grams(graph, token_windows(tiny.tokenizer, load_corpus().train, tiny.config.n_positions,
                                              args.calibration_tokens)) if args.rounding == "gptq" else None
     train = training_windows(tiny.tokenizer, tiny.config.n_positions) if args.finetune_steps else None
-    print(f"gpt2-tiny, graded, {held_out.numel()} held-out tokens in loihi2-sim's integers; every layer alike, "
-          f"{args.packing} packing, {args.rounding} rounding")
+    print(f"gpt2-tiny, {args.method} ({graph.meta['origin']}), T = {options.timesteps}, {held_out.numel()} held-out "
+          f"tokens in loihi2-sim's integers; every layer alike, {args.packing} packing, {args.rounding} rounding")
     tuned = f" | after {args.finetune_steps} steps on the grid: ppl change | cos(logits) | top-1"
     print("| weight bits | pruned | ppl change | cos(logits) | top-1 | cores / chips"
           + (tuned if args.finetune_steps else "") + " |")
@@ -98,8 +103,8 @@ def main() -> None:
         print(f"| {bits} | {100 * fraction:.0f} % | " + " | ".join(cells) + " |", flush=True)
     for spec in filter(None, args.shapes.split(",")):
         loaded = load_model(spec)
-        graph = resolve_graph(loaded, GRADED, 256, shipped=False)
-        print(f"{spec} (shapes only), graded, {args.packing} packing: " + ", ".join(
+        graph = resolve_graph(loaded, options, 256)
+        print(f"{spec} (shapes only), {args.method}, {args.packing} packing: " + ", ".join(
             f"{bits}-bit {100 * fraction:.0f} % pruned {p.cores_used:,} cores / {p.chips_used} chips"
             for (bits, fraction), p in ((cut, placed(graph, *cut, args.packing)[1]) for cut in cuts)), flush=True)
 

@@ -1,10 +1,11 @@
-"""Fit a chip budget: each graded layer's weight width and pruned fraction chosen by its measured
+"""Fit a chip budget: each weight layer's width and pruned fraction chosen by its measured
 sensitivity.
 
 Loihi 2 holds 1- to 8-bit weights and sparse synapses, and a narrower or pruned layer takes fewer
 bits of a core's synaptic memory (compiler/partition.py: the dense rule fitted to Intel's
-compiler, the weight's bits + 8; a sparse synapse also names its target, an assumption). The
-graded method's layers differ in how much each cut costs, so the fit measures it: each layer
+compiler, the weight's bits + 8; a sparse synapse also names its target, an assumption). A
+network's weight layers (the graded method's GradedDense, the rate-coded methods' on-chip Dense:
+populations and readouts) differ in how much each cut costs, so the fit measures it: each layer
 alone at each width of WIDTHS (8-bit dense elsewhere) and alone at each pruned fraction of
 SPARSITIES (at 8 bits), scored by the KL divergence of its fixed-point logits from the all-8-bit
 dense network's on calibration text; a layer both narrowed and pruned is predicted by the sum of
@@ -13,7 +14,9 @@ at a time, down to every layer at the narrowest width and the largest fraction: 
 frontier, and the fit is its first point that fits the budget (the least predicted loss, taking
 the layers' KLs as adding up). With random weights there is no model to lose: the frontier is the
 uniform configurations. Pruning is Wanda's (|w| * ||x|| on the calibration text) or magnitude's;
-a cut layer's rounding GPTQ's (on the same text) or plain rounding to the nearest mantissa.
+a cut layer's rounding GPTQ's (on the same text) or plain rounding to the nearest mantissa. Wanda
+and GPTQ weigh a layer's graded inputs, so the rate-coded methods (whose inputs are spike trains and
+whose populations share one unit with their thresholds) prune by magnitude and round to nearest.
 """
 from __future__ import annotations
 
@@ -23,10 +26,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from nxcompile.compiler.graph import GradedDense, GradedPrecision, SpikingGraph
+from nxcompile.compiler.graph import Dense, GradedDense, GradedPrecision, SpikingGraph
 from nxcompile.compiler.layers import network_from_graph
 from nxcompile.compiler.partition import place
-from nxcompile.compiler.quantize import quantize
+from nxcompile.compiler.quantize import on_grid, quantize
 from nxcompile.compiler.targets import TARGETS, Target
 from nxcompile.errors import UsageError
 
@@ -89,24 +92,31 @@ class Fit:
         return quantize(spiking, target, point.precision(), self.input_grams)
 
     def cut_graph(self, spiking: SpikingGraph, point: FitPoint) -> SpikingGraph:
-        """`spiking` with each graded layer's weights pruned and rounded as `point` cuts them (float
-        units) and that grid recorded: what `finetune --graph` recovers from and `export` deploys."""
+        """`spiking` with each layer's weights pruned and rounded as `point` cuts them (float units)
+        and that grid recorded: what `finetune --graph` recovers from and `export` deploys."""
         quantised, cut = self.quantised(spiking, point), spiking.copy()
-        for name in graded_layers(spiking):
-            cut.graph.nodes[name]["op"] = dataclasses.replace(spiking.op(name), weight=quantised.op(name).weight)
+        for name in cut_layers(spiking):
+            op = spiking.op(name)
+            weight = (quantised.op(name).weight if isinstance(op, GradedDense)      # a rate-coded layer's quantised
+                      else on_grid(op, UNBOUNDED, *point.cuts[name]).weight)      # weights are in state units
+            cut.graph.nodes[name]["op"] = dataclasses.replace(op, weight=weight)
         return cut.with_weight_grid(point.precision())
 
 
-def graded_layers(spiking: SpikingGraph) -> list[str]:
-    """The on-chip layers whose weights a width applies to."""
-    return [n for n in spiking.order() if isinstance(spiking.op(n), GradedDense) and not spiking.graph.nodes[n]["host"]]
+def cut_layers(spiking: SpikingGraph) -> list[str]:
+    """The on-chip layers whose weights a width and a pruned fraction apply to."""
+    return [n for n in spiking.order()
+            if isinstance(spiking.op(n), (GradedDense, Dense)) and not spiking.graph.nodes[n]["host"]]
+
+
+def graded(spiking: SpikingGraph) -> bool:
+    """Whether the graph is the graded method's (its layers' inputs graded values, not spike trains)."""
+    return spiking.meta["options"]["method"] == "graded"
 
 
 def uniform_grid(spiking: SpikingGraph, bits: int, fraction: float, rounding: str = "nearest") -> GradedPrecision:
-    """Every graded layer at signed `bits` with `fraction` of each neuron's synapses pruned by magnitude."""
-    if spiking.meta["options"]["method"] != "graded":
-        raise UsageError("weight widths and pruning are the graded method's (--method graded)")
-    return GradedPrecision(weight_bits=bits, layer_sparsity=tuple((n, fraction) for n in graded_layers(spiking)
+    """Every weight layer at signed `bits` with `fraction` of each neuron's synapses pruned by magnitude."""
+    return GradedPrecision(weight_bits=bits, layer_sparsity=tuple((n, fraction) for n in cut_layers(spiking)
                                                                    if fraction), rounding=rounding)
 
 
@@ -117,7 +127,7 @@ def input_grams(spiking: SpikingGraph, ids: torch.Tensor) -> dict[str, torch.Ten
 
     values = run(spiking, ids, None, keep_values=True).values
     grams = {}
-    for name in graded_layers(spiking):
+    for name in cut_layers(spiking):
         x = values[spiking.inputs(name)["x"]].double().flatten(0, -2)
         grams[name] = x.T @ x
     return grams
@@ -128,13 +138,14 @@ def _logits(spiking: SpikingGraph, precision: GradedPrecision, ids: torch.Tensor
     from nxcompile.sim import fixed_point
 
     quantised = quantize(spiking, UNBOUNDED, precision, grams)
-    return torch.cat([fixed_point.run(quantised, window[None], 1).logits for window in ids]).flatten(0, 1)
+    timesteps = int(spiking.meta["options"].get("timesteps") or 1)
+    return torch.cat([fixed_point.run(quantised, window[None], timesteps).logits for window in ids]).flatten(0, 1)
 
 
 def _single_cuts(spiking: SpikingGraph, sparsities: tuple[float, ...]) -> list[tuple[str, int, float]]:
     """Each layer at each narrower width (dense), and at each pruned fraction (8 bits)."""
-    return [(name, bits, 0.0) for name in graded_layers(spiking) for bits in WIDTHS[1:]] + \
-        [(name, WIDTHS[0], f) for name in graded_layers(spiking) for f in sparsities[1:]]
+    return [(name, bits, 0.0) for name in cut_layers(spiking) for bits in WIDTHS[1:]] + \
+        [(name, WIDTHS[0], f) for name in cut_layers(spiking) for f in sparsities[1:]]
 
 
 def sensitivity(spiking: SpikingGraph, ids: torch.Tensor, pruning: str, rounding: str,
@@ -183,7 +194,7 @@ def _greedy_path(spiking: SpikingGraph, measured: dict[tuple[str, int, float], f
                  sparsities: tuple[float, ...]) -> list[dict[str, Cut]]:
     """Cuts from all 8-bit dense to all of the narrowest and most pruned, one layer one step at a
     time, the cheapest step in predicted KL per synapse bit saved first."""
-    cuts: dict[str, Cut] = {name: (WIDTHS[0], 0.0) for name in graded_layers(spiking)}
+    cuts: dict[str, Cut] = {name: (WIDTHS[0], 0.0) for name in cut_layers(spiking)}
     synapses = {name: spiking.op(name).weight.numel() for name in cuts}
     path = [dict(cuts)]
     while True:
@@ -204,7 +215,7 @@ def _greedy_path(spiking: SpikingGraph, measured: dict[tuple[str, int, float], f
 def _uniform(spiking: SpikingGraph, sparsities: tuple[float, ...]) -> list[dict[str, Cut]]:
     """Every layer alike, each width at each pruned fraction, the largest synapse first."""
     cuts = sorted({(b, f) for b in WIDTHS for f in sparsities}, key=lambda cut: (-synapse_bits(cut), cut))
-    return [{name: cut for name in graded_layers(spiking)} for cut in cuts]
+    return [{name: cut for name in cut_layers(spiking)} for cut in cuts]
 
 
 def fit(spiking: SpikingGraph, budget: Budget, ids: torch.Tensor | None, points: int = 12,
@@ -212,9 +223,10 @@ def fit(spiking: SpikingGraph, budget: Budget, ids: torch.Tensor | None, points:
     """The frontier (at most `points` configurations placed, evenly along the path) and the first
     that fits `budget`. `ids` None: weights are random, the frontier is the uniform configurations
     (pruned by magnitude, rounded to nearest). `pruning` None: widths only, every layer dense."""
-    if spiking.meta["options"]["method"] != "graded":
-        raise UsageError("fit chooses each layer's weight width and pruning for the graded method (--method graded); "
-                         "the rate-coded methods' populations are not cut yet")
+    if not graded(spiking) and (pruning == "wanda" or rounding == "gptq"):
+        raise UsageError(f"the {spiking.meta['options']['method']} method's layers are pruned by magnitude and "
+                         f"rounded to nearest (--pruning magnitude --rounding nearest); Wanda and GPTQ weigh the "
+                         f"graded method's inputs")
     sparsities = SPARSITIES if pruning is not None else SPARSITIES[:1]
     if ids is None:
         frontier = [_placed(spiking, cuts, float("nan"), budget.packing, "magnitude", "nearest", {})

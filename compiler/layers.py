@@ -115,8 +115,8 @@ def _graph_layer(spiking, name: str, rates: dict[str, float], timesteps: int) ->
                          **common)
     if isinstance(op, (Dense, GradedDense)):
         params = {"in_features": op.weight.shape[1], "weight_bits": getattr(formats.get(name), "mantissa_bits_used", None)}
-        if isinstance(op, GradedDense) and spiking.quantization is not None:   # its zeros (pruned, or rounded
-            params["density"] = float((op.weight != 0).double().mean())        # at few bits) need no synapse
+        if spiking.quantization is not None and not node["host"]:   # its zeros (pruned, or rounded at few
+            params["density"] = float((op.weight != 0).double().mean())  # bits) need no synapse
         return LayerSpec(kind="dense", inputs=sources, params=params, **common)
     if isinstance(op, Attention):     # keys and values in the cache at their message's bits, one step per token
         kv_bits = max(kv_message_bits(spiking, inputs[p]) for p in ("k", "v"))

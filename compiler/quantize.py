@@ -8,7 +8,8 @@ Every on-chip population moves to integer units, per layer (as Loihi stores it):
     leak    a multiple of 1/2**decay_bits
 
 k is the largest power of two that still fits the largest weight into the
-mantissa (m = round(w * 2**k)), so every layer uses its full weight precision;
+mantissa (m = round(w * 2**k)), so every layer uses its full weight precision
+(a Dense cut by a weight grid: its layer's narrower width, its pruned synapses zero);
 weight_exp = 6 aligns thresholds and biases 6 bits finer than the weights, as
 Loihi's own state does (Lava's fixed-point models shift by 6), unless the
 threshold would then overflow `threshold_bits` + 6 bits. Dividing a whole
@@ -60,14 +61,15 @@ def _round_to(x: torch.Tensor, step: float, limit: int) -> torch.Tensor:
 
 
 def layer_format(weights: list[torch.Tensor], threshold: torch.Tensor, bias: torch.Tensor,
-                 target: Target) -> PopulationFormat:
-    """The per-layer scaling: full weight mantissas, thresholds and biases within their bits.
+                 target: Target, weight_bits: int | None = None) -> PopulationFormat:
+    """The per-layer scaling: full weight mantissas (`weight_bits` signed, else the target's),
+    thresholds and biases within their bits.
     Where a bias would overflow its mantissa at the largest exponent (a population reading
     graded spikes has tiny folded weights, hence a large unit, beside a bias of ordinary
     size), the weights give up mantissa bits instead: clipping the bias would move every
     neuron's operating point (a GELU hinge's breakpoint, an encoder's offset)."""
     largest = max(float(w.abs().max()) for w in weights) if weights else 0.0
-    mantissa_max = 2 ** (target.weight_mantissa_bits - 1) - 1
+    mantissa_max = limit_of(weight_bits or target.weight_mantissa_bits)
     k = math.floor(math.log2(mantissa_max / largest)) if largest > 0 else 0
     threshold_limit = 2 ** (target.threshold_bits + ALIGN_BITS) - 1
     bias_limit = 2 ** (target.bias_mantissa_bits - 1) - 1
@@ -106,9 +108,9 @@ def _weights(op) -> list[torch.Tensor]:
     return []
 
 
-def _weight_on_grid(w: torch.Tensor, fmt: PopulationFormat, target: Target) -> torch.Tensor:
-    """Float-unit weights as mantissa * 2**weight_exp, in state units."""
-    return _round_to(w * 2.0 ** fmt.unit_log2, 2.0 ** fmt.weight_exp, 2 ** (target.weight_mantissa_bits - 1) - 1)
+def _weight_on_grid(w: torch.Tensor, fmt: PopulationFormat, weight_bits: int) -> torch.Tensor:
+    """Float-unit weights as signed `weight_bits` mantissas * 2**weight_exp, in state units."""
+    return _round_to(w * 2.0 ** fmt.unit_log2, 2.0 ** fmt.weight_exp, limit_of(weight_bits))
 
 
 def _bias_on_grid(b: torch.Tensor, fmt: PopulationFormat, target: Target) -> torch.Tensor:
@@ -116,11 +118,11 @@ def _bias_on_grid(b: torch.Tensor, fmt: PopulationFormat, target: Target) -> tor
     return _round_to(b * 2.0 ** fmt.unit_log2, 2.0 ** fmt.bias_exp, 2 ** (target.bias_mantissa_bits - 1) - 1)
 
 
-def _quantise_readout(op: Dense, target: Target):
+def _quantise_readout(op: Dense, target: Target, weight_bits: int):
     """Weights and bias of a graded readout on the fixed-point grid, in float units."""
-    fmt = layer_format([op.weight], torch.zeros(1), op.bias, target)
+    fmt = layer_format([op.weight], torch.zeros(1), op.bias, target, weight_bits)
     unit = 2.0 ** fmt.unit_log2
-    return Dense(_weight_on_grid(op.weight, fmt, target) / unit, _bias_on_grid(op.bias, fmt, target) / unit,
+    return Dense(_weight_on_grid(op.weight, fmt, weight_bits) / unit, _bias_on_grid(op.bias, fmt, target) / unit,
                  None), fmt
 
 
@@ -135,17 +137,22 @@ def _ssa_unit(op: SSA, target: Target) -> float:
     return unit
 
 
-def _quantise_op(op, target: Target):
-    """The fixed-point twin of one population op, and its format."""
+def _quantise_op(op, target: Target, weight_bits: int = 8, fraction: float = 0.0):
+    """The fixed-point twin of one population op, and its format. A rate-coded Dense (a population
+    or a readout) may be cut: `fraction` of each neuron's synapses pruned by magnitude, its
+    mantissas `weight_bits` wide (at most the target's); other ops keep the target's width."""
+    bits = min(weight_bits, target.weight_mantissa_bits) if isinstance(op, Dense) else target.weight_mantissa_bits
+    if isinstance(op, Dense) and fraction > 0:
+        op = dataclasses.replace(op, weight=pruned(op.weight, fraction))
     if isinstance(op, Dense) and op.neuron is None:
-        return _quantise_readout(op, target)
+        return _quantise_readout(op, target, bits)
     if isinstance(op, SSA):
         unit = _ssa_unit(op, target)
         fmt = PopulationFormat(0, ALIGN_BITS, 0, 1, 2 ** (target.threshold_bits + ALIGN_BITS) - 1)
         return dataclasses.replace(op, scale=op.scale * unit,
                                    neuron=_quantise_neuron(op.neuron, fmt, target, unit)), fmt
-    fmt = layer_format(_weights(op), op.neuron.threshold, op.bias, target)
-    q = lambda w: _weight_on_grid(w, fmt, target)   # noqa: E731
+    fmt = layer_format(_weights(op), op.neuron.threshold, op.bias, target, bits)
+    q = lambda w: _weight_on_grid(w, fmt, bits)   # noqa: E731
     q_bias = _bias_on_grid(op.bias, fmt, target)
     neuron = _quantise_neuron(op.neuron, fmt, target, 2.0 ** fmt.unit_log2)
     if isinstance(op, Dense):
@@ -155,12 +162,12 @@ def _quantise_op(op, target: Target):
     return Encode(op.features, neuron, q(op.gain), q_bias), fmt
 
 
-def on_grid(op, target: Target):
+def on_grid(op, target: Target, weight_bits: int = 8, fraction: float = 0.0):
     """`op` as its fixed-point twin computes it, in float units: every weight, bias and
-    threshold moved onto the target's grid and divided back by the layer's unit.
-    Fine-tuning trains through this, so the weights it saves are the ones the
-    quantiser deploys (quantising them again changes nothing)."""
-    quantised, fmt = _quantise_op(op, target)
+    threshold moved onto the target's grid (a Dense's cut as `_quantise_op` cuts it) and
+    divided back by the layer's unit. Fine-tuning trains through this, so the weights it
+    saves are the ones the quantiser deploys (quantising them again changes nothing)."""
+    quantised, fmt = _quantise_op(op, target, weight_bits, fraction)
     if isinstance(op, Dense) and op.neuron is None:
         return quantised
     unit = _ssa_unit(op, target) if isinstance(op, SSA) else 2.0 ** fmt.unit_log2
@@ -189,20 +196,25 @@ def _sizes_messages(spiking: SpikingGraph) -> bool:
 def quantize(spiking: SpikingGraph, target: Target, precision: GradedPrecision | None = None,
              grams: dict[str, torch.Tensor] | None = None) -> SpikingGraph:
     """A copy of `spiking` in `target`'s fixed point; its `quantization` records each layer's format.
-    `precision` changes the graded payloads' bit widths, prunes layers and chooses their rounding
-    (the graded method's study; default: the grid the graph was fitted or fine-tuned for); Wanda
+    `precision` narrows and prunes weight layers and chooses their rounding (for the rate-coded
+    methods' Dense: magnitude and nearest only), and sets the graded payloads' bit widths (default:
+    the grid the graph was fitted or fine-tuned for; recorded where it cuts anything); Wanda
     pruning and GPTQ rounding read each cut layer's input Gram matrix X^T X on calibration text
     (`grams`, from `compiler.fit.input_grams`)."""
+    grid = precision or spiking.weight_grid()
     if _sizes_messages(spiking):
-        return quantize_graded(spiking, target, precision or spiking.weight_grid(), grams)
+        return quantize_graded(spiking, target, grid, grams)
+    if grid.pruning != "magnitude" or grid.rounding != "nearest":
+        raise UsageError("the rate-coded methods' layers are pruned by magnitude and rounded to nearest "
+                         "(Wanda and GPTQ weigh graded inputs: --method graded)")
     quantised = spiking.copy()
     formats = {}
     for name in spiking.order():
         if quantisable(spiking, name):
-            op, fmt = _quantise_op(spiking.op(name), target)
+            op, fmt = _quantise_op(spiking.op(name), target, grid.weight_bits_of(name), grid.sparsity_of(name))
             quantised.graph.nodes[name]["op"] = op
             formats[name] = fmt
-    quantised.quantization = Quantization(target.name, formats)
+    quantised.quantization = Quantization(target.name, formats, grid if grid != GradedPrecision() else None)
     return quantised
 
 

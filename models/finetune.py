@@ -15,11 +15,12 @@ readout. The rest (embedding, LayerNorms, LM head) stays frozen.
 Quantisation-aware: every forward pass uses `compiler.quantize.on_grid` of the
 trainable ops, with the straight-through estimator for the rounding, so the
 loss is that of the fixed-point network the target runs, and the saved graph
-holds exactly the on-grid values the quantiser will find again. The graded
-method's layers train on the grid their graph records (`SpikingGraph.weight_grid`:
-each layer's width and pruned fraction, as `nxcompile fit` chose or
-`--weight-bits` / `--sparsity` ask): each step prunes by magnitude and rounds to
-nearest (`graded_on_grid`), the gradient passing through both, so a pruned
+holds exactly the on-grid values the quantiser will find again. Weight layers
+(the graded method's, and the rate-coded methods' Dense) train on the grid their
+graph records (`SpikingGraph.weight_grid`: each layer's width and pruned fraction,
+as `nxcompile fit` chose or `--weight-bits` / `--sparsity` ask): each step prunes
+by magnitude and rounds to nearest (`graded_on_grid`, `on_grid`), the gradient
+passing through both, so a pruned
 synapse can grow back in place of a kept one (with `prune_steps` the pruned fractions
 grow from 0 to the grid's along Zhu & Gupta's cubic, "To prune, or not to prune",
 2017, instead of all at the first step); the graded messages' own rounding
@@ -207,7 +208,7 @@ class TrainableGraph(torch.nn.Module):
         its pruned fraction (the share training has reached)."""
         if isinstance(op, GradedDense):
             return graded_on_grid(op, self.grid.weight_bits_of(name), self.grid.sparsity_of(name) * pruned_share)
-        return on_grid(op, self.target)
+        return on_grid(op, self.target, self.grid.weight_bits_of(name), self.grid.sparsity_of(name) * pruned_share)
 
     def grid_op(self, name: str):
         """The op on the target's grid; gradients pass the rounding straight through."""

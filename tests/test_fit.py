@@ -1,5 +1,6 @@
-"""Per-layer weight widths and pruning: through the quantiser, the `.net` file, the core model and
-Lava; and `nxcompile fit`, whose choice always validates, and whose impossible budgets are one line."""
+"""Per-layer weight widths and pruning, for the graded method and the rate-coded NeurTransformer:
+through the quantiser, the `.net` file, the core model and Lava; and `nxcompile fit`, whose choice
+always validates, and whose impossible budgets are one line."""
 from __future__ import annotations
 
 import pytest
@@ -29,6 +30,17 @@ def graded(tiny):
 @pytest.fixture(scope="module")
 def narrowed(graded):
     return quantize(graded, TARGETS["loihi2-sim"], GradedPrecision(layer_weight_bits=NARROW))
+
+
+@pytest.fixture(scope="module")
+def rate_coded(tiny):
+    """gpt2-tiny's shipped fine-tuned NeurTransformer graph (T = 8), as the pipeline takes it."""
+    return resolve_graph(tiny, ConversionOptions(), 128)
+
+
+@pytest.fixture(scope="module")
+def rate_coded_cut(rate_coded):
+    return quantize(rate_coded, TARGETS["loihi2-sim"], GradedPrecision(layer_weight_bits=NARROW, layer_sparsity=PRUNED))
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +148,78 @@ def test_lava_runs_narrowed_and_pruned_layers_bit_exact(tiny, pruned):
     _assert_twins(pruned, tiny.tokenizer(PROMPT)["input_ids"][:8], 1, generated=2)      # pruned: Lava's Sparse
 
 
+def test_a_rate_coded_layer_is_cut_on_its_populations_grid_and_travels_through_the_net_file(
+        rate_coded, rate_coded_cut, tiny, tmp_path):
+    """NeurTransformer's Dense layers (spiking populations and graded readouts) narrowed and pruned
+    by magnitude: each weight a mantissa of the layer's width times 2**weight_exp, each neuron's
+    least |w| zero, the rest of the graph as quantised uncut; the cut reaches the .net file, the
+    core model prices it and the validator accepts its placement."""
+    from nxcompile.compiler.export import export_net, load_net
+    from nxcompile.compiler.layers import network_from_graph
+    from nxcompile.compiler.partition import place
+    from nxcompile.compiler.validate import validate
+    from nxcompile.errors import UsageError
+    from nxcompile.sim.fixed_point import limit_of
+
+    target = TARGETS["loihi2-sim"]
+    uncut = quantize(rate_coded, target)
+    for name, bits in NARROW:           # a population's weights in state units, a readout's in float units
+        fmt, op = rate_coded_cut.quantization.layers[name], rate_coded_cut.op(name)
+        mantissas = op.weight * 2.0 ** ((fmt.unit_log2 if op.neuron is None else 0) - fmt.weight_exp)
+        assert torch.equal(mantissas, mantissas.round()) and mantissas.abs().max() <= limit_of(bits), name
+    for name, fraction in PRUNED:
+        weight = rate_coded_cut.op(name).weight
+        assert int((weight == 0).sum(1).min()) >= round(fraction * weight.shape[1]), name
+        assert not ((weight != 0) & (rate_coded.op(name).weight == 0)).any(), name
+        kept = weight != 0                 # the largest |w| of each neuron survive
+        w = rate_coded.op(name).weight.abs()
+        assert (w.masked_fill(~kept, float("inf")).min(1).values >= w.masked_fill(kept, 0).max(1).values).all()
+    assert torch.equal(rate_coded_cut.op("h2.attn.k").weight, uncut.op("h2.attn.k").weight)    # others uncut
+    assert uncut.quantization.precision is None                       # an uncut file is what it always was
+    path = tmp_path / "cut.net"
+    placement = place(network_from_graph(rate_coded_cut), target, "tight")
+    export_net(rate_coded_cut, path, placement, tiny.tokenizer)
+    loaded, loaded_placement = load_net(path)
+    assert loaded.quantization.precision == rate_coded_cut.quantization.precision
+    layers = {layer.name: layer for layer in network_from_graph(loaded).layers}
+    assert layers["h1.mlp.c_fc"].params["weight_bits"] <= 2 and layers["h2.mlp.c_fc"].params["density"] <= 13 / 128
+    assert placement.cores_used < place(network_from_graph(uncut), target, "tight").cores_used
+    assert validate(network_from_graph(loaded), loaded_placement, target) == []     # checked independently
+    with pytest.raises(UsageError, match="pruned by magnitude and rounded to nearest"):
+        quantize(rate_coded, target, GradedPrecision(layer_sparsity=PRUNED, pruning="wanda"))
+
+
+@pytest.mark.slow
+def test_lava_runs_a_cut_rate_coded_network_bit_exact(tiny, rate_coded_cut):
+    from tests.test_graded import PROMPT
+    from tests.test_lava_backend import _assert_twins
+
+    _assert_twins(rate_coded_cut, tiny.tokenizer(PROMPT)["input_ids"][:8], 8, generated=2)
+
+
+def test_rate_coded_fine_tuning_trains_on_the_cut_grid(tiny, rate_coded, calibration, tmp_path):
+    """NeurTransformer fine-tuned at 4 bits with 75 % pruned: the saved graph records the grid, each
+    trained layer's weights are on it (each neuron's pruned synapses zero; the quantiser changes
+    nothing) and differ from where training started."""
+    from nxcompile.compiler.fit import cut_layers, uniform_grid
+    from nxcompile.compiler.quantize import on_grid
+    from nxcompile.models.finetune import FinetuneOptions, finetune
+
+    target = TARGETS["loihi2-sim"]
+    grid = uniform_grid(rate_coded, 4, 0.75)
+    cut = rate_coded.copy().with_weight_grid(grid)
+    options = FinetuneOptions(steps=2, batch_size=1, context=32, timesteps=8, scope="all")
+    trainable, _ = finetune(tiny.model, cut, calibration, target, options)
+    save_graph(trainable.deployable(), tmp_path / "cut.safetensors")
+    tuned = load_graph(tmp_path / "cut.safetensors")
+    assert tuned.weight_grid() == grid
+    for name in cut_layers(tuned):
+        weight = tuned.op(name).weight
+        assert not torch.equal(weight, rate_coded.op(name).weight), name
+        assert int((weight == 0).sum(1).min()) >= round(0.75 * weight.shape[1]), name
+        assert torch.equal(on_grid(tuned.op(name), target, 4, 0.75).weight, weight), name
+
+
 def test_fit_chooses_the_first_frontier_point_under_the_budget_and_writes_a_valid_net(tmp_path, capsys):
     from nxcompile.compiler.export import load_net
     from nxcompile.compiler.layers import network_from_graph
@@ -165,12 +249,33 @@ def test_fit_chooses_the_first_frontier_point_under_the_budget_and_writes_a_vali
             assert torch.equal(again.op(name).weight, graph.op(name).weight), name
 
 
+def test_fit_cuts_neurtransformer_layers_to_a_budget(tmp_path, capsys):
+    """The rate-coded method's frontier (pruned by magnitude, rounded to nearest by default) and a
+    choice under the budget whose placement validates."""
+    from nxcompile.compiler.export import load_net
+    from nxcompile.compiler.layers import network_from_graph
+    from nxcompile.compiler.targets import get_target
+    from nxcompile.compiler.validate import validate
+
+    out = tmp_path / "fit.net"
+    code, printed, err = cli(capsys, "fit", "gpt2-tiny", "--method", "neurtransformer", "--cores", "90",
+                             "--calibration-tokens", "32", "--eval-tokens", "0", "-o", str(out))
+    assert code == 0, err
+    assert "chosen for 90 cores of loihi2" in printed
+    graph, placement = load_net(out)
+    precision = graph.quantization.precision
+    assert placement.cores_used <= 90 < 116 and (precision.layer_weight_bits or precision.layer_sparsity)
+    assert precision.pruning == "magnitude" and precision.rounding == "nearest"
+    assert validate(network_from_graph(graph), placement, get_target("loihi2")) == []
+
+
 def test_a_budget_nothing_reaches_is_one_line_with_the_best_reached(capsys):
     code, _, err = cli(capsys, "fit", "gpt2-tiny", "--cores", "1", "--packing", "tight",
                        "--calibration-tokens", "128", "--eval-tokens", "0")
     assert_one_line_error(code, err, 2, "nothing on the frontier fits 1 cores", "needs", "pruning")
-    code, _, err = cli(capsys, "fit", "gpt2-tiny", "--method", "neurtransformer", "--eval-tokens", "0")
-    assert_one_line_error(code, err, 2, "graded method")
+    code, _, err = cli(capsys, "fit", "gpt2-tiny", "--method", "neurtransformer", "--pruning", "wanda",
+                       "--eval-tokens", "0")
+    assert_one_line_error(code, err, 2, "pruned by magnitude", "--pruning magnitude")
     code, _, err = cli(capsys, "fit", "gpt2-tiny", "--calibration-tokens", "1", "--eval-tokens", "0")
     assert_one_line_error(code, err, 2, "at least 2", "--calibration-tokens")
     with pytest.raises(SystemExit) as exit_:
@@ -222,7 +327,7 @@ def test_fine_tuning_on_a_cut_grid_recovers_and_every_layer_stays_on_it(tiny, gr
     pruned: the loss is the cut network's, the saved graph is on that grid (each neuron's pruned
     synapses zero, every weight a 4-bit mantissa of its layer's exponent, so the quantiser changes
     nothing) and records it, and a few steps win back part of what the one-shot cut lost."""
-    from nxcompile.compiler.fit import graded_layers, uniform_grid
+    from nxcompile.compiler.fit import cut_layers, uniform_grid
     from nxcompile.compiler.quantize import _exponent
     from nxcompile.models.corpus import load_corpus, token_windows
     from nxcompile.models.finetune import FinetuneOptions, finetune
@@ -238,7 +343,7 @@ def test_fine_tuning_on_a_cut_grid_recovers_and_every_layer_stays_on_it(tiny, gr
     tuned = load_graph(tmp_path / "cut.safetensors")
     assert tuned.weight_grid() == grid
     again = quantize(tuned, TARGETS["loihi2-sim"])
-    for name in graded_layers(tuned):
+    for name in cut_layers(tuned):
         weight = tuned.op(name).weight
         assert not torch.equal(weight, graded.op(name).weight), name
         assert int((weight == 0).sum(1).min()) >= round(0.75 * weight.shape[1]), name
@@ -258,5 +363,3 @@ def test_finetune_grid_flags_are_checked_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli(capsys, "finetune", "gpt2-tiny", "--method", "graded", "--sparsity", "1")
     assert exit_.value.code == 2 and "below 1" in capsys.readouterr().err
-    code, _, err = cli(capsys, "finetune", "gpt2-tiny", "--weight-bits", "4", "--steps", "0", "--eval-tokens", "0")
-    assert_one_line_error(code, err, 2, "graded method")

@@ -49,11 +49,10 @@ def add_parser(commands) -> None:
     parser.add_argument("--lm-weight", type=float, default=default.lm_weight,
                         help="weight of the next-token cross-entropy")
     parser.add_argument("--weight-bits", type=weight_bits, default=None,
-                        help="graded method: train every layer's weights on signed mantissas this wide (2 to 8; "
-                             "default the graph's grid, 8 bits unless `nxcompile fit --save-graph` cut it)")
+                        help="train every weight layer on signed mantissas this wide (2 to 8; default the "
+                             "graph's grid, 8 bits unless `nxcompile fit --save-graph` cut it)")
     parser.add_argument("--sparsity", type=fraction, default=None,
-                        help="graded method: with each neuron's synapses this fraction pruned by magnitude "
-                             "(0 to 0.99)")
+                        help="with each neuron's synapses this fraction pruned by magnitude (0 to 0.99)")
     parser.add_argument("--prune-steps", type=non_negative_int, default=default.prune_steps,
                         help="grow each layer's pruned fraction from 0 to the grid's over this many steps, along a "
                              "cubic (default 0: pruned from the first step)")

@@ -13,20 +13,21 @@ def add_parser(commands) -> None:
     from nxcompile.compiler.partition import PACKINGS
     from nxcompile.compiler.targets import TARGET_NAMES
 
-    parser = commands.add_parser("fit", help="choose each graded layer's weight width (8 to 2 bits) and pruned "
-                                             "fraction by measured sensitivity so the model fits a chip budget")
+    parser = commands.add_parser("fit", help="choose each layer's weight width (8 to 2 bits) and pruned fraction "
+                                             "by measured sensitivity so the model fits a chip budget")
     add_model_arguments(parser)
     add_conversion_arguments(parser)
     parser.set_defaults(method="graded")
     parser.add_argument("--target", default="loihi2", choices=TARGET_NAMES, help="the system to fit (default loihi2)")
     parser.add_argument("--cores", type=positive_int, default=None, help="a core budget below the target's own")
     parser.add_argument("--packing", choices=PACKINGS, default="intel", help="as `partition --packing`")
-    parser.add_argument("--pruning", choices=("wanda", "magnitude", "none"), default="wanda",
+    parser.add_argument("--pruning", choices=("wanda", "magnitude", "none"), default=None,
                         help="how pruned synapses are chosen: |w| * ||x|| on the calibration text (wanda, the "
-                             "default), |w| (magnitude), or no pruning, widths only (none)")
-    parser.add_argument("--rounding", choices=("gptq", "nearest"), default="gptq",
-                        help="how a cut layer's weights meet their grid: GPTQ on the calibration text (the default) "
-                             "or each to its nearest mantissa")
+                             "graded method's default), |w| (magnitude, the rate-coded methods'), or no pruning, "
+                             "widths only (none)")
+    parser.add_argument("--rounding", choices=("gptq", "nearest"), default=None,
+                        help="how a cut layer's weights meet their grid: GPTQ on the calibration text (the graded "
+                             "method's default) or each to its nearest mantissa (the rate-coded methods')")
     parser.add_argument("--calibration-tokens", type=positive_int, default=512,
                         help="training-text tokens each layer's sensitivity is measured on (default 512)")
     parser.add_argument("--eval-tokens", type=non_negative_int, default=1024,
@@ -57,19 +58,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if ids is None:
         log.info("random weights: no model to lose, so sensitivity is not measurable; the frontier is the "
                  "uniform configurations (every layer at one width and pruned fraction, pruned by magnitude)")
-    result = fit(graph, budget, ids, pruning=None if args.pruning == "none" else args.pruning,
-                 rounding=args.rounding, progress=progress("sensitivity"))
+    pruning, rounding = _defaults(args, graph)
+    result = fit(graph, budget, ids, pruning=None if pruning == "none" else pruning, rounding=rounding,
+                 progress=progress("sensitivity"))
     if args.eval_tokens and ids is not None:
         _score(args, loaded, graph, result, context)
     print(_table(result))
     if args.plot is not None:
-        _plot(result, args.plot, f"{loaded.name}, graded: the frontier fit searched")
+        _plot(result, args.plot, f"{loaded.name}, {graph.meta['options']['method']}: the frontier fit searched")
         print(f"plot: {args.plot}")
     if result.chosen is None:
         best = min(result.points, key=lambda p: (p.chips, p.cores))
         raise UsageError(f"nothing on the frontier fits {budget.describe()}: the smallest, {best.describe()}, needs "
                          f"{best.cores:,} cores on {best.chips} chip(s); narrower weights and pruning do not reach "
-                         f"it{'' if args.pruning != 'none' else ' (try without --pruning none)'}")
+                         f"it{'' if pruning != 'none' else ' (try without --pruning none)'}")
     print(f"chosen for {budget.describe()}: {result.chosen.describe()}, {result.chosen.cores:,} cores on "
           f"{result.chosen.chips} chip(s)")
     if args.output is not None:
@@ -83,6 +85,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _defaults(args: argparse.Namespace, graph) -> tuple[str, str]:
+    """--pruning and --rounding as given, else the method's: Wanda and GPTQ for the graded method's
+    graded inputs, magnitude and nearest for the rate-coded methods' spike trains."""
+    from nxcompile.compiler.fit import graded
+
+    return (args.pruning or ("wanda" if graded(graph) else "magnitude"),
+            args.rounding or ("gptq" if graded(graph) else "nearest"))
+
+
 def _score(args: argparse.Namespace, loaded, graph, result, context: int) -> None:
     """Each frontier point in Loihi's integers against the ANN on held-out text."""
     from nxcompile.models.corpus import load_corpus, token_windows
@@ -90,8 +101,10 @@ def _score(args: argparse.Namespace, loaded, graph, result, context: int) -> Non
     from nxcompile.sim.evaluate import evaluate
 
     held_out = token_windows(loaded.tokenizer, load_corpus().held_out, context, args.eval_tokens)
+    timesteps = int(graph.meta["options"].get("timesteps") or 1)
     for point in progress("frontier")(result.points):
-        point.measured = evaluate(loaded.model, result.quantised(graph, point), held_out, 1, simulate=fixed_point.run)
+        point.measured = evaluate(loaded.model, result.quantised(graph, point), held_out, timesteps,
+                                  simulate=fixed_point.run)
 
 
 def _table(result) -> str:
