@@ -231,12 +231,21 @@ def test_fit_chooses_the_first_frontier_point_under_the_budget_and_writes_a_vali
                              "--calibration-tokens", "128", "--eval-tokens", "256", "-o", str(out),
                              "--plot", str(tmp_path / "fit.png"), "--save-graph", str(tmp_path / "fit.safetensors"))
     assert code == 0, err
-    rows = [line for line in printed.splitlines() if line.startswith("| ") and "at " in line]
-    cores = [int(row.split("|")[3].replace(",", "")) for row in rows]
-    kls = [float(row.split("|")[2]) for row in rows]
-    assert kls == sorted(kls) and cores[0] > 22 and cores[-1] <= cores[0]       # the path narrows as it goes
-    chosen = next(c for c in cores if c <= 22)
-    assert f"{chosen} cores on 1 chip(s)" in next(line for line in printed.splitlines() if line.startswith("chosen"))
+    rows = [row.split("|")[1:-1] for row in printed.splitlines() if row.startswith("| ") and "at " in row]
+    path = [row for row in rows if not row[0].strip().startswith("uniform:")]
+    cores = [int(row[3].replace(",", "")) for row in path]
+    predicted = [float(row[1]) for row in path]
+    assert predicted == sorted(predicted) and cores[0] > 22 and cores[-1] <= cores[0]   # the path narrows as it goes
+    uniform = {row[0].strip().removeprefix("uniform: ").removesuffix(" (chosen)") for row in rows} - \
+        {row[0].strip().removesuffix(" (chosen)") for row in path}
+    alike = {f"24 at {bits} bits" + (f", 24 pruned {pruned} %" if pruned else "")
+             for bits in (8, 6, 4, 3, 2) for pruned in (0, 60, 75, 90)}
+    assert uniform <= alike and len(uniform) >= 18 and len(rows) - len(path) == len(uniform)   # each alike once
+    fitting = [row for row in rows if int(row[3].replace(",", "")) <= 22]
+    chosen = next(row for row in rows if "(chosen)" in row[0])     # what loses least on the calibration text
+    assert float(chosen[2]) == min(float(row[2]) for row in fitting)
+    assert f"{chosen[3].strip()} cores on 1 chip(s)" in next(line for line in printed.splitlines()
+                                                              if line.startswith("chosen"))
     graph, placement = load_net(out)
     assert placement.cores_used <= 22 and graph.quantization.precision.layer_weight_bits
     assert validate(network_from_graph(graph), placement, get_target("loihi2")) == []   # checked independently
@@ -247,6 +256,30 @@ def test_fit_chooses_the_first_frontier_point_under_the_budget_and_writes_a_vali
     for name in graph.quantization.layers:
         if hasattr(graph.op(name), "weight"):
             assert torch.equal(again.op(name).weight, graph.op(name).weight), name
+
+
+def test_a_rate_coded_networks_noise_floor_is_counted_once(graded, rate_coded):
+    """Every cut of a spiking population moves later spike times, so each single-layer KL carries a
+    floor that does not add up over layers: the prediction takes each layer's KL above its least
+    measured one and the largest floor once; the graded method's KLs add as measured."""
+    from nxcompile.compiler.fit import cut_layers, noise_floors, predicted_total
+
+    def measured(graph):
+        return {(name, bits, fraction): 0.01 * (i + 1) + 0.1 * (8 - bits) + fraction
+                for i, name in enumerate(cut_layers(graph)) for bits, fraction in ((6, 0.0), (4, 0.0), (8, 0.75))}
+
+    kls = measured(rate_coded)
+    floors = noise_floors(rate_coded, kls)
+    layers = cut_layers(rate_coded)
+    assert floors == {name: pytest.approx(kls[(name, 6, 0.0)]) for name in layers}
+    assert predicted_total(kls, floors, {name: (6, 0.0) for name in layers}) == pytest.approx(0.01 * len(layers) + 0.2)
+    assert predicted_total(kls, floors, {name: (4, 0.0) for name in layers}) == pytest.approx(
+        0.01 * len(layers) + 0.2 + 0.2 * len(layers))
+    assert predicted_total(kls, floors, {name: (8, 0.0) for name in layers}) == 0.0
+    kls = measured(graded)
+    assert noise_floors(graded, kls) == {}
+    assert predicted_total(kls, {}, {name: (4, 0.75) for name in cut_layers(graded)}) == pytest.approx(
+        sum(kls[(name, 4, 0.0)] + kls[(name, 8, 0.75)] for name in cut_layers(graded)))
 
 
 def test_fit_cuts_neurtransformer_layers_to_a_budget(tmp_path, capsys):

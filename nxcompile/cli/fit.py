@@ -60,7 +60,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                  "uniform configurations (every layer at one width and pruned fraction, pruned by magnitude)")
     pruning, rounding = _defaults(args, graph)
     result = fit(graph, budget, ids, pruning=None if pruning == "none" else pruning, rounding=rounding,
-                 progress=progress("sensitivity"))
+                 progress=progress)
     if args.eval_tokens and ids is not None:
         _score(args, loaded, graph, result, context)
     print(_table(result))
@@ -108,14 +108,18 @@ def _score(args: argparse.Namespace, loaded, graph, result, context: int) -> Non
 
 
 def _table(result) -> str:
-    lines = ["| widths and pruning | predicted KL | cores | chips | ppl change | cos(logits) | top-1 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    """The path's points, then the uniform configurations; KLs on the calibration text, the rest held out."""
+    lines = ["| widths and pruning | predicted KL | measured KL | cores | chips | ppl change | cos(logits) | top-1 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for p in result.points:
         m = p.measured
         scored = (f"{100 * m.perplexity_change:+.2f} % | {m.logits_cosine:.4f} | {100 * m.top1_agreement:.1f} %"
                   if m is not None else " | | ")
-        kl = f"{p.predicted_kl:.4f}" if result.measurable else "not measurable"
-        lines.append(f"| {p.describe()} | {kl} | {p.cores:,} | {p.chips} | {scored} |")
+        kls = (f"{p.predicted_kl:.4f} | {p.calibration_kl:.4f}" if result.measurable
+               else "not measurable | not measurable")
+        name = ("uniform: " if p.uniform and result.measurable else "") + p.describe() + \
+            (" (chosen)" if p is result.chosen else "")
+        lines.append(f"| {name} | {kls} | {p.cores:,} | {p.chips} | {scored} |")
     return "\n".join(lines)
 
 
@@ -130,13 +134,17 @@ def _plot(result, path: Path, title: str) -> None:
     scored = [p for p in result.points if p.measured is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if scored:
-        ax.plot([p.cores for p in scored], [100 * p.measured.perplexity_change for p in scored], "o-")
+        for uniform, style, label in ((False, "o-", "per layer (the path)"), (True, "s", "every layer alike")):
+            points = sorted((p for p in scored if p.uniform == uniform), key=lambda p: p.cores)
+            ax.plot([p.cores for p in points], [100 * p.measured.perplexity_change for p in points], style,
+                    label=label)
         ax.set(ylabel="perplexity change (%), symlog", yscale="symlog")
     else:
         ax.plot([p.cores for p in result.points], [p.chips for p in result.points], "o-")
         ax.set(ylabel="chips")
     if result.chosen is not None:
         ax.axvline(result.chosen.cores, color="C3", linestyle="--", label="chosen")
+    if scored or result.chosen is not None:
         ax.legend()
     ax.set(xlabel="cores", title=title)
     ax.grid(alpha=0.3)
