@@ -8,8 +8,8 @@ Lava processes (Loihi2SimCfg, fixed point); the first --prompt-tokens held-out
 tokens run as a prompt, pipelined (a token enters every initiation interval)
 and token by token (each through the whole depth), each followed by --generate
 greedy tokens. Reported per mode: the prompt's steps, seconds per token a
-caller waits (wall: host embedding and LM head, Lava, reading results; compile
-apart) and the part inside Lava's run(), Lava's steps/s, the share of the wall
+caller waits (wall: host embedding and LM head, Lava, reading results; building
+the processes and Lava's compiler, once per model, apart) and the part inside Lava's run(), Lava's steps/s, the share of the wall
 time outside Lava's steps, and the same for generation; then the prompt
 throughput of pipelined over token by token. Records are off (as in `nxcompile
 run` without --check).
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--generate", type=int, default=4)
     parser.add_argument("--modes", default=",".join(MODES))
     args = parser.parse_args()
-    print("| model | method | prompt | processes | compile s | steps/token (depth) | interval | prompt steps | "
+    print("| model | method | prompt | processes | build + compile s | steps/token (depth) | interval | prompt steps | "
           "prompt wall s/token | prompt Lava s/token | steps/s | wall outside Lava | generation wall s/token | "
           "generation Lava s/token | wall outside Lava |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
