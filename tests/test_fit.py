@@ -302,6 +302,23 @@ def test_fit_cuts_neurtransformer_layers_to_a_budget(tmp_path, capsys):
     assert validate(network_from_graph(graph), placement, get_target("loihi2")) == []
 
 
+def test_on_random_weights_the_fit_walks_the_uniform_configurations_widest_synapse_first(capsys):
+    from nxcompile.compiler.fit import synapse_bits
+
+    code, printed, err = cli(capsys, "fit", "random:gpt2-tiny", "--cores", "20", "--packing", "tight")
+    assert code == 0, err
+    assert "sensitivity is not measurable" in err
+    rows = [row.split("|")[1:-1] for row in printed.splitlines() if row.startswith("| 24 at")]
+    cuts = [(int(row[0].split(" at ")[1].split()[0]), int(row[0].split("pruned ")[1].split()[0]) / 100
+             if "pruned" in row[0] else 0.0) for row in rows]
+    assert len(cuts) == 20 and all("not measurable" in row[1] for row in rows)
+    assert [synapse_bits(c) for c in cuts] == sorted((synapse_bits(c) for c in cuts), reverse=True)
+    first = next(row for row in rows if int(row[3]) <= 20)            # the first that fits is the choice
+    assert "(chosen)" in first[0]
+    assert f"chosen for 20 cores of loihi2: {first[0].strip().removesuffix(' (chosen)')}, {first[3].strip()} cores" \
+        in printed
+
+
 def test_a_budget_nothing_reaches_is_one_line_with_the_best_reached(capsys):
     code, _, err = cli(capsys, "fit", "gpt2-tiny", "--cores", "1", "--packing", "tight",
                        "--calibration-tokens", "128", "--eval-tokens", "0")
