@@ -9,10 +9,10 @@ tokens run as a prompt, pipelined (a token enters every initiation interval)
 and token by token (each through the whole depth), each followed by --generate
 greedy tokens. Reported per mode: the prompt's steps, seconds per token a
 caller waits (wall: host embedding and LM head, Lava, reading results; building
-the processes and Lava's compiler, once per model, apart) and the part inside Lava's run(), Lava's steps/s, the share of the wall
-time outside Lava's steps, and the same for generation; then the prompt
-throughput of pipelined over token by token. Records are off (as in `nxcompile
-run` without --check).
+the processes and Lava's compiler, once per model, apart) and the part inside
+Lava's run(), Lava's steps/s, the share of the wall time outside Lava's steps,
+and the same for generation; then the prompt throughput of pipelined over token
+by token. Records are off (as in `nxcompile run` without --check).
 """
 from __future__ import annotations
 

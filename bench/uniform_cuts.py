@@ -15,11 +15,11 @@ Loihi 2 under the memory rule fitted to Intel's compiler (a dense synapse its we
 in 50-bit words; a sparse one also a 12-bit index, assumed), which gives the cores and chips.
 Random weights give the shapes' chip counts only (contexts of 256 tokens; `nxcompile fit` chooses
 per layer instead), always rounded to nearest; `--rounding gptq` rounds gpt2-tiny's cut layers by
-GPTQ on training text (`--calibration-tokens`; the graded method's only). `--finetune-steps N` also fine-tunes gpt2-tiny on each cut's grid
-(quantisation-aware, every layer, `nxcompile finetune --scope all --weight-bits B --sparsity F`'s
-training: Adam, a cosine schedule after a tenth of the steps warming up, seed 0; `--prune-steps`
-as `finetune --prune-steps`) and scores it
-on the same tokens.
+GPTQ on training text (`--calibration-tokens`; the graded method's only). `--finetune-steps N`
+also fine-tunes gpt2-tiny on each cut's grid (quantisation-aware, every layer, `nxcompile finetune
+--scope all --weight-bits B --sparsity F`'s training: Adam, a cosine schedule after a tenth of the
+steps warming up, seed 0; `--prune-steps` as `finetune --prune-steps`) and scores it on the same
+tokens.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def scored(tiny, quantised, held_out) -> str:
 
 
 def finetuned(tiny, graph, bits: int, fraction: float, train, args: argparse.Namespace):
-    """gpt2-tiny's graded graph fine-tuned on the cut's grid, quantised for loihi2-sim."""
+    """gpt2-tiny's graph fine-tuned on the cut's grid, quantised for loihi2-sim."""
     options = FinetuneOptions(steps=args.finetune_steps, learning_rate=args.finetune_lr, batch_size=args.batch_size,
                               context=tiny.config.n_positions, timesteps=graph.meta["options"]["timesteps"],
                               scope="all", schedule="cosine",

@@ -15,8 +15,8 @@ frontier (the least predicted loss, taking the layers' KLs as adding up; in a ra
 each above the layer's noise floor, the largest floor counted once: `noise_floors`). The layers'
 losses add up only roughly, so the fit measures its candidates instead of trusting the sum: the
 path's points and the uniform configurations (every layer alike), each with all its cuts at once
-on the calibration text, and chooses, of those that fit the budget, the one that loses least. With random weights there is no model to lose: the frontier is the
-uniform configurations. Pruning is Wanda's (|w| * ||x|| on the calibration text) or magnitude's;
+on the calibration text, and chooses, of those that fit the budget, the one that loses least.
+With random weights there is no model to lose: the frontier is the uniform configurations. Pruning is Wanda's (|w| * ||x|| on the calibration text) or magnitude's;
 a cut layer's rounding GPTQ's (on the same text) or plain rounding to the nearest mantissa. Wanda
 and GPTQ weigh a layer's graded inputs, so the rate-coded methods (whose inputs are spike trains and
 whose populations share one unit with their thresholds) prune by magnitude and round to nearest.
@@ -99,12 +99,15 @@ class Fit:
     def cut_graph(self, spiking: SpikingGraph, point: FitPoint) -> SpikingGraph:
         """`spiking` with each layer's weights pruned and rounded as `point` cuts them (float units)
         and that grid recorded: what `finetune --graph` recovers from and `export` deploys."""
-        quantised, cut = self.quantised(spiking, point), spiking.copy()
-        for name in cut_layers(spiking):
-            op = spiking.op(name)
-            weight = (quantised.op(name).weight if isinstance(op, GradedDense)      # a rate-coded layer's quantised
-                      else on_grid(op, UNBOUNDED, *point.cuts[name]).weight)      # weights are in state units
-            cut.graph.nodes[name]["op"] = dataclasses.replace(op, weight=weight)
+        cut = spiking.copy()
+        if graded(spiking):          # the quantiser keeps graded weights in float units (Wanda's, GPTQ's)
+            quantised = self.quantised(spiking, point)
+            weights = {name: quantised.op(name).weight for name in cut_layers(spiking)}
+        else:                        # a rate-coded layer's quantised weights are in state units
+            weights = {name: on_grid(spiking.op(name), UNBOUNDED, *point.cuts[name]).weight
+                       for name in cut_layers(spiking)}
+        for name, weight in weights.items():
+            cut.graph.nodes[name]["op"] = dataclasses.replace(spiking.op(name), weight=weight)
         return cut.with_weight_grid(point.precision())
 
 
@@ -117,6 +120,12 @@ def cut_layers(spiking: SpikingGraph) -> list[str]:
 def graded(spiking: SpikingGraph) -> bool:
     """Whether the graph is the graded method's (its layers' inputs graded values, not spike trains)."""
     return spiking.meta["options"]["method"] == "graded"
+
+
+def default_choices(spiking: SpikingGraph) -> tuple[str, str]:
+    """(pruning, rounding) the fit uses unless told: Wanda and GPTQ for the graded method's graded
+    inputs, magnitude and nearest for the rate-coded methods' spike trains."""
+    return ("wanda", "gptq") if graded(spiking) else ("magnitude", "nearest")
 
 
 def uniform_grid(spiking: SpikingGraph, bits: int, fraction: float, rounding: str = "nearest") -> GradedPrecision:
@@ -144,7 +153,7 @@ def _log_probs(spiking: SpikingGraph, precision: GradedPrecision, ids: torch.Ten
     from nxcompile.sim import fixed_point
 
     quantised = quantize(spiking, UNBOUNDED, precision, grams)
-    timesteps = int(spiking.meta["options"].get("timesteps") or 1)
+    timesteps = int(spiking.meta["options"]["timesteps"])
     logits = torch.cat([fixed_point.run(quantised, window[None], timesteps).logits for window in ids]).flatten(0, 1)
     return F.log_softmax(logits.double(), -1)
 
@@ -163,9 +172,11 @@ def _single_cuts(spiking: SpikingGraph, sparsities: tuple[float, ...]) -> list[t
 
 
 def sensitivity(spiking: SpikingGraph, ids: torch.Tensor, pruning: str, rounding: str,
-                grams: dict[str, torch.Tensor], sparsities: tuple[float, ...] = SPARSITIES, progress=None) -> dict[tuple[str, int, float], float]:
-    """KL(all 8 bits dense || one layer cut) per (layer, bits, pruned fraction), mean over the tokens of `ids`."""
-    reference = _log_probs(spiking, GradedPrecision(), ids, grams)
+                grams: dict[str, torch.Tensor], sparsities: tuple[float, ...] = SPARSITIES, progress=None,
+                reference: torch.Tensor | None = None) -> dict[tuple[str, int, float], float]:
+    """KL(all 8 bits dense || one layer cut) per (layer, bits, pruned fraction), mean over the tokens of `ids`;
+    `reference`: the uncut network's log-probabilities on them (`_log_probs`), if already computed."""
+    reference = reference if reference is not None else _log_probs(spiking, GradedPrecision(), ids, grams)
     cases = _single_cuts(spiking, sparsities)
     measured = {}
     for name, bits, fraction in (progress(cases) if progress else cases):
@@ -276,7 +287,9 @@ def fit(spiking: SpikingGraph, budget: Budget, ids: torch.Tensor | None, points:
         return Fit(frontier, next((p for p in frontier if budget.holds(p)), None), measurable=False)
     pruning = pruning or "magnitude"
     grams = input_grams(spiking, ids) if rounding == "gptq" or (pruning == "wanda" and len(sparsities) > 1) else {}
-    measured = sensitivity(spiking, ids, pruning, rounding, grams, sparsities, progress and progress("sensitivity"))
+    reference = _log_probs(spiking, GradedPrecision(), ids, grams)
+    measured = sensitivity(spiking, ids, pruning, rounding, grams, sparsities, progress and progress("sensitivity"),
+                           reference)
     floors = noise_floors(spiking, measured)
     path = _greedy_path(spiking, measured, sparsities, floors)
 
@@ -298,7 +311,6 @@ def fit(spiking: SpikingGraph, budget: Budget, ids: torch.Tensor | None, points:
                        grams, uniform=True) for cuts in _uniform(spiking, sparsities)
                if all(cuts != point.cuts for point in on_path)]
     candidates = on_path + uniform
-    reference = _log_probs(spiking, GradedPrecision(), ids, grams)
     for point in (progress("candidates")(candidates) if progress else candidates):
         point.calibration_kl = _kl(reference, spiking, point.precision(), ids, grams)
     fitting_points = [p for p in candidates if budget.holds(p)]

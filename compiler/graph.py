@@ -437,8 +437,8 @@ class SpikingGraph:
         return [n for n in self.order() if out_kind(self.op(n)) != "graded"]
 
     def weight_grid(self) -> GradedPrecision:
-        """The graded method's per-layer widths and pruning this graph was fitted or fine-tuned for
-        (meta "weight_grid", written by `nxcompile fit --save-graph` and `finetune`), else 8 bits dense."""
+        """The per-layer weight widths and pruning this graph was fitted or fine-tuned for (meta
+        "weight_grid", written by `nxcompile fit --save-graph` and `finetune`), else 8 bits dense."""
         grid = self.meta.get("weight_grid")
         return GradedPrecision(**grid) if grid is not None else GradedPrecision()
 

@@ -42,7 +42,7 @@ def add_parser(commands) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from nxcompile.compiler.export import export_net
-    from nxcompile.compiler.fit import Budget, fit
+    from nxcompile.compiler.fit import Budget, default_choices, fit
     from nxcompile.compiler.graph import save_graph
     from nxcompile.compiler.layers import network_from_graph
     from nxcompile.compiler.partition import place
@@ -58,7 +58,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if ids is None:
         log.info("random weights: no model to lose, so sensitivity is not measurable; the frontier is the "
                  "uniform configurations (every layer at one width and pruned fraction, pruned by magnitude)")
-    pruning, rounding = _defaults(args, graph)
+    default_pruning, default_rounding = default_choices(graph)
+    pruning, rounding = args.pruning or default_pruning, args.rounding or default_rounding
     result = fit(graph, budget, ids, pruning=None if pruning == "none" else pruning, rounding=rounding,
                  progress=progress)
     if args.eval_tokens and ids is not None:
@@ -85,15 +86,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _defaults(args: argparse.Namespace, graph) -> tuple[str, str]:
-    """--pruning and --rounding as given, else the method's: Wanda and GPTQ for the graded method's
-    graded inputs, magnitude and nearest for the rate-coded methods' spike trains."""
-    from nxcompile.compiler.fit import graded
-
-    return (args.pruning or ("wanda" if graded(graph) else "magnitude"),
-            args.rounding or ("gptq" if graded(graph) else "nearest"))
-
-
 def _score(args: argparse.Namespace, loaded, graph, result, context: int) -> None:
     """Each frontier point in Loihi's integers against the ANN on held-out text."""
     from nxcompile.models.corpus import load_corpus, token_windows
@@ -101,7 +93,7 @@ def _score(args: argparse.Namespace, loaded, graph, result, context: int) -> Non
     from nxcompile.sim.evaluate import evaluate
 
     held_out = token_windows(loaded.tokenizer, load_corpus().held_out, context, args.eval_tokens)
-    timesteps = int(graph.meta["options"].get("timesteps") or 1)
+    timesteps = int(graph.meta["options"]["timesteps"])
     for point in progress("frontier")(result.points):
         point.measured = evaluate(loaded.model, result.quantised(graph, point), held_out, timesteps,
                                   simulate=fixed_point.run)
