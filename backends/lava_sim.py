@@ -1,8 +1,10 @@
 """Run an nxcompile `.net` model in Lava: real Lava processes on `Loihi2SimCfg(select_tag='fixed_pt')`.
 
-The file's graph becomes one Lava process per on-chip node (`backends.lava_processes`),
-connected as the graph's edges; host nodes (embedding, final norm, LM head) run
-here. A prompt, whose token ids are known in advance, runs in one go: a
+The file's on-chip nodes run in Lava processes (`backends.lava_processes`): by
+default one per transformer block, its nodes stepped in the graph's order inside
+(`process_groups`; `grouping="node"`: one per node), and Lava's own Dense
+process for each GradedDense's synapses, connected as the graph's edges; host
+nodes (embedding, final norm, LM head) run here. A prompt, whose token ids are known in advance, runs in one go: a
 `HostSource` holds every prompt token's embedding and sends token i's as it
 enters, every `interval` steps (the schedule's initiation interval: T for
 rate-coded populations, 1 for the graded method), so the tokens flow through
@@ -10,7 +12,7 @@ the layers one behind another; the `HostSink`s keep what reaches the host for
 each token, and the host's final norm and LM head turn it into logits.
 Generation then goes token by token (a generated token exists only once the one
 before it is out): the host sets its embedding on the source and Lava runs one
-period. Keys and values stay in the attention processes' KV caches throughout.
+period. Keys and values stay in the attention nodes' KV caches throughout.
 
 Timing (docs/time-semantics.md): `sim.schedule` says at which step after a
 token's entry each node works on it; `sim.schedule.TokenClock` when each token
@@ -27,6 +29,7 @@ import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
+import networkx as nx
 import numpy as np
 import torch
 from scipy.sparse import csr_matrix
@@ -40,7 +43,7 @@ from lava.proc.dense.process import Dense as LavaDense
 from lava.proc.sparse.process import Sparse as LavaSparse
 from lava.utils.weightutils import SignMode
 from nxcompile.backends import lava_processes as processes_of
-from nxcompile.backends.lava_processes import HostSink, HostSource
+from nxcompile.backends.lava_processes import Group, HostSink, HostSource, Member, group_model
 from nxcompile.compiler.graph import SpikingGraph
 from nxcompile.errors import NxError, UsageError
 from nxcompile.memory import check_memory
@@ -56,20 +59,36 @@ def simulator_config() -> Loihi2SimCfg:
     return Loihi2SimCfg(select_tag="fixed_pt")
 
 
-# integer op type -> the process that runs it (a population by its input ports)
-PROCESS_OF = {fx.Readout: processes_of.Population, fx.Norm: processes_of.Norm, fx.GradedAdd: processes_of.ResidualAdd,
-              fx.SpikingAttention: processes_of.SpikingSelfAttention, fx.GradedLinear: processes_of.GradedNeuron,
-              fx.SoftmaxAttention: processes_of.SoftmaxAttention}
-
-
-def process_class(op):
-    """The Lava process class of an integer op."""
-    if isinstance(op, fx.Population):
-        return processes_of.ResidualAdd if op.ports == ("a", "b") else processes_of.Population
-    return PROCESS_OF[type(op)]
-
-
 LAVA_WEIGHT_BITS = 8          # Lava's Dense (fixed point) holds 8-bit weights
+GROUPINGS = ("block", "node")
+
+
+def process_groups(spiking: SpikingGraph, program: dict, grouping: str = "block") -> dict[str, list[str]]:
+    """Which on-chip nodes step in one Lava process, each group's in the graph's order: every node of a
+    transformer block together ("block"; a node outside the blocks alone), or each node alone
+    ("node"). Lava synchronises every process every step, which is most of a step's time on a few
+    cores (bench/lava_floor.py), and a connection takes no step, so a group computes what its
+    nodes' processes would. A group receives all its inputs before it sends, so two groups must
+    not wait on each other: refused if the groups' direct connections form a cycle (Lava's Dense
+    sends before it receives, so a path through one never waits)."""
+    if grouping not in GROUPINGS:
+        raise UsageError(f"unknown process grouping {grouping!r}; use one of {', '.join(GROUPINGS)}")
+    groups: dict[str, list[str]] = {}
+    for name in spiking.order():
+        if name in program:
+            block = spiking.graph.nodes[name].get("block") if grouping == "block" else None
+            groups.setdefault(name if block is None else f"h{block}", []).append(name)
+    group_of = {node: key for key, nodes in groups.items() for node in nodes}
+    waits = nx.DiGraph()
+    waits.add_nodes_from(groups)
+    waits.add_edges_from((group_of[source], group_of[name]) for name in program
+                         if not isinstance(program[name], fx.GradedLinear)
+                         for source in spiking.inputs(name).values()
+                         if source in program and group_of[source] != group_of[name])
+    if not nx.is_directed_acyclic_graph(waits):
+        raise NxError(f"grouping the nodes by {grouping} makes Lava processes wait on each other "
+                      f"({nx.find_cycle(waits)}); use --process-grouping node")
+    return groups
 
 
 def synapses(op: fx.GradedLinear, in_bits: int, name: str, pruned: bool = False) -> LavaDense | LavaSparse:
@@ -217,8 +236,10 @@ def worker_watchdog(process):
 
 @contextmanager
 def in_lava(process):
-    """Around every call into Lava that compiles, starts or runs the network of `process`: Ctrl-C
-    waits for the call's end, and a worker that dies ends it at once (`worker_watchdog`)."""
+    """Around every call into Lava that compiles, starts or runs the network of `process`, or reads or
+    sets its Vars (a protocol of messages with Lava's runtime service that an interrupt midway would
+    leave waiting): Ctrl-C waits for the call's end, and a worker that dies ends it at once
+    (`worker_watchdog`)."""
     with deferred_interrupt(), worker_watchdog(process):
         yield
 
@@ -264,7 +285,9 @@ class Speed:
 
 class LavaModel:
     """A spiking graph built as Lava processes: a prompt run at once, its tokens pipelined through the
-    layers (`pipeline=False`: one after another), then generation token by token.
+    layers (`pipeline=False`: one after another), then generation token by token. `grouping`: a
+    Lava process per transformer block ("block") or per on-chip node ("node"), the same values;
+    `run_config` gains each group's model in its `exception_proc_model_map`.
 
     Use as a context manager (Lava's runtime is stopped on exit, also on Ctrl-C):
         with LavaModel(graph) as model:
@@ -273,7 +296,8 @@ class LavaModel:
     """
 
     def __init__(self, spiking: SpikingGraph, timesteps: int | None = None, placement=None,
-                 run_config=None, record: bool = False, pipeline: bool = True, force: bool = False):
+                 run_config=None, record: bool = False, pipeline: bool = True, force: bool = False,
+                 grouping: str = "block"):
         self.spiking = spiking
         self.timesteps = timesteps or int(spiking.meta.get("options", {}).get("timesteps", 1))
         self.program = fx.integer_program(spiking)
@@ -287,6 +311,7 @@ class LavaModel:
         self.kv_capacity = min((op.kv_capacity for op in self.program.values() if hasattr(op, "kv_capacity")),
                                default=None)
         self.cores = _cores_by_node(placement)
+        self.groups = process_groups(spiking, self.program, grouping)
         self.processes, self.synapses, self.sources, self.sinks = {}, {}, {}, {}
         self.token_ids: list[int] = []
         self.logits: list[torch.Tensor] = []
@@ -302,33 +327,73 @@ class LavaModel:
     def _build(self, payloads: dict[str, np.ndarray]) -> None:
         """The processes for a run of `capacity` tokens; `payloads`: the prompt's host values per source."""
         spiking, T = self.spiking, self.timesteps
-        common = dict(clock=self.clock, timesteps=T, capacity=self.capacity, recording=self.record)
-        for name, op in self.program.items():
-            sizes = {port: spiking.op(source).out_features for port, source in spiking.inputs(name).items()}
-            if isinstance(op, fx.GradedLinear):       # the neurons read their synapses' sums, one per neuron
-                sizes = {"x": spiking.op(name).out_features}
-            self.processes[name] = process_class(op)(
-                name=name, op=op, timing=self.plan.timings[name], in_sizes=sizes,
-                out_size=spiking.op(name).out_features, record_rows=T if op.sends_spikes else 1,
-                cores=self.cores.get(name), **common)
-        self.sources = {name: HostSource(name=f"host:{name}", prompt=payloads[name], clock=self.clock)
-                        for name in payloads}
         precision = spiking.quantization.precision if spiking.quantization is not None else None
         self.synapses = {name: synapses(op, fx.message_bits(spiking, spiking.inputs(name)["x"]), name,
                                         pruned=precision is not None and precision.sparsity_of(name) > 0)
                          for name, op in self.program.items() if isinstance(op, fx.GradedLinear)}
+        self.sources = {name: HostSource(name=f"host:{name}", prompt=payloads[name], clock=self.clock)
+                        for name in payloads}
+        wiring = {key: self._group_wiring(nodes) for key, nodes in self.groups.items()}
+        for key, (members, inputs, outputs) in wiring.items():
+            self.processes[key] = Group(
+                name=key, members=members, clock=self.clock, timesteps=T, capacity=self.capacity,
+                recording=self.record, cores=sorted({c for n in self.groups[key] for c in self.cores.get(n, ())}) or None,
+                inputs={port: self._size_of(source) for source, port in inputs.items()}, outputs=outputs)
+            model = group_model(key, tuple(inputs.values()), tuple(outputs))
+            self.run_config.exception_proc_model_map[self.processes[key]] = model   # Lava's compiler: by instance
+        self.members = {m.name: (key, m) for key, (members, _, _) in wiring.items() for m in members}
         for source, port in self.plan.sinks.items():
             self.sinks[source] = HostSink(name=f"host:{source}", size=spiking.op(source).out_features, port=port,
                                           clock=self.clock, timesteps=T, capacity=self.capacity)
-            self.processes[source].out.connect(self.sinks[source].inp)
-        for name in self.program:
+            self._sender(source).connect(self.sinks[source].inp)
+        for key, (_, inputs, _) in wiring.items():
+            for source, port in inputs.items():
+                self._sender(source).connect(getattr(self.processes[key], port))
+        for name, dense in self.synapses.items():
+            self._sender(spiking.inputs(name)["x"]).connect(dense.s_in)
+
+    def _size_of(self, source: str) -> int:
+        """The width of what `source` sends: a node's out_features, or a Dense's (its neurons')."""
+        return self.spiking.op(source.removeprefix("synapses:")).out_features
+
+    def _sender(self, source: str):
+        """The OutPort `source` sends on: a node's group port, a host source's, or a Dense's a_out."""
+        if source.startswith("synapses:"):
+            return self.synapses[source.removeprefix("synapses:")].a_out
+        if source in self.sources:
+            return self.sources[source].out
+        key, member = self.members[source]
+        return getattr(self.processes[key], member.sends)
+
+    def _group_wiring(self, nodes: list[str]) -> tuple[list[Member], dict[str, str], dict[str, int]]:
+        """A group's members, its input ports (by what feeds them: a node or host source outside the
+        group, or "synapses:NAME", the Dense before a GradedDense's neurons) and its output ports
+        (name -> size), one per member something outside the group reads."""
+        spiking, inside = self.spiking, set(nodes)
+        inputs: dict[str, str] = {}
+        outputs: dict[str, int] = {}
+        members, offset = [], 0
+        for name in nodes:
+            op = self.program[name]
+            reads = {}
             for port, source in spiking.inputs(name).items():
-                sender = self.processes[source].out if source in self.processes else self.sources[source].out
-                if name in self.synapses:
-                    sender.connect(self.synapses[name].s_in)
-                    self.synapses[name].a_out.connect(getattr(self.processes[name], port))
+                if isinstance(op, fx.GradedLinear):
+                    source = f"synapses:{name}"
+                if source in inside:
+                    reads[port] = ("node", source)
                 else:
-                    sender.connect(getattr(self.processes[name], port))
+                    reads[port] = ("in", inputs.setdefault(source, f"i{len(inputs)}"))
+            read_outside = name in self.plan.sinks or any(
+                c in self.program and (c not in inside or isinstance(self.program[c], fx.GradedLinear))
+                for c in spiking.graph.successors(name))
+            sends = f"o{len(outputs)}" if read_outside else None
+            if sends:
+                outputs[sends] = spiking.op(name).out_features
+            rows = self.timesteps if op.sends_spikes else 1
+            members.append(Member(name, op, self.plan.timings[name], spiking.op(name).out_features, reads,
+                                  sends, rows, offset))
+            offset += spiking.op(name).out_features
+        return members, inputs, outputs
 
     # -- running ----------------------------------------------------------------------------------
     def __enter__(self) -> "LavaModel":
@@ -386,10 +451,14 @@ class LavaModel:
         return {name: fx.to_payload(before[name][0].double().numpy()).astype(np.int32) for name in chip_sources}
 
     def _host_after(self, before: dict[str, torch.Tensor], tokens: slice) -> torch.Tensor:
-        """Logits [tokens, vocab] from what the sinks received for `tokens`."""
+        """Logits [tokens, vocab] from what the sinks received for `tokens` (the latest token alone: read
+        from the sinks' `last`, a Var of one token)."""
         values = dict(before)
+        latest = tokens.stop - tokens.start == 1 and tokens.stop == len(self.token_ids)
         for source, sink in self.sinks.items():
-            received = sink.payloads.get()[tokens].astype(np.int64)[None]
+            with in_lava(self._anchor):
+                received = sink.last.get()[None] if latest else sink.payloads.get()[tokens]
+            received = received.astype(np.int64)[None]
             values[source] = fx.to_host(self.spiking.op(source), received, self.timesteps)
         ids = torch.tensor([self.token_ids])[:, tokens]
         for name in self.plan.host_after:
@@ -442,7 +511,8 @@ class LavaModel:
         position = len(self.token_ids) - 1
         before = self._host_before(slice(position, position + 1))
         for name, payload in self._payloads(before).items():
-            self.sources[name].next.set(payload[0])
+            with in_lava(self._anchor):
+                self.sources[name].next.set(payload[0])
         self._run(self.plan.period, self.generation)
         logits = self._host_after(before, slice(position, position + 1))[0]
         self.logits.append(logits)
@@ -474,9 +544,11 @@ class LavaModel:
         if self._records is None or len(next(iter(self._records.values()))[0]) != len(self.token_ids):
             tokens = len(self.token_ids)
             self._records = {}
-            for name, op in self.program.items():
-                sent = self.processes[name].record.get()[:tokens].astype(np.int64)[None]
-                self._records[name] = sent if op.sends_spikes else sent[:, :, 0]
+            with in_lava(self._anchor):
+                records = {key: process.record.get()[:tokens].astype(np.int64) for key, process in self.processes.items()}
+            for name, (key, m) in self.members.items():
+                sent = records[key][None, :, :m.record_rows, m.record_offset:m.record_offset + m.out_size]
+                self._records[name] = sent if m.op.sends_spikes else sent[:, :, 0]
             for name, rows in self.host_values.items():
                 self._records[name] = np.concatenate(rows)[None]
         return self._records
@@ -489,6 +561,11 @@ class LavaModel:
         if not torch.equal(torch.stack(self.logits), twin.logits[0]):
             differing.append("logits")
         return differing
+
+    @property
+    def process_count(self) -> int:
+        """Lava processes standing for the chip's nodes: the groups and Lava's Dense processes."""
+        return len(self.processes) + len(self.synapses)
 
     @property
     def steps_run(self) -> int:
@@ -551,7 +628,7 @@ def run_netx(path, spikes_in: np.ndarray, steps: int, run_config=None, skip_laye
     try:
         with in_lava(net), one_blas_thread():
             net.run(condition=RunSteps(num_steps=steps), run_cfg=run_config or simulator_config())
-        messages = [sink.data.get() for sink in sinks]
+            messages = [sink.data.get() for sink in sinks]
     finally:
         net.stop()
     return messages if every_layer else messages[0]

@@ -1,13 +1,14 @@
 """Where a Lava step's time goes: Lava's own floor, and our process models' share of a pipelined prompt.
 
     python bench/lava_floor.py [--chains 10,50,150] [--models gpt2-tiny,random:gpt2-small]
-                               [--methods neurtransformer,graded] [--prompt-tokens 16]
+                               [--methods neurtransformer,graded] [--prompt-tokens 16] [--groupings block,node]
 
 Floor: a chain of N processes that do nothing but receive a 768-wide message and
 send it on, run 200 steps on Loihi2SimCfg: what Lava's message passing and its
 per-step synchronisation cost with no work at all. Share: the model's pipelined
-prompt with every node's step timed inside its process (receiving, our own
-arithmetic, sending), summed over processes, beside the wall time of Lava's run.
+prompt with every process's receiving, its nodes' steps (our own arithmetic)
+and its sending timed inside it, summed over processes, beside the wall time of
+Lava's run, with a Lava process per transformer block and per node.
 """
 from __future__ import annotations
 
@@ -69,33 +70,33 @@ def floor(processes: int, steps: int = 200) -> float:
         chain[0].stop()
 
 
-def _timed_step(folder: str):
-    """A `_LayerModel.run_spk` that times receiving, our arithmetic and sending, and leaves its sums
-    in `folder` (one file per worker process)."""
-    from nxcompile.backends.lava_processes import _LayerModel
+def _timed(folder: str):
+    """Wrappers of a group process's receiving, its nodes' steps (our arithmetic) and its sending that
+    sum their times per worker process and leave the sums in `folder` (one file per worker)."""
+    from nxcompile.backends.lava_processes import NodeStep, _GroupModel
 
-    def run_spk(self) -> None:
-        t0 = time.perf_counter()
-        messages = {port: getattr(self, port).recv().astype(np.int64) for port in self.PORTS}
-        t1 = time.perf_counter()
-        for port, line in self.lines.items():
-            line.append(messages[port])
-        if self.silent is None:
-            self.silent = np.zeros(self.out.shape, dtype=np.int64)
-        step = self.time_step - 1
-        sent = self._window_step(step, messages) if self.op.windowed else self._graded_step(step, messages)
-        t2 = time.perf_counter()
-        self.out.send(sent)
-        sums = getattr(self, "_bench_sums", np.zeros(4))
-        sums += (t1 - t0, t2 - t1, time.perf_counter() - t2, 1)
-        self._bench_sums = sums
-        if self.time_step % 10 == 0:                # a file write per step would distort what it measures
+    sums = np.zeros(4)                  # receive, ours, send, steps: each forked worker has its own copy
+
+    def timed(function, slot: int):
+        def wrapper(self, *args):
+            started = time.perf_counter()
+            result = function(self, *args)
+            sums[slot] += time.perf_counter() - started
+            return result
+        return wrapper
+
+    def receive(self):
+        sums[3] += 1
+        if self.time_step % 10 == 0:            # a file write per step would distort what it measures
             np.save(os.path.join(folder, f"{os.getpid()}.npy"), sums)
+        return timed_receive(self)
 
-    return _LayerModel, run_spk
+    timed_receive = timed(_GroupModel._receive, 0)
+    return {(_GroupModel, "_receive"): receive, (NodeStep, "step"): timed(NodeStep.step, 1),
+            (_GroupModel, "_send"): timed(_GroupModel._send, 2)}
 
 
-def share(spec: str, method: str, prompt_tokens: int) -> dict:
+def share(spec: str, method: str, prompt_tokens: int, grouping: str) -> dict:
     import torch
 
     from nxcompile.backends.lava_sim import LavaModel
@@ -111,14 +112,17 @@ def share(spec: str, method: str, prompt_tokens: int) -> dict:
                      TARGETS["loihi2-sim"])
     ids = loaded.tokenizer(load_corpus().held_out[:4000])["input_ids"][:prompt_tokens]
     with tempfile.TemporaryDirectory() as folder:
-        model_class, timed = _timed_step(folder)
-        original, model_class.run_spk = model_class.run_spk, timed
+        wrappers = _timed(folder)
+        originals = {(cls, name): getattr(cls, name) for cls, name in wrappers}
         try:
-            with LavaModel(graph) as lava, torch.no_grad():
+            for (cls, name), wrapper in wrappers.items():
+                setattr(cls, name, wrapper)
+            with LavaModel(graph, grouping=grouping) as lava, torch.no_grad():
                 lava.prefill(ids, progress=False)
-                processes = len(lava.processes) + len(lava.synapses)
+                processes = lava.process_count
         finally:
-            model_class.run_spk = original
+            for (cls, name), original in originals.items():
+                setattr(cls, name, original)
         per_process = [np.load(path) for path in glob.glob(os.path.join(folder, "*.npy"))]
         sums = sum(row[:3] * lava.prompt.steps / row[3] for row in per_process)     # to the whole run
     return {"processes": processes, "steps": lava.prompt.steps, "lava_s": lava.prompt.lava_seconds,
@@ -131,6 +135,7 @@ def main() -> None:
     parser.add_argument("--models", default="gpt2-tiny,random:gpt2-small")
     parser.add_argument("--methods", default="neurtransformer,graded")
     parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--groupings", default="block,node", help="Lava process groupings to time")
     args = parser.parse_args()
     for n in map(int, filter(None, args.chains.split(","))):
         rate = floor(n)
@@ -139,12 +144,13 @@ def main() -> None:
     cores = os.cpu_count() or 1
     for spec in filter(None, args.models.split(",")):
         for method in args.methods.split(","):
-            r = share(spec, method, args.prompt_tokens)
-            busy = r["lava_s"] * cores
-            print(f"{spec} {method}: {r['processes']} processes, {r['steps']} steps in {r['lava_s']:.1f} s "
-                  f"({r['steps'] / r['lava_s']:.1f} steps/s); summed over our processes: our arithmetic "
-                  f"{r['ours_s']:.1f} s ({100 * r['ours_s'] / busy:.0f} % of {cores} cores' time), sending "
-                  f"{r['send_s']:.1f} s, receiving (mostly waiting) {r['receive_s']:.1f} s", flush=True)
+            for grouping in args.groupings.split(","):
+                r = share(spec, method, args.prompt_tokens, grouping)
+                busy = r["lava_s"] * cores
+                print(f"{spec} {method}, a process per {grouping}: {r['processes']} processes, {r['steps']} steps in "
+                      f"{r['lava_s']:.1f} s ({r['steps'] / r['lava_s']:.1f} steps/s); summed over our processes: our "
+                      f"arithmetic {r['ours_s']:.1f} s ({100 * r['ours_s'] / busy:.0f} % of {cores} cores' time), "
+                      f"sending {r['send_s']:.1f} s, receiving (mostly waiting) {r['receive_s']:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

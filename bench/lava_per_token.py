@@ -2,6 +2,7 @@
 
     python bench/lava_per_token.py [--models gpt2-tiny,random:gpt2-small] [--methods neurtransformer,graded]
                                    [-T 8] [--prompt-tokens 16] [--generate 4] [--modes pipelined,token-by-token]
+                                   [--grouping block|node]
 
 Each model is converted with each method, quantised for loihi2-sim and built as
 Lava processes (Loihi2SimCfg, fixed point); the first --prompt-tokens held-out
@@ -12,7 +13,8 @@ caller waits (wall: host embedding and LM head, Lava, reading results; building
 the processes and Lava's compiler, once per model, apart) and the part inside
 Lava's run(), Lava's steps/s, the share of the wall time outside Lava's steps,
 and the same for generation; then the prompt throughput of pipelined over token
-by token. Records are off (as in `nxcompile run` without --check).
+by token. Records are off (as in `nxcompile run` without --check); the Lava
+processes are grouped per transformer block unless --grouping node.
 """
 from __future__ import annotations
 
@@ -38,10 +40,10 @@ def graph_of(spec: str, method: str, timesteps: int):
     return loaded, quantize(convert(loaded.model, options, calibration, model_name=spec), TARGETS["loihi2-sim"])
 
 
-def measure(graph, ids: list[int], generate: int, pipeline: bool) -> dict:
-    with LavaModel(graph, pipeline=pipeline) as lava:
+def measure(graph, ids: list[int], generate: int, pipeline: bool, grouping: str) -> dict:
+    with LavaModel(graph, pipeline=pipeline, grouping=grouping) as lava:
         lava.generate_from(lava.prefill(ids, generate, progress=False)[-1], generate + 1, progress=False)
-        return {"processes": len(lava.processes) + len(lava.synapses), "compile": lava.compile_seconds,
+        return {"processes": lava.process_count, "compile": lava.compile_seconds,
                 "period": lava.plan.period, "interval": lava.interval, "prompt": lava.prompt,
                 "generation": lava.generation}
 
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--generate", type=int, default=4)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--grouping", default="block", choices=("block", "node"), help="Lava processes per")
     args = parser.parse_args()
     print("| model | method | prompt | processes | build + compile s | steps/token (depth) | interval | prompt steps | "
           "prompt wall s/token | prompt Lava s/token | steps/s | wall outside Lava | generation wall s/token | "
@@ -72,7 +75,7 @@ def main() -> None:
         for method in args.methods.split(","):
             loaded, graph = graph_of(spec, method, args.timesteps)
             ids = loaded.tokenizer(load_corpus().held_out[:4000])["input_ids"][:args.prompt_tokens]
-            results = {mode: measure(graph, ids, args.generate, MODES[mode]) for mode in args.modes.split(",")}
+            results = {mode: measure(graph, ids, args.generate, MODES[mode], args.grouping) for mode in args.modes.split(",")}
             for mode, r in results.items():
                 print(_row(spec, method, mode, r), flush=True)
             if len(results) == 2:

@@ -197,7 +197,16 @@ class Population:
 
     def current(self, x: dict[str, np.ndarray]) -> np.ndarray:
         """The state-unit current of one step (or of a whole window, broadcasting)."""
-        return sum(w.current(x[p], p in self.spike_ports) for p, w in self.weights.items()) + self.bias
+        return self.steady_current(x) + self.spike_current(x)
+
+    def steady_current(self, x: dict[str, np.ndarray]) -> np.ndarray:
+        """The part of the current that holds for the whole window: the graded inputs' (a graded
+        input arrives once and drives every step) and the bias, so a step-by-step run computes it once."""
+        return sum((w.current(x[p], False) for p, w in self.weights.items() if p not in self.spike_ports), self.bias)
+
+    def spike_current(self, x: dict[str, np.ndarray]) -> np.ndarray | int:
+        """The part of a step's current from the spikes of that step (0 with no spiking input)."""
+        return sum(w.current(x[p], True) for p, w in self.weights.items() if p in self.spike_ports)
 
     def execute(self, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
         current = self.current({p: _window(x, p in self.spike_ports) for p, x in inputs.items()})
@@ -217,8 +226,13 @@ class Readout:
     sends_spikes: ClassVar[bool] = False
     ports: ClassVar[tuple[str, ...]] = ("x",)
 
-    def current(self, x: dict[str, np.ndarray]) -> np.ndarray:
-        return self.synapses.current(x["x"], "x" in self.spike_ports) + self.bias
+    def window_current(self, window_input: np.ndarray, timesteps: int) -> np.ndarray:
+        """sum_t I[t] over a window, from the window's spike counts (sum_t x[t]: W is linear, so
+        W sum_t x[t] + T bias is the steps' sum exactly) or from a graded input, the same every step
+        (T times its step's current, the fraction bits shifted out per step)."""
+        if "x" in self.spike_ports:
+            return self.synapses.current(window_input, True) + timesteps * self.bias
+        return timesteps * (self.synapses.current(window_input, False) + self.bias)
 
     def payload(self, accumulated: np.ndarray, timesteps: int) -> np.ndarray:
         """A window's summed current as the graded payload of its mean."""
@@ -226,9 +240,8 @@ class Readout:
         return saturate((2 * (accumulated << GRADED_FRACTION_BITS) + denominator) // (2 * denominator))
 
     def execute(self, inputs: dict[str, np.ndarray], timesteps: int) -> np.ndarray:
-        current = self.current({"x": _window(inputs["x"], "x" in self.spike_ports)})
-        window = np.broadcast_to(current, current.shape[:2] + (timesteps,) + current.shape[3:])
-        return self.payload(window.sum(2), timesteps)
+        x = inputs["x"].sum(2) if "x" in self.spike_ports else inputs["x"]
+        return self.payload(self.window_current(x, timesteps), timesteps)
 
 
 def heads(x: np.ndarray, n_head: int, head_dim: int) -> np.ndarray:

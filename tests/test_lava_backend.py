@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
-from nxcompile.backends.lava_sim import LavaModel
+from nxcompile.backends.lava_sim import LavaModel, process_groups
 from nxcompile.cli import main
 from nxcompile.compiler.convert import ConversionOptions, convert
 from nxcompile.compiler.export import export_net, load_net, load_tokenizer
@@ -168,10 +168,10 @@ def _comparable(rows) -> list[tuple]:
             for r in rows]
 
 
-def _assert_twins(spiking, ids, timesteps, generated: int = 0, pipeline: bool = True):
+def _assert_twins(spiking, ids, timesteps, generated: int = 0, pipeline: bool = True, grouping: str = "block"):
     """Lava runs `ids` as a prompt (pipelined unless told not to) and then `generated` greedy tokens;
     every layer's messages and the logits equal the reference's fixed-point run of all of them."""
-    with LavaModel(spiking, record=True, pipeline=pipeline) as model:
+    with LavaModel(spiking, record=True, pipeline=pipeline, grouping=grouping) as model:
         new = model.generate_from(model.prefill(ids, generated, progress=False)[-1], generated + 1, progress=False)
         twin = fx.run(spiking, torch.tensor([model.token_ids]), timesteps, keep_values=True)
         assert model.compare(twin) == []
@@ -187,13 +187,29 @@ def _assert_twins(spiking, ids, timesteps, generated: int = 0, pipeline: bool = 
 @pytest.mark.slow
 def test_lava_run_is_the_bit_exact_twin_of_the_fixed_point_reference(quantised, tiny):
     """gpt2-tiny at T = 8, a 16-token prompt pipelined (a token every T steps) and 4 generated, then
-    4 + 2 token by token: every layer's spikes (and graded payloads) for every token, and the
-    logits, equal the whole-sequence reference run."""
+    4 + 2 token by token with a Lava process per node: every layer's spikes (and graded payloads)
+    for every token, and the logits, equal the whole-sequence reference run."""
     ids = tiny.tokenizer(PROMPT)["input_ids"][:16]
     assert len(ids) == 16
     twin = _assert_twins(quantised, ids, 8, generated=4)
     assert sum(twin.spike_count[n] for n in twin.spike_count if quantised.role(n).part == "op") > 0   # SSA fired
-    _assert_twins(quantised, ids[:4], 8, generated=2, pipeline=False)
+    _assert_twins(quantised, ids[:4], 8, generated=2, pipeline=False, grouping="node")
+
+
+def test_lava_processes_group_a_blocks_nodes_in_the_graphs_order(quantised):
+    """By block: one process per transformer block, its nodes in topological order, every on-chip
+    node in exactly one; by node: one each; an unknown grouping is one clear error."""
+    program = fx.integer_program(quantised)
+    groups = process_groups(quantised, program)
+    assert list(groups) == [f"h{i}" for i in range(quantised.meta["n_layer"])]
+    assert sorted(n for nodes in groups.values() for n in nodes) == sorted(program)
+    order = quantised.order()
+    for key, nodes in groups.items():
+        assert nodes == [n for n in order if n in nodes]
+        assert {quantised.graph.nodes[n]["block"] for n in nodes} == {int(key[1:])}
+    assert process_groups(quantised, program, "node") == {n: [n] for n in order if n in program}
+    with pytest.raises(UsageError, match="unknown process grouping"):
+        process_groups(quantised, program, "chip")
 
 
 @pytest.mark.slow

@@ -57,6 +57,13 @@ def add_force_argument(parser: argparse.ArgumentParser) -> None:
                              "(NXCOMPILE_MEMORY_GIB, else MemAvailable)")
 
 
+def add_grouping_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--process-grouping", choices=("block", "node"), default="block",
+                        help="Lava processes: one per transformer block, its nodes stepped in order inside "
+                             "(default; the same values, far fewer processes to synchronise each step), or one "
+                             "per on-chip node")
+
+
 def add_conversion_arguments(parser: argparse.ArgumentParser, shipped: bool = True) -> None:
     """The conversion flags (defaults: ConversionOptions'); `shipped`: the command uses a model's shipped
     fine-tuned graph unless --raw."""

@@ -6,7 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from nxcompile.cli.flags import add_conversion_arguments, add_model_arguments, add_scoring_arguments, non_negative_int
+from nxcompile.cli.flags import (add_conversion_arguments, add_grouping_argument, add_model_arguments,
+                                 add_scoring_arguments, non_negative_int)
 from nxcompile.cli.inputs import evaluation_windows, graph_from, load_model_from, progress, prompt_ids
 
 NAME = "pipeline"
@@ -23,6 +24,7 @@ def add_parser(commands) -> None:
                           help="tokens Lava generates after the prompt (default 4)")
     pipeline.add_argument("--no-pipeline", action="store_true",
                           help="feed the prompt to Lava token by token instead of pipelined")
+    add_grouping_argument(pipeline)
     pipeline.add_argument("--output", "-o", type=Path, default=None,
                           help="the .net file to write (default MODEL.net here)")
     pipeline.set_defaults(handler=cmd_pipeline)
@@ -67,7 +69,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     from_file, placed = load_net(output)        # Lava runs what the file holds, nothing else
     with LavaModel(from_file, placement=placed, run_config=config, record=True, pipeline=not args.no_pipeline,
-                   force=args.force) as lava:
+                   force=args.force, grouping=args.process_grouping) as lava:
         ids = prompt_ids(loaded.tokenizer, args.prompt, lava.kv_capacity, args.max_new_tokens)
         new = lava.generate_from(lava.prefill(ids, args.max_new_tokens)[-1], args.max_new_tokens)
         fed = torch.tensor([lava.token_ids])
@@ -106,7 +108,7 @@ def _summary(graph, loaded, target, placement, ev, lava) -> list[tuple[str, str]
         ("graph", f"{describe_graph(graph)}, T = {graph.meta['options']['timesteps']}"),
         ("target", f"{target.name}: {placement.cores_used} cores on {placement.chips_used} chip(s), "
                    f"{placement.packing} packing (lower bound {placement.lower_bound_cores}), "
-                   f"{len(lava.processes) + len(lava.synapses)} Lava processes"),
+                   f"{lava.process_count} Lava processes"),
         ("perplexity", f"ANN {ev.ann_perplexity:.2f} | SNN {ev.snn_perplexity:.2f} "
                        f"({100 * ev.perplexity_change:+.1f}%) on {ev.tokens} held-out tokens (reference simulator, "
                        f"Loihi fixed point)"),

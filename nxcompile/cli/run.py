@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nxcompile.cli.flags import add_force_argument, add_netx_arguments, non_negative_int
+from nxcompile.cli.flags import add_force_argument, add_grouping_argument, add_netx_arguments, non_negative_int
 from nxcompile.cli.inputs import load_input, prompt_ids
 from nxcompile.errors import UsageError
 
@@ -21,6 +21,7 @@ def add_parser(commands) -> None:
     run.add_argument("--check", action="store_true",
                      help="also run the reference simulator's fixed-point mode on the same tokens and "
                           "check that every layer's spikes and the logits are identical")
+    add_grouping_argument(run)
     add_force_argument(run)
     foreign = add_netx_arguments(run)
     foreign.add_argument("--output", "-o", type=Path, default=None, help="write the output layer's messages (.npy)")
@@ -49,13 +50,13 @@ def _run_ours(args: argparse.Namespace, config) -> int:
     spiking, placement = load_net(args.file)
     tokenizer = load_tokenizer(args.file)
     with LavaModel(spiking, placement=placement, run_config=config, record=args.check,
-                   pipeline=not args.no_pipeline, force=args.force) as model:
+                   pipeline=not args.no_pipeline, force=args.force, grouping=args.process_grouping) as model:
         ids = prompt_ids(tokenizer, args.prompt, model.kv_capacity, args.max_new_tokens)
         logits = model.prefill(ids, args.max_new_tokens)
         new = model.generate_from(logits[-1], args.max_new_tokens)
         print(f"{args.file}: {len(ids)} prompt tokens + {len(new)} generated, T = {model.timesteps}, "
-              f"{model.plan.period} Lava steps per token through the whole depth, {len(model.processes)} on-chip "
-              f"processes")
+              f"{model.plan.period} Lava steps per token through the whole depth, {model.process_count} Lava "
+              f"processes for the chip's nodes")
         print(f"Lava ({args.target}): {model.speed()}")
         print(f"text: {tokenizer.decode(ids + new)!r}")
         if not args.check:
