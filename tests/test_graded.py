@@ -144,6 +144,40 @@ def test_lavas_dense_process_computes_the_synapse_arithmetic():
     np.testing.assert_array_equal(sent[:, 1:], op.accumulate(x.T).T[:, :-1])  # one step late
 
 
+@pytest.mark.parametrize("pruned", [False, True])
+def test_skipping_idle_steps_sends_what_lavas_own_synapse_model_sends(pruned):
+    """The idle-skipping model of Lava's Dense (Sparse, pruned) against Lava's own bit-accurate model,
+    on inputs whose steps are idle (all zero), partly and fully active."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+
+    from nxcompile.backends.lava_sim import IdleSkippingDenseModel, IdleSkippingSparseModel
+
+    rng = np.random.default_rng(1)
+    weight = rng.integers(-127, 128, (6, 9)) * (rng.random((6, 9)) > (0.7 if pruned else 0))
+    op = fx.GradedLinear(weight, np.zeros(6, dtype=np.int64), 2, "identity", None, fx.rescaling(1.0, fx.PAYLOAD_LIMIT))
+    x = rng.integers(-2 ** 15 + 1, 2 ** 15, (9, 8)) * np.array([0, 1, 1, 0, 0, 1, 0, 0])
+    x[:5, 2] = 0
+    runs = []
+    for skipping in (False, True):
+        dense, source, sink = synapses(op, 16, "d", pruned=pruned), Source(data=x), Sink(shape=(6,), buffer=8)
+        source.s_out.connect(dense.s_in)
+        dense.a_out.connect(sink.a_in)
+        config = simulator_config()
+        if skipping:
+            config.exception_proc_model_map[dense] = IdleSkippingSparseModel if pruned else IdleSkippingDenseModel
+        try:
+            dense.run(condition=RunSteps(num_steps=8), run_cfg=config)
+            runs.append(sink.data.get())
+            assert issubclass(dense.model_class, (IdleSkippingDenseModel, IdleSkippingSparseModel)) == skipping
+        finally:
+            dense.stop()
+    np.testing.assert_array_equal(runs[1], runs[0])
+    np.testing.assert_array_equal(runs[1][:, 1:], op.accumulate(x.T).T[:, :-1])
+    assert np.count_nonzero(runs[1]) > 0
+
+
 @pytest.mark.slow
 def test_lava_run_of_the_graded_method_is_the_bit_exact_twin(tiny, quantised):
     """gpt2-tiny through Lava's Dense processes and ours, a 16-token prompt pipelined (a token every
