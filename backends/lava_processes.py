@@ -51,7 +51,7 @@ class NodeStep:
     """One on-chip node's work in each Lava step: its integer op (one of `sim.fixed_point`'s), its
     timing, the token clock, and what it keeps between steps (delay lines, a window's membrane or
     sums). `record[token]` (a view into its group's record Var, or None) gets what it sent for each
-    token: T rows of spikes, or one row with its graded payload."""
+    token, row after row: T rows of spikes, or one row with its graded payload."""
 
     def __init__(self, op, timing: Timing, clock: TokenClock, timesteps: int, out_size: int,
                  capacity: int, record: np.ndarray | None):
@@ -78,7 +78,8 @@ class NodeStep:
 
     def _keep(self, token: int, row: int, sent: np.ndarray) -> None:
         if self.record is not None:
-            self.record[token, row] = sent
+            width = self.silent.size
+            self.record[token, row * width:(row + 1) * width] = sent
 
     def _graded_step(self, step: int, messages: dict[str, np.ndarray]) -> np.ndarray:
         """Sum spike windows as they pass; at the node's step of a token, compute and send the value."""
@@ -191,7 +192,8 @@ STEP_OF = {fx.SpikingAttention: SpikingAttentionStep, fx.SoftmaxAttention: Softm
 class Member:
     """A node of a group: where each of its ports reads from (`("in", port)` a port of the group,
     `("node", name)` a node before it in the same group), the group port it sends on (None when
-    nothing outside the group reads it) and where its rows sit in the group's record."""
+    nothing outside the group reads it) and where its rows sit in the group's record (each token's
+    `record_rows` rows of `out_size`, one after another, from `record_offset`)."""
     name: str
     op: object
     timing: Timing
@@ -204,8 +206,9 @@ class Member:
 
 class Group(AbstractProcess):
     """On-chip nodes stepped in one Lava process, in the graph's order. Its ports are those of
-    `inputs` and `outputs` (name -> size); `record[token, row, offset:offset + size]` holds what
-    each member sent (when `recording`); its model is made for its ports (`group_model`)."""
+    `inputs` and `outputs` (name -> size); `record[token, offset:offset + rows * size]` holds what
+    each member sent (when `recording`), packed: Lava reads a Var one element per message, so no
+    element is padding. Its model is made for its ports (`group_model`)."""
 
     def __init__(self, *, name: str, members: list[Member], inputs: dict[str, int], outputs: dict[str, int],
                  clock: TokenClock, timesteps: int, capacity: int, recording: bool,
@@ -216,8 +219,7 @@ class Group(AbstractProcess):
             setattr(self, port, InPort(shape=(size,)))
         for port, size in outputs.items():
             setattr(self, port, OutPort(shape=(size,)))
-        width = sum(m.out_size for m in members)
-        shape = (capacity if recording else 1, max(m.record_rows for m in members), width)
+        shape = (capacity if recording else 1, sum(m.record_rows * m.out_size for m in members))
         self.record = Var(shape=shape, init=np.zeros(shape, dtype=MESSAGE))
 
 
@@ -312,7 +314,7 @@ class _GroupModel(PyLoihiProcessModel):
         recording = params["recording"]
         return [STEP_OF.get(type(m.op), NodeStep)(
             m.op, m.timing, params["clock"], params["timesteps"], m.out_size, params["capacity"],
-            self.record[:, :m.record_rows, m.record_offset:m.record_offset + m.out_size] if recording else None)
+            self.record[:, m.record_offset:m.record_offset + m.record_rows * m.out_size] if recording else None)
             for m in self.members]
 
     def run_spk(self) -> None:

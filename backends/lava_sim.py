@@ -447,7 +447,7 @@ class LavaModel:
             rows = self.timesteps if op.sends_spikes else 1
             members.append(Member(name, op, self.plan.timings[name], spiking.op(name).out_features, reads,
                                   sends, rows, offset))
-            offset += spiking.op(name).out_features
+            offset += rows * spiking.op(name).out_features
         return members, inputs, outputs
 
     # -- running ----------------------------------------------------------------------------------
@@ -602,7 +602,8 @@ class LavaModel:
             with in_lava(self._anchor):
                 records = {key: process.record.get()[:tokens].astype(np.int64) for key, process in self.processes.items()}
             for name, (key, m) in self.members.items():
-                sent = records[key][None, :, :m.record_rows, m.record_offset:m.record_offset + m.out_size]
+                sent = records[key][:, m.record_offset:m.record_offset + m.record_rows * m.out_size]
+                sent = sent.reshape(1, tokens, m.record_rows, m.out_size)
                 self._records[name] = sent if m.op.sends_spikes else sent[:, :, 0]
             for name, rows in self.host_values.items():
                 self._records[name] = np.concatenate(rows)[None]
