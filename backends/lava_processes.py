@@ -301,7 +301,6 @@ class _GroupModel(PyLoihiProcessModel):
     member before it in the group passes its message on directly, as Lava's channel would in the
     same step), sends what leaves the group."""
     INPUTS: tuple[str, ...] = ()
-    OUTPUTS: tuple[str, ...] = ()
     record: np.ndarray = _message_var()
 
     def __init__(self, proc_params):
@@ -345,6 +344,6 @@ def group_model(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...]):
     attrs = {port: _message_port(PyInPort.VEC_DENSE) for port in inputs}
     attrs |= {port: _message_port(PyOutPort.VEC_DENSE) for port in outputs}
     model = type(f"PyGroup_{name}_Model", (_GroupModel,),
-                 {"INPUTS": inputs, "OUTPUTS": outputs, "__annotations__": annotations, "__module__": __name__,
+                 {"INPUTS": inputs, "__annotations__": annotations, "__module__": __name__,
                   **attrs})
     return _fixed_point_model(Group)(model)
