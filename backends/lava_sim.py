@@ -38,14 +38,12 @@ from tqdm import tqdm
 
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
 from lava.magma.core.run_conditions import RunSteps
-from lava.magma.core.run_configs import Loihi2SimCfg
-from lava.magma.core.run_configs import AbstractLoihiSimRunCfg
+from lava.magma.core.run_configs import AbstractLoihiSimRunCfg, Loihi2SimCfg
 from lava.proc.dense.models import PyDenseModelBitAcc
 from lava.proc.dense.process import Dense as LavaDense
 from lava.proc.sparse.models import PySparseModelBitAcc
 from lava.proc.sparse.process import Sparse as LavaSparse
 from lava.utils.weightutils import SignMode
-from nxcompile.backends import lava_processes as processes_of
 from nxcompile.backends.lava_processes import Group, HostSink, HostSource, Member, group_model
 from nxcompile.compiler.graph import SpikingGraph
 from nxcompile.errors import NxError, UsageError
@@ -64,6 +62,7 @@ def simulator_config() -> Loihi2SimCfg:
 
 LAVA_WEIGHT_BITS = 8          # Lava's Dense (fixed point) holds 8-bit weights
 GROUPINGS = ("block", "node")
+SYNAPSES = "synapses:"        # a group input fed by the Dense before a GradedDense's neurons: "synapses:NAME"
 
 
 def process_groups(spiking: SpikingGraph, program: dict, grouping: str = "block") -> dict[str, list[str]]:
@@ -389,7 +388,7 @@ class LavaModel:
         for key, (members, inputs, outputs) in wiring.items():
             self.processes[key] = Group(
                 name=key, members=members, clock=self.clock, timesteps=T, capacity=self.capacity,
-                recording=self.record, cores=sorted({c for n in self.groups[key] for c in self.cores.get(n, ())}) or None,
+                recording=self.record, cores=self._group_cores(key),
                 inputs={port: self._size_of(source) for source, port in inputs.items()}, outputs=outputs)
             model = group_model(key, tuple(inputs.values()), tuple(outputs))
             self.run_config.exception_proc_model_map[self.processes[key]] = model   # Lava's compiler: by instance
@@ -407,14 +406,18 @@ class LavaModel:
                 skipping = IdleSkippingSparseModel if isinstance(dense, LavaSparse) else IdleSkippingDenseModel
                 self.run_config.exception_proc_model_map[dense] = skipping
 
+    def _group_cores(self, key: str) -> list[int] | None:
+        """The cores the partitioner gave the group's nodes (for hardware), None without a placement."""
+        return sorted({core for node in self.groups[key] for core in self.cores.get(node, ())}) or None
+
     def _size_of(self, source: str) -> int:
         """The width of what `source` sends: a node's out_features, or a Dense's (its neurons')."""
-        return self.spiking.op(source.removeprefix("synapses:")).out_features
+        return self.spiking.op(source.removeprefix(SYNAPSES)).out_features
 
     def _sender(self, source: str):
         """The OutPort `source` sends on: a node's group port, a host source's, or a Dense's a_out."""
-        if source.startswith("synapses:"):
-            return self.synapses[source.removeprefix("synapses:")].a_out
+        if source.startswith(SYNAPSES):
+            return self.synapses[source.removeprefix(SYNAPSES)].a_out
         if source in self.sources:
             return self.sources[source].out
         key, member = self.members[source]
@@ -422,7 +425,7 @@ class LavaModel:
 
     def _group_wiring(self, nodes: list[str]) -> tuple[list[Member], dict[str, str], dict[str, int]]:
         """A group's members, its input ports (by what feeds them: a node or host source outside the
-        group, or "synapses:NAME", the Dense before a GradedDense's neurons) and its output ports
+        group, or SYNAPSES + NAME, the Dense before a GradedDense's neurons) and its output ports
         (name -> size), one per member something outside the group reads."""
         spiking, inside = self.spiking, set(nodes)
         inputs: dict[str, str] = {}
@@ -433,7 +436,7 @@ class LavaModel:
             reads = {}
             for port, source in spiking.inputs(name).items():
                 if isinstance(op, fx.GradedLinear):
-                    source = f"synapses:{name}"
+                    source = SYNAPSES + name
                 if source in inside:
                     reads[port] = ("node", source)
                 else:
@@ -600,7 +603,8 @@ class LavaModel:
             tokens = len(self.token_ids)
             self._records = {}
             with in_lava(self._anchor):
-                records = {key: process.record.get()[:tokens].astype(np.int64) for key, process in self.processes.items()}
+                records = {key: process.record.get()[:tokens].astype(np.int64)
+                           for key, process in self.processes.items()}
             for name, (key, m) in self.members.items():
                 sent = records[key][:, m.record_offset:m.record_offset + m.record_rows * m.out_size]
                 sent = sent.reshape(1, tokens, m.record_rows, m.out_size)

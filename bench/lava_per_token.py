@@ -75,7 +75,8 @@ def main() -> None:
         for method in args.methods.split(","):
             loaded, graph = graph_of(spec, method, args.timesteps)
             ids = loaded.tokenizer(load_corpus().held_out[:4000])["input_ids"][:args.prompt_tokens]
-            results = {mode: measure(graph, ids, args.generate, MODES[mode], args.grouping) for mode in args.modes.split(",")}
+            results = {mode: measure(graph, ids, args.generate, MODES[mode], args.grouping)
+                       for mode in args.modes.split(",")}
             for mode, r in results.items():
                 print(_row(spec, method, mode, r), flush=True)
             if len(results) == 2:

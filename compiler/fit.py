@@ -16,8 +16,9 @@ each above the layer's noise floor, the largest floor counted once: `noise_floor
 losses add up only roughly, so the fit measures its candidates instead of trusting the sum: the
 path's points and the uniform configurations (every layer alike), each with all its cuts at once
 on the calibration text, and chooses, of those that fit the budget, the one that loses least.
-With random weights there is no model to lose: the frontier is the uniform configurations. Pruning is Wanda's (|w| * ||x|| on the calibration text) or magnitude's;
-a cut layer's rounding GPTQ's (on the same text) or plain rounding to the nearest mantissa. Wanda
+With random weights there is no model to lose: the frontier is the uniform configurations.
+Pruning is Wanda's (|w| * ||x|| on the calibration text) or magnitude's; a cut layer's rounding
+GPTQ's (on the same text) or plain rounding to the nearest mantissa. Wanda
 and GPTQ weigh a layer's graded inputs, so the rate-coded methods (whose inputs are spike trains and
 whose populations share one unit with their thresholds) prune by magnitude and round to nearest.
 """
