@@ -37,6 +37,7 @@ with (seed, s), so a resumed run draws what an uninterrupted one would.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable
@@ -46,6 +47,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from lava.lib.dl.slayer.spike.spike import Spike
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from nxcompile.compiler.graph import SSA, Add, Dense, Encode, GradedDense, NeuronModel, SpikingGraph
@@ -90,6 +95,8 @@ class FinetuneOptions:
     step_size: str = "absolute"
     prune_steps: int = 0
     device: str = "cpu"
+    recompute: bool = False       # activation checkpointing: the same steps in less memory, slower
+    fsdp: bool = False            # shard the trained tensors, gradients and Adam over the ranks
 
     def __post_init__(self):
         checks = [(self.steps >= 0, "steps must be >= 0"),
@@ -179,19 +186,19 @@ class TrainableGraph(torch.nn.Module):
         for name in names:
             op = spiking.op(name)
             for path in self.fields[name]:
-                self.params[self._key(name, path)] = torch.nn.Parameter(_get(op, path).detach().clone())
+                self.params[self.key(name, path)] = torch.nn.Parameter(_get(op, path).detach().clone())
         self.grid, self.pruned_share = spiking.weight_grid(), 1.0
         # Frozen on-chip nodes run on the grid too: the loss is the deployed network's.
         self.frozen = {name: self._on_grid(name, spiking.op(name)) for name in spiking.order()
                        if quantisable(spiking, name) and name not in names}
 
     @staticmethod
-    def _key(name: str, path: str) -> str:
+    def key(name: str, path: str) -> str:
         return f"{name}/{path}".replace(".", ":")
 
     def tensors(self, name: str) -> dict[str, torch.nn.Parameter]:
         """The trained tensors of node `name`, by their path into its op."""
-        return {path: self.params[self._key(name, path)] for path in self.fields[name]}
+        return {path: self.params[self.key(name, path)] for path in self.fields[name]}
 
     def _float_op(self, name: str, detached: bool):
         """The op with its current parameters (a neuron keeps the value its spikes stood for)."""
@@ -262,6 +269,7 @@ class TrainState:
     optimizer: dict
     options: dict
     losses: list[float]
+    rank_bytes: int = 0      # what this rank held of the trained tensors, their gradients and Adam's moments
 
     def save(self, path: Path) -> None:
         state = dataclasses.asdict(self)
@@ -284,11 +292,18 @@ def parameter_groups(trainable: TrainableGraph, step_size: str) -> list[dict]:
     for about 1/255 of a binary one's, so its thresholds and the weights reading it are that much
     smaller, and absolute steps of 1e-3 rewrite them many times over (README, the study's
     `graded-all`). A tensor that starts at zero (an encoder's bias) takes the RMS of its op's
-    threshold, the unit of the current it adds to, or of a readout's weight."""
+    threshold, the unit of the current it adds to, or of a readout's weight.
+    Groups name their parameters by key (`with_parameters` puts the tensors in): FSDP replaces
+    every parameter by its shard, after the units are measured on the whole tensors."""
     if step_size == "absolute":
-        return [{"params": list(trainable.parameters()), "unit": 1.0}]
-    return [{"params": [param], "unit": relative_unit(tensors, path)}
-            for tensors in map(trainable.tensors, trainable.names) for path, param in tensors.items()]
+        return [{"params": list(trainable.params), "unit": 1.0}]
+    return [{"params": [trainable.key(name, path)], "unit": relative_unit(trainable.tensors(name), path)}
+            for name in trainable.names for path in trainable.fields[name]]
+
+
+def with_parameters(groups: list[dict], trainable: TrainableGraph) -> list[dict]:
+    """`parameter_groups` with each key replaced by the trainable's parameter now under it."""
+    return [group | {"params": [trainable.params[key] for key in group["params"]]} for group in groups]
 
 
 def relative_unit(tensors: dict[str, torch.Tensor], path: str) -> float:
@@ -315,7 +330,7 @@ class StepLoss(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor, ann_logits: torch.Tensor, ann_hidden: list[torch.Tensor]) -> dict:
         run = reference.run(self.trainable.spiking, ids, self.options.timesteps, ops=self.trainable.grid_ops(),
-                            spike=slayer_spike)
+                            spike=slayer_spike, recompute=self.options.recompute)
         return distillation_loss(run, ids, ann_logits, ann_hidden, self.options)
 
 
@@ -327,13 +342,13 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
     """Train the scope's tensors of `spiking` against `model` (the ANN) on `train_windows` [N, context].
     `on_step` hears each step's losses (a progress bar); `on_checkpoint` gets the graph and the
     resumable state every `checkpoint_every` steps before the last (the caller saves what it returns).
-    Under torchrun (`ranks`) each rank takes its part of every step's global batch and DDP averages
-    the gradients: the same steps, losses and graph as one process, to float rounding."""
+    Under torchrun (`ranks`) each rank takes its part of every step's global batch and DDP (or FSDP,
+    `options.fsdp`) averages the gradients: the same steps, losses and graph as one process, to
+    float rounding."""
     if options.batch_size % ranks.world:
         raise UsageError(f"a batch of {options.batch_size} windows cannot be split evenly over {ranks.world} ranks; "
                          f"give a --batch-size that is a multiple of {ranks.world}")
-    if resume is not None and resume.options != dataclasses.asdict(options) | {"steps": resume.options["steps"],
-                                                                             "device": resume.options["device"]}:
+    if resume is not None and not _same_run(resume.options, dataclasses.asdict(options)):
         raise UsageError("the saved fine-tuning state was made with other options; use the same ones, "
                          "or leave out --resume")
     torch.manual_seed(options.seed)
@@ -341,15 +356,15 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
     spiking = graph_on(spiking, device)
     model = model.to(device).eval()
     trainable = TrainableGraph(spiking, trainable_nodes(spiking, options.scope), target)
-    step_loss = StepLoss(trainable, options)
-    if ranks.distributed:
-        step_loss = DistributedDataParallel(step_loss,
-                                            device_ids=[device.index or 0] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(parameter_groups(trainable, options.step_size), lr=options.learning_rate)
-    state = TrainState(0, {}, {}, dataclasses.asdict(options), [])
+    groups = parameter_groups(trainable, options.step_size)
     if resume is not None:
         trainable.params.load_state_dict({k: v.to(device) for k, v in resume.params.items()})
-        optimizer.load_state_dict(resume.optimizer)
+    step_loss = StepLoss(trainable, options)
+    forward = _over_ranks(step_loss, device, ranks, options.fsdp)
+    optimizer = torch.optim.Adam(with_parameters(groups, trainable), lr=options.learning_rate)
+    state = TrainState(0, {}, {}, dataclasses.asdict(options), [])
+    if resume is not None:
+        _load_optimizer(step_loss, optimizer, resume.optimizer)
         state = dataclasses.replace(resume, options=dataclasses.asdict(options))
     for step in range(state.step, options.steps):
         for group in optimizer.param_groups:
@@ -357,7 +372,7 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
         trainable.pruned_share = pruned_share(step, options)
         ids = ranks.part(batch_for_step(train_windows, step, options)).to(device)
         ann_logits, ann_hidden = ann_forward(model, ids)
-        losses = step_loss(ids, ann_logits, ann_hidden)
+        losses = forward(ids, ann_logits, ann_hidden)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
@@ -366,13 +381,84 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
         if on_step is not None:
             on_step(step + 1, logged)
         if on_checkpoint is not None and state.step % checkpoint_every == 0 and state.step < options.steps:
-            on_checkpoint(trainable, _snapshot(trainable, optimizer, state))
-    return trainable, _snapshot(trainable, optimizer, state)
+            snapshot = _snapshot(step_loss, optimizer, state, options.fsdp)
+            with _whole(step_loss, options.fsdp):
+                on_checkpoint(trainable, snapshot)
+    state.rank_bytes = held_bytes(optimizer)
+    snapshot = _snapshot(step_loss, optimizer, state, options.fsdp)
+    if options.fsdp:
+        step_loss.unshard()          # the caller gets the whole tensors, to deploy or score
+    return trainable, snapshot
 
 
-def _snapshot(trainable: TrainableGraph, optimizer, state: TrainState) -> TrainState:
-    params = {k: v.detach().cpu().clone() for k, v in trainable.params.items()}
-    return dataclasses.replace(state, params=params, optimizer=optimizer.state_dict())
+def _over_ranks(step_loss: StepLoss, device: torch.device, ranks: Ranks, fsdp: bool) -> torch.nn.Module:
+    """The step's forward pass as the ranks run it: alone; under DDP (every rank holds every trained
+    tensor, its gradient and Adam's moments, and the gradients are averaged); or under FSDP (each
+    rank holds 1 / world of them, gathered whole for the step and the gradients averaged into the
+    shards), `step_loss` itself then sharded in place."""
+    if fsdp and not ranks.distributed:
+        raise UsageError("--fsdp shards the training state over torchrun's ranks; start it with "
+                         "`torchrun --nproc-per-node N -m nxcompile finetune ... --fsdp`, or leave out --fsdp")
+    if fsdp:
+        return fully_shard(step_loss, mesh=init_device_mesh(device.type, (ranks.world,)))
+    if ranks.distributed:
+        return DistributedDataParallel(step_loss, device_ids=[device.index or 0] if device.type == "cuda" else None)
+    return step_loss
+
+
+@contextlib.contextmanager
+def _whole(step_loss: StepLoss, fsdp: bool):
+    """Within it a sharded step's trained tensors are whole on every rank (a collective: every rank enters)."""
+    if fsdp:
+        step_loss.unshard()
+    try:
+        yield
+    finally:
+        if fsdp:
+            step_loss.reshard()
+
+
+def held_bytes(optimizer) -> int:
+    """Bytes of the trained tensors, their gradients and the optimiser's moments this rank holds
+    (under FSDP its shards)."""
+    def local(t) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+    tensors = [t for group in optimizer.param_groups for p in group["params"] for t in (p, p.grad) if t is not None]
+    tensors += [t for moments in optimizer.state.values() for t in moments.values() if isinstance(t, torch.Tensor)]
+    return sum(map(local, tensors))
+
+
+# The optimiser's state saved whole and keyed by parameter name, whatever the ranks and sharding:
+# a run resumes with another number of ranks, with or without FSDP (rank 0 holds it; it writes the file).
+WHOLE_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _load_optimizer(step_loss: StepLoss, optimizer, saved: dict) -> None:
+    try:
+        set_optimizer_state_dict(step_loss, optimizer, saved, options=StateDictOptions(full_state_dict=True))
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"the saved optimiser state does not fit this run ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}); delete the state or leave out "
+                         f"--resume") from None
+
+
+# Options a resumed run may change: the length of the run, and where and how it computes the same steps.
+RESUMABLE_CHANGES = ("steps", "device", "recompute", "fsdp")
+
+
+def _same_run(saved: dict, asked: dict) -> bool:
+    """Whether a saved state continues the run `asked` describes."""
+    keep = {key: saved.get(key, FinetuneOptions.__dataclass_fields__[key].default) for key in RESUMABLE_CHANGES}
+    return {**saved, **keep} == asked | keep
+
+
+def _snapshot(step_loss: StepLoss, optimizer, state: TrainState, fsdp: bool) -> TrainState:
+    """The resumable state, whole (every rank enters: under FSDP it gathers the shards)."""
+    optimizer_state = get_optimizer_state_dict(step_loss, optimizer, options=WHOLE_STATE)
+    with _whole(step_loss, fsdp):
+        params = {k: v.detach().cpu().clone() for k, v in step_loss.trainable.params.items()}
+    return dataclasses.replace(state, params=params, optimizer=optimizer_state)
 
 
 def graph_on(spiking: SpikingGraph, device: torch.device) -> SpikingGraph:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from transformers.activations import ACT2FN
 
@@ -194,7 +195,8 @@ class RunResult:
 
 
 def run(spiking: SpikingGraph, token_ids: torch.Tensor, timesteps: int | None,
-        keep_values: bool = False, *, ops: dict | None = None, spike: SpikeFunction | None = None) -> RunResult:
+        keep_values: bool = False, *, ops: dict | None = None, spike: SpikeFunction | None = None,
+        recompute: bool = False) -> RunResult:
     """Execute the whole graph on token ids [B, S].
 
     `hidden[b]` is the residual stream after block b (the output of its last Add),
@@ -202,14 +204,19 @@ def run(spiking: SpikingGraph, token_ids: torch.Tensor, timesteps: int | None,
     sequence, time and neurons (rate mode reports rates only).
     Fine-tuning passes `ops` (nodes replaced by trainable twins) and a
     surrogate-gradient `spike`; only then does the run track gradients.
+    `recompute` (training only) keeps just each node's output for the backward pass and runs
+    the node again there (torch's activation checkpointing): a population's T steps of membrane
+    and surrogate state are most of a training step's memory, and this trades them for a second
+    forward pass with identical gradients.
     """
     if timesteps is not None and timesteps <= 0:
         raise ValueError(f"timesteps must be > 0, got {timesteps}")
     with torch.set_grad_enabled(spike is not None):
-        return _run(spiking, token_ids, timesteps, keep_values, ops or {}, spike or spike_levels)
+        return _run(spiking, token_ids, timesteps, keep_values, ops or {}, spike or spike_levels,
+                    recompute and spike is not None)
 
 
-def _run(spiking, token_ids, timesteps, keep_values, ops, spike) -> RunResult:
+def _run(spiking, token_ids, timesteps, keep_values, ops, spike, recompute) -> RunResult:
     started = time.perf_counter()
     values: dict[str, torch.Tensor] = {}
     rate, count, hidden = {}, {}, {}
@@ -219,7 +226,8 @@ def _run(spiking, token_ids, timesteps, keep_values, ops, spike) -> RunResult:
     for name in spiking.order():
         op = ops.get(name, graph.nodes[name]["op"])
         inputs = {port: values[source] for port, source in spiking.inputs(name).items()}
-        out = EXECUTORS[type(op)](op, inputs, ctx)
+        execute = EXECUTORS[type(op)]
+        out = checkpoint(execute, op, inputs, ctx, use_reentrant=False) if recompute else execute(op, inputs, ctx)
         values[name] = out
         if out_kind(op) != "graded":
             magnitude = out.detach().abs()

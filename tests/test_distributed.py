@@ -34,11 +34,13 @@ def _torchrun(ranks: int, *args: str, **popen) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_fine_tune_and_score_as_one_process_does_and_only_rank_0_writes(tmp_path, capsys):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_two_gloo_ranks_fine_tune_and_score_as_one_process_does_and_only_rank_0_writes(sharding, tmp_path, capsys):
+    """DDP (a whole copy of the trained state on each rank) and FSDP (each rank a shard of it) alike."""
     one, two = tmp_path / "one" / "g.safetensors", tmp_path / "two" / "g.safetensors"
     one.parent.mkdir()
     two.parent.mkdir()
-    run = _torchrun(2, *FINETUNE, "-o", str(two))
+    run = _torchrun(2, *FINETUNE, *sharding, "-o", str(two))
     out, err = run.communicate(timeout=600)
     assert run.returncode == 0, err[-3000:]
     assert cli(capsys, *FINETUNE, "-o", str(one))[0] == 0
@@ -57,10 +59,14 @@ def test_two_gloo_ranks_fine_tune_and_score_as_one_process_does_and_only_rank_0_
         torch.testing.assert_close(state_two["params"][key], value, rtol=0, atol=2 * 1e-3 * steps)
     record_one, record_two = (json.loads(p.with_suffix(".json").read_text()) for p in (one, two))
     assert record_two["ranks"] == 2 and record_one["ranks"] == 1
+    # Each rank's share of the trained tensors, gradients and Adam's moments: whole under DDP, half under FSDP.
+    share = record_two["trained_state_bytes_per_rank"] / record_one["trained_state_bytes_per_rank"]
+    assert share == pytest.approx(0.5 if sharding else 1.0, abs=0.02)
     assert record_two["held_out"].keys() == record_one["held_out"].keys()     # scored as one process is (on
     # parameters that differ a little: test_eval_under_torchrun_gives_one_process_figures scores one graph)
     resumed = [*FINETUNE[:3], "4", *FINETUNE[4:-2], "--eval-tokens", "0", "--resume", "-o", str(two)]
     assert cli(capsys, *resumed)[0] == 0                         # two ranks' state, resumed by one process
+                                                                # (unsharded: the state is saved whole)
     assert torch.load(f"{two}.train-state.pt", weights_only=True)["step"] == 4
 
 
@@ -110,6 +116,11 @@ def test_a_batch_the_ranks_cannot_split_is_one_line_before_any_step(capsys):
 
     with pytest.raises(UsageError, match="cannot be split evenly over 2 ranks"):
         finetune(None, None, None, TARGETS["loihi2"], FinetuneOptions(batch_size=3), ranks=Ranks(0, 2))
+
+
+def test_fsdp_without_ranks_to_shard_over_is_one_line(capsys):
+    code, _, err = cli(capsys, *FINETUNE, "--fsdp", "--eval-tokens", "0")
+    assert_one_line_error(code, err, 2, "--fsdp", "torchrun")
 
 
 def test_a_launch_without_its_rendezvous_is_one_line(monkeypatch, capsys):

@@ -151,6 +151,45 @@ def test_training_is_deterministic_and_a_resumed_run_equals_an_uninterrupted_one
         assert torch.equal(value, again.params[key]) and torch.equal(value, resumed.params[key]), key
 
 
+@pytest.mark.parametrize("method", ["neurtransformer", "graded"])
+def test_recomputed_activations_train_the_same_steps_and_a_run_may_switch_on_resume(method, tmp_path):
+    """Activation checkpointing reruns each node in the backward pass: the same arithmetic, so
+    the same losses and parameters to the bit, and a state saved without it resumes with it."""
+    model = small_gpt2(n_layer=1, n_embd=32, n_head=2)
+    timesteps = 1 if method == "graded" else 4
+    graph = convert(model, ConversionOptions(method=method, timesteps=timesteps), token_batch(2, 32, 200))
+    ids = token_batch(12, 16, 200, seed=7)
+    options = dataclasses.replace(OPTIONS, scope="all", timesteps=timesteps)
+    _, plain = finetune(model, graph, ids, LOIHI2, options)
+    _, recomputed = finetune(model, graph, ids, LOIHI2, dataclasses.replace(options, recompute=True))
+    _, first = finetune(model, graph, ids, LOIHI2, dataclasses.replace(options, steps=2))
+    first.save(tmp_path / "state.pt")
+    _, resumed = finetune(model, graph, ids, LOIHI2, dataclasses.replace(options, recompute=True),
+                          resume=TrainState.load(tmp_path / "state.pt"))
+    assert plain.losses == recomputed.losses == resumed.losses
+    for key, value in plain.params.items():
+        assert torch.equal(value, recomputed.params[key]) and torch.equal(value, resumed.params[key]), key
+
+
+def test_recomputed_activations_keep_little_for_the_backward_pass(small):
+    """What autograd keeps for the backward pass, counted by torch's own saved-tensor hooks:
+    with recomputation only the checkpoints' references, not every node's internals."""
+    model, graph, ids = small
+    trainable = TrainableGraph(graph, trainable_nodes(graph, "all"), LOIHI2)
+
+    def saved_bytes(recompute: bool) -> int:
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            reference.run(graph, ids[:2], 4, ops=trainable.grid_ops(), spike=slayer_spike, recompute=recompute)
+        return total
+    assert saved_bytes(recompute=True) < saved_bytes(recompute=False) / 10
+
+
 def test_fine_tuned_checkpoint_reloads_and_quantises_to_the_trained_integers(small, tmp_path):
     model, graph, ids = small
     trainable, _ = finetune(model, graph, ids, LOIHI2, OPTIONS)
@@ -170,6 +209,20 @@ def test_a_foreign_state_file_is_one_clear_error(tmp_path):
     path.write_bytes(b"not a torch file")
     with pytest.raises(UsageError, match="not an nxcompile fine-tuning state"):
         TrainState.load(path)
+
+
+def test_an_optimiser_state_of_another_layout_is_one_clear_error(small):
+    """States keep Adam's moments by parameter name (any ranks, any sharding); one keyed by
+    position (torch's own layout, an earlier nxcompile's) is refused in one line."""
+    from nxcompile.errors import UsageError
+
+    model, graph, ids = small
+    _, state = finetune(model, graph, ids, LOIHI2, dataclasses.replace(OPTIONS, steps=1))
+    assert all(isinstance(key, str) for key in state.optimizer["state"])
+    by_position = dataclasses.replace(state, optimizer={"state": dict(enumerate(state.optimizer["state"].values())),
+                                                        "param_groups": state.optimizer["param_groups"]})
+    with pytest.raises(UsageError, match="optimiser state does not fit"):
+        finetune(model, graph, ids, LOIHI2, OPTIONS, resume=by_position)
 
 
 @pytest.mark.slow

@@ -59,6 +59,13 @@ def add_parser(commands) -> None:
     parser.add_argument("--seed", type=int, default=default.seed)
     parser.add_argument("--target", default="loihi2", help="the precision to train for (quantisation-aware)")
     parser.add_argument("--device", default=default.device, help="cpu or cuda")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="under torchrun, shard the trained tensors, their gradients and Adam's moments over "
+                             "the ranks (FSDP) instead of a whole copy on each (DDP)")
+    parser.add_argument("--recompute-activations", action="store_true",
+                        help="activation checkpointing: keep only each node's output and run the node again "
+                             "in the backward pass (the same steps in less memory, for one more forward pass a "
+                             "step; README, \"Fine-tuning (step 3)\")")
     parser.add_argument("--text", type=Path, default=None,
                         help="held-out text scored before and after (default: the held-out plays)")
     parser.add_argument("--eval-tokens", type=non_negative_int, default=2048,
@@ -79,7 +86,7 @@ def _options(args: argparse.Namespace):
                            kl_weight=args.kl_weight, hidden_weight=args.hidden_weight, lm_weight=args.lm_weight,
                            schedule=args.schedule, warmup_steps=args.warmup_steps, step_size=args.step_size,
                            prune_steps=args.prune_steps,
-                           device=args.device)
+                           device=args.device, recompute=args.recompute_activations, fsdp=args.fsdp)
 
 
 def _on_grid_asked(args: argparse.Namespace, graph):
@@ -154,6 +161,7 @@ def _finetune(args: argparse.Namespace, ranks) -> int:
     record = {"model": loaded.name, "conversion": converted.meta["options"], "finetune": state.options,
               "steps": state.step, "train_seconds_this_run": round(seconds, 1),
               "torch_threads": torch.get_num_threads(), "ranks": ranks.world,
+              "trained_state_bytes_per_rank": state.rank_bytes,
               "peak_cuda_memory_gib": (round(torch.cuda.max_memory_allocated() / 2**30, 3)
                                        if args.device.startswith("cuda") else None),
               "loss_every_10_steps": [round(x, 4) for x in state.losses[::10]]}
