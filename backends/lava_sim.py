@@ -300,21 +300,42 @@ def _died_message(died: list[str]) -> str:
             f"worker was stopped and Lava's shared memory released; no file was left half-written")
 
 
-# Per on-chip node, its forked Lava workers' own memory (the pages they write, their ports' buffers),
-# and per weight of the graph what the run holds of it (its integer copies in the process and its
-# Var, the float64 copy Synapses computes with): fitted to two measured runs, gpt2-tiny's
-# NeurTransformer (52 nodes, 1.8M weights: 1.14 GiB) and random:gpt2-small's graded method (132
-# nodes, 85M weights: 6.91 GiB), by `python bench/memory_peaks.py --lava`.
-WORKER_BYTES = 21 << 20
-BYTES_PER_WEIGHT = 54
+# Per Lava process, its forked worker's own memory (the pages it writes, its ports' buffers), and per
+# weight what the run holds of it: in our processes (the host program's int64 and float64 copies, the
+# worker's) and in Lava's Dense processes (its Var and model arrays besides the program's). Fitted by
+# `python bench/memory_peaks.py --lava` with a process per block: NeurTransformer's random:gpt2-small
+# and -medium (4.52 and 15.95 GiB: 22.9 and 23.4 bytes per weight past 24 MiB a process; 24 taken); the graded
+# method's rows disagree (24.7 and 39.7 bytes per Lava Dense weight), so its rate is the larger.
+WORKER_BYTES = 24 << 20
+BYTES_PER_WEIGHT = 24
+BYTES_PER_DENSE_WEIGHT = 40
 
 
-def lava_peak_bytes(spiking: SpikingGraph, program: dict | None = None) -> int:
-    """What building and running the graph in Lava takes beyond the host process, known before it starts."""
+def process_total(spiking: SpikingGraph, program: dict, grouping: str = "block") -> int:
+    """How many Lava processes stand for the chip's nodes: the groups and a Lava Dense per graded layer."""
+    return len(process_groups(spiking, program, grouping)) + sum(isinstance(op, fx.GradedLinear)
+                                                                  for op in program.values())
+
+
+def array_bytes(value) -> int:
+    """Bytes of the numpy arrays held in `value` (an integer program: every op's weights in both forms),
+    which the host process has allocated already when the program exists."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(map(array_bytes, value.values()))
+    return sum(map(array_bytes, vars(value).values())) if hasattr(value, "__dict__") else 0
+
+
+def lava_peak_bytes(spiking: SpikingGraph, program: dict | None = None, grouping: str = "block") -> int:
+    """What a Lava run of the graph takes in all, known before it starts: the host process's program
+    (its integer and float64 copies of the weights) and the workers Lava forks from it."""
     program = program if program is not None else fx.integer_program(spiking)
-    weights = sum(value.numel() for name in program for value in vars(spiking.op(name)).values()
-                  if isinstance(value, torch.Tensor))
-    return int(len(program) * WORKER_BYTES + weights * BYTES_PER_WEIGHT)
+    weights = {name: sum(value.numel() for value in vars(spiking.op(name)).values() if isinstance(value, torch.Tensor))
+               for name in program}
+    in_dense = sum(n for name, n in weights.items() if isinstance(program[name], fx.GradedLinear))
+    return int(process_total(spiking, program, grouping) * WORKER_BYTES
+               + (sum(weights.values()) - in_dense) * BYTES_PER_WEIGHT + in_dense * BYTES_PER_DENSE_WEIGHT)
 
 
 @dataclass
@@ -362,6 +383,7 @@ class LavaModel:
         self.kv_capacity = min((op.kv_capacity for op in self.program.values() if hasattr(op, "kv_capacity")),
                                default=None)
         self.cores = _cores_by_node(placement)
+        self.grouping = grouping
         self.groups = process_groups(spiking, self.program, grouping)
         self.processes, self.synapses, self.sources, self.sinks = {}, {}, {}, {}
         self.token_ids: list[int] = []
@@ -535,8 +557,9 @@ class LavaModel:
         if self._started:
             raise UsageError("this Lava model already ran its prompt; feed further tokens one at a time")
         self._check_capacity(len(token_ids) + max_new_tokens)
-        check_memory(lava_peak_bytes(self.spiking, self.program), f"building these {len(self.program)} processes "
-                     f"in Lava", self.force)
+        check_memory(lava_peak_bytes(self.spiking, self.program, self.grouping) - array_bytes(self.program),
+                     f"building these {process_total(self.spiking, self.program, self.grouping)} processes in Lava",
+                     self.force)
         wall = time.perf_counter()
         self.token_ids = [int(t) for t in token_ids]
         self.capacity = len(token_ids) + max_new_tokens

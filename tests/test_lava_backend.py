@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import nxcompile  # noqa: F401  (Lava's Python 3.11 fixes)
-from nxcompile.backends.lava_sim import LavaModel, process_groups
+from nxcompile.backends.lava_sim import LavaModel, process_groups, process_total
 from nxcompile.cli import main
 from nxcompile.compiler.convert import ConversionOptions, convert
 from nxcompile.compiler.export import export_net, load_net, load_tokenizer
@@ -176,6 +176,7 @@ def _assert_twins(spiking, ids, timesteps, generated: int = 0, pipeline: bool = 
         twin = fx.run(spiking, torch.tensor([model.token_ids]), timesteps, keep_values=True)
         assert model.compare(twin) == []
         assert model.token_ids == list(ids) + new[:-1]
+        assert model.process_count == process_total(spiking, model.program, grouping)   # what memory is sized by
         interval = model.plan.interval if pipeline else model.plan.period
         assert model.steps_run == (len(ids) - 1) * interval + model.plan.period * (1 + generated)
         counted = energy.count(spiking, model.recorded_values(), timesteps)   # energy from Lava's own spikes
