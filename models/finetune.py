@@ -50,7 +50,7 @@ from lava.lib.dl.slayer.spike.spike import Spike
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from nxcompile.compiler.graph import SSA, Add, Dense, Encode, GradedDense, NeuronModel, SpikingGraph
@@ -348,6 +348,9 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
     if options.batch_size % ranks.world:
         raise UsageError(f"a batch of {options.batch_size} windows cannot be split evenly over {ranks.world} ranks; "
                          f"give a --batch-size that is a multiple of {ranks.world}")
+    if options.fsdp and not ranks.distributed:
+        raise UsageError("--fsdp shards the training state over torchrun's ranks; start it with "
+                         "`torchrun --nproc-per-node N -m nxcompile finetune ... --fsdp`, or leave out --fsdp")
     if resume is not None and not _same_run(resume.options, dataclasses.asdict(options)):
         raise UsageError("the saved fine-tuning state was made with other options; use the same ones, "
                          "or leave out --resume")
@@ -381,12 +384,12 @@ def finetune(model, spiking: SpikingGraph, train_windows: torch.Tensor, target: 
         if on_step is not None:
             on_step(step + 1, logged)
         if on_checkpoint is not None and state.step % checkpoint_every == 0 and state.step < options.steps:
-            snapshot = _snapshot(step_loss, optimizer, state, options.fsdp)
-            with _whole(step_loss, options.fsdp):
+            snapshot = _snapshot(step_loss, optimizer, state)
+            with _whole(step_loss):
                 on_checkpoint(trainable, snapshot)
     state.rank_bytes = held_bytes(optimizer)
-    snapshot = _snapshot(step_loss, optimizer, state, options.fsdp)
-    if options.fsdp:
+    snapshot = _snapshot(step_loss, optimizer, state)
+    if isinstance(step_loss, FSDPModule):
         step_loss.unshard()          # the caller gets the whole tensors, to deploy or score
     return trainable, snapshot
 
@@ -396,9 +399,6 @@ def _over_ranks(step_loss: StepLoss, device: torch.device, ranks: Ranks, fsdp: b
     tensor, its gradient and Adam's moments, and the gradients are averaged); or under FSDP (each
     rank holds 1 / world of them, gathered whole for the step and the gradients averaged into the
     shards), `step_loss` itself then sharded in place."""
-    if fsdp and not ranks.distributed:
-        raise UsageError("--fsdp shards the training state over torchrun's ranks; start it with "
-                         "`torchrun --nproc-per-node N -m nxcompile finetune ... --fsdp`, or leave out --fsdp")
     if fsdp:
         return fully_shard(step_loss, mesh=init_device_mesh(device.type, (ranks.world,)))
     if ranks.distributed:
@@ -407,14 +407,15 @@ def _over_ranks(step_loss: StepLoss, device: torch.device, ranks: Ranks, fsdp: b
 
 
 @contextlib.contextmanager
-def _whole(step_loss: StepLoss, fsdp: bool):
+def _whole(step_loss: StepLoss):
     """Within it a sharded step's trained tensors are whole on every rank (a collective: every rank enters)."""
-    if fsdp:
+    sharded = isinstance(step_loss, FSDPModule)
+    if sharded:
         step_loss.unshard()
     try:
         yield
     finally:
-        if fsdp:
+        if sharded:
             step_loss.reshard()
 
 
@@ -449,14 +450,15 @@ RESUMABLE_CHANGES = ("steps", "device", "recompute", "fsdp")
 
 def _same_run(saved: dict, asked: dict) -> bool:
     """Whether a saved state continues the run `asked` describes."""
-    keep = {key: saved.get(key, FinetuneOptions.__dataclass_fields__[key].default) for key in RESUMABLE_CHANGES}
-    return {**saved, **keep} == asked | keep
+    def fixed(options: dict) -> dict:
+        return {key: value for key, value in options.items() if key not in RESUMABLE_CHANGES}
+    return fixed(saved) == fixed(asked)
 
 
-def _snapshot(step_loss: StepLoss, optimizer, state: TrainState, fsdp: bool) -> TrainState:
+def _snapshot(step_loss: StepLoss, optimizer, state: TrainState) -> TrainState:
     """The resumable state, whole (every rank enters: under FSDP it gathers the shards)."""
     optimizer_state = get_optimizer_state_dict(step_loss, optimizer, options=WHOLE_STATE)
-    with _whole(step_loss, fsdp):
+    with _whole(step_loss):
         params = {k: v.detach().cpu().clone() for k, v in step_loss.trainable.params.items()}
     return dataclasses.replace(state, params=params, optimizer=optimizer_state)
 
