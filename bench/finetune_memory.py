@@ -24,11 +24,11 @@ import dataclasses
 import torch
 from transformers import GPT2LMHeadModel
 
-from nxcompile.compiler.convert import ConversionOptions, convert
+from nxcompile.compiler.convert import METHODS, ConversionOptions, convert
 from nxcompile.compiler.targets import get_target
 from nxcompile.models.corpus import calibration_windows
 from nxcompile.models.finetune import TrainableGraph, slayer_spike, trainable_nodes
-from nxcompile.models.zoo import shipped_tokenizer, zoo_entry
+from nxcompile.models.zoo import ZOO, shipped_tokenizer, zoo_entry
 from nxcompile.sim import reference
 from nxcompile.sim.evaluate import ann_forward
 
@@ -104,6 +104,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--train-context", type=int, default=128)
     args = parser.parse_args()
+    unknown = [m for m in args.methods.split(",") if m not in METHODS] + \
+              [m for m in args.models.split(",") if m not in ZOO]
+    if unknown:
+        parser.error(f"unknown method or GPT-2 size {', '.join(unknown)}: methods {', '.join(METHODS)}, "
+                     f"sizes {', '.join(ZOO)}")
     tokenizer = shipped_tokenizer()
     calibration = calibration_windows(tokenizer, 64)[:2]
     ids = calibration_windows(tokenizer, args.train_context)[:args.batch_size]

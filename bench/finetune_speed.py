@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--activations", default="kept,recomputed",
                         help="kept (autograd keeps every node's internals), recomputed (activation checkpointing)")
     args = parser.parse_args()
+    unknown = set(args.activations.split(",")) - {"kept", "recomputed"}
+    if unknown:
+        parser.error(f"--activations takes kept and/or recomputed, not {', '.join(sorted(unknown))}")
     print(f"| model | device | ranks | activations | s/step ({args.batch_size} x {args.train_context} tokens, T = 8) | "
           f"tokens/s | peak RSS | peak CUDA memory | torch threads |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|")
