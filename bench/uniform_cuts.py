@@ -5,6 +5,7 @@
                                  [--shapes random:gpt2-small,random:gpt2-medium] [--packing intel]
                                  [--rounding nearest|gptq] [--calibration-tokens 512]
                                  [--finetune-steps 0] [--finetune-lr 1e-3] [--batch-size 4] [--prune-steps 0]
+                                 [--kv-bits 8]
 
 Every on-chip weight layer's mantissas at the same signed width and the same fraction of each
 neuron's synapses pruned by magnitude (`GradedPrecision`), quantised for loihi2-sim; gpt2-tiny
@@ -19,12 +20,15 @@ GPTQ on training text (`--calibration-tokens`; the graded method's only). `--fin
 also fine-tunes gpt2-tiny on each cut's grid (quantisation-aware, every layer, `nxcompile finetune
 --scope all --weight-bits B --sparsity F`'s training: Adam, a cosine schedule after a tenth of the
 steps warming up, seed 0; `--prune-steps` as `finetune --prune-steps`) and scores it on the same
-tokens.
+tokens. `--kv-bits` narrows the graded method's KV cache too (in the chips, the one-shot score and
+the training, `finetune --kv-bits`); the fine-tuned graph is then also scored with an 8-bit cache,
+which shows what the narrower cache itself costs.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from tqdm import tqdm
 
@@ -43,8 +47,8 @@ from nxcompile.sim.evaluate import evaluate
 TARGET = TARGETS["loihi2-sim"]
 
 
-def placed(graph, bits: int, fraction: float, packing: str, rounding: str = "nearest", grams=None):
-    quantised = quantize(graph, TARGET, uniform_grid(graph, bits, fraction, rounding), grams)
+def placed(graph, bits: int, fraction: float, packing: str, rounding: str = "nearest", grams=None, kv_bits: int = 8):
+    quantised = quantize(graph, TARGET, uniform_grid(graph, bits, fraction, rounding, kv_bits), grams)
     return quantised, place(network_from_graph(quantised), TARGET, packing)
 
 
@@ -55,15 +59,15 @@ def scored(tiny, quantised, held_out) -> str:
 
 
 def finetuned(tiny, graph, bits: int, fraction: float, train, args: argparse.Namespace):
-    """gpt2-tiny's graph fine-tuned on the cut's grid, quantised for loihi2-sim."""
+    """gpt2-tiny's graph fine-tuned on the cut's grid (which it records, KV width included)."""
     options = FinetuneOptions(steps=args.finetune_steps, learning_rate=args.finetune_lr, batch_size=args.batch_size,
                               context=tiny.config.n_positions, timesteps=graph.meta["options"]["timesteps"],
                               scope="all", schedule="cosine",
                               warmup_steps=args.finetune_steps // 10, prune_steps=args.prune_steps)
-    cut = graph.copy().with_weight_grid(uniform_grid(graph, bits, fraction))
+    cut = graph.copy().with_weight_grid(uniform_grid(graph, bits, fraction, kv_bits=args.kv_bits))
     with tqdm(total=options.steps, desc=f"fine-tune {bits}-bit {100 * fraction:.0f} % pruned", file=sys.stderr) as bar:
         trainable, _ = finetune(tiny.model, cut, train, TARGET, options, on_step=lambda step, losses: bar.update(1))
-    return quantize(trainable.deployable(), TARGET)
+    return trainable.deployable()
 
 
 def main() -> None:
@@ -80,6 +84,8 @@ def main() -> None:
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--prune-steps", type=int, default=0)
+    parser.add_argument("--kv-bits", type=int, default=8, choices=range(2, 17), metavar="2..16",
+                        help="the graded method's KV cache width (the rate-coded methods' keys and values are spikes)")
     args = parser.parse_args()
     cuts = [(int(b), float(f)) for f in args.sparsity.split(",") for b in args.bits.split(",")]
     options = ConversionOptions(method=args.method, timesteps=timesteps_for(args.method, None))
@@ -90,23 +96,29 @@ def main() -> None:
                                              args.calibration_tokens)) if args.rounding == "gptq" else None
     train = training_windows(tiny.tokenizer, tiny.config.n_positions) if args.finetune_steps else None
     print(f"gpt2-tiny, {args.method} ({graph.meta['origin']}), T = {options.timesteps}, {held_out.numel()} held-out "
-          f"tokens in loihi2-sim's integers; every layer alike, {args.packing} packing, {args.rounding} rounding")
-    tuned = f" | after {args.finetune_steps} steps on the grid: ppl change | cos(logits) | top-1"
+          f"tokens in loihi2-sim's integers; every layer alike, {args.packing} packing, {args.rounding} rounding, "
+          f"{args.kv_bits}-bit KV cache")
+    tuned = f" | after {args.finetune_steps} steps on the grid: ppl change | cos(logits) | top-1" + (
+        " | the same with an 8-bit KV cache: ppl change | cos(logits) | top-1" if args.kv_bits != 8 else "")
     print("| weight bits | pruned | ppl change | cos(logits) | top-1 | cores / chips"
           + (tuned if args.finetune_steps else "") + " |")
-    print("|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.finetune_steps else ""))
+    print("|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" * (1 + (args.kv_bits != 8)) if args.finetune_steps else ""))
     for bits, fraction in cuts:
-        quantised, placement = placed(graph, bits, fraction, args.packing, args.rounding, grams)
+        quantised, placement = placed(graph, bits, fraction, args.packing, args.rounding, grams, args.kv_bits)
         cells = [scored(tiny, quantised, held_out), f"{placement.cores_used} / {placement.chips_used}"]
         if args.finetune_steps:
-            cells.append(scored(tiny, finetuned(tiny, graph, bits, fraction, train, args), held_out))
+            trained = finetuned(tiny, graph, bits, fraction, train, args)
+            cells.append(scored(tiny, quantize(trained, TARGET), held_out))
+            if args.kv_bits != 8:      # training runs in float: the KV width's own cost, apart
+                cells.append(scored(tiny, quantize(trained, TARGET, replace(trained.weight_grid(), kv_bits=8)), held_out))
         print(f"| {bits} | {100 * fraction:.0f} % | " + " | ".join(cells) + " |", flush=True)
     for spec in filter(None, args.shapes.split(",")):
         loaded = load_model(spec)
         graph = resolve_graph(loaded, options, 256)
         print(f"{spec} (shapes only), {args.method}, {args.packing} packing: " + ", ".join(
             f"{bits}-bit {100 * fraction:.0f} % pruned {p.cores_used:,} cores / {p.chips_used} chips"
-            for (bits, fraction), p in ((cut, placed(graph, *cut, args.packing)[1]) for cut in cuts)), flush=True)
+            for (bits, fraction), p in ((cut, placed(graph, *cut, args.packing, kv_bits=args.kv_bits)[1])
+                                                for cut in cuts)), flush=True)
 
 if __name__ == "__main__":
     main()

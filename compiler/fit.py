@@ -6,8 +6,8 @@ bits of a core's synaptic memory (compiler/partition.py: the dense rule fitted t
 compiler, the weight's bits + 8; a sparse synapse also names its target, an assumption). A
 network's weight layers (the graded method's GradedDense, the rate-coded methods' on-chip Dense:
 populations and readouts) differ in how much each cut costs, so the fit measures it: each layer
-alone at each width of WIDTHS (8-bit dense elsewhere) and alone at each pruned fraction of
-SPARSITIES (at 8 bits), scored by the KL divergence of its fixed-point logits from the all-8-bit
+alone at each width of WIDTHS (8-bit dense elsewhere) and alone at each pruned fraction asked
+(SPARSITIES unless told; at 8 bits), scored by the KL divergence of its fixed-point logits from the all-8-bit
 dense network's on calibration text; a layer both narrowed and pruned is predicted by the sum of
 its two KLs. Then, greedily, the cut of least KL per synapse bit saved is made, one layer one step
 at a time, down to every layer at the narrowest width and the largest fraction: that path is the
@@ -70,17 +70,19 @@ class FitPoint:
     pruning: str = "magnitude"
     rounding: str = "nearest"
     uniform: bool = False          # every layer alike, placed beside the path
+    kv_bits: int = GradedPrecision.kv_bits   # the graded method's KV cache, the same at every point
     calibration_kl: float = float("nan")      # all its cuts at once, on the calibration text
     measured: object = None        # sim.evaluate.Evaluation, when scored on held-out text
 
     def precision(self) -> GradedPrecision:
         return GradedPrecision(layer_weight_bits=tuple((n, b) for n, (b, _) in self.cuts.items() if b != 8),
                                layer_sparsity=tuple((n, f) for n, (_, f) in self.cuts.items() if f > 0),
-                               pruning=self.pruning, rounding=self.rounding)
+                               pruning=self.pruning, rounding=self.rounding, kv_bits=self.kv_bits)
 
     def describe(self) -> str:
         widths = {w: sum(b == w for b, _ in self.cuts.values()) for w in WIDTHS}
-        pruned = {f: sum(s == f for _, s in self.cuts.values()) for f in SPARSITIES[1:]}
+        pruned = {f: sum(s == f for _, s in self.cuts.values()) for f in sorted({s for _, s in self.cuts.values()})
+                  if f > 0}
         return ", ".join([f"{n} at {w} bits" for w, n in widths.items() if n]
                          + [f"{n} pruned {100 * f:.0f} %" for f, n in pruned.items() if n])
 
@@ -123,16 +125,27 @@ def graded(spiking: SpikingGraph) -> bool:
     return spiking.meta["options"]["method"] == "graded"
 
 
+def check_kv_bits(spiking: SpikingGraph, kv_bits: int) -> int:
+    """A KV cache width asked for this graph: the graded method's keys and values are graded payloads;
+    a rate-coded method's are spikes, which have no width to choose."""
+    if not graded(spiking):
+        raise UsageError(f"--kv-bits sets the graded method's KV cache; the {spiking.meta['options']['method']} "
+                         f"method caches spikes (use --method graded, or leave --kv-bits out)")
+    return kv_bits
+
+
 def default_choices(spiking: SpikingGraph) -> tuple[str, str]:
     """(pruning, rounding) the fit uses unless told: Wanda and GPTQ for the graded method's graded
     inputs, magnitude and nearest for the rate-coded methods' spike trains."""
     return ("wanda", "gptq") if graded(spiking) else ("magnitude", "nearest")
 
 
-def uniform_grid(spiking: SpikingGraph, bits: int, fraction: float, rounding: str = "nearest") -> GradedPrecision:
-    """Every weight layer at signed `bits` with `fraction` of each neuron's synapses pruned by magnitude."""
-    return GradedPrecision(weight_bits=bits, layer_sparsity=tuple((n, fraction) for n in cut_layers(spiking)
-                                                                   if fraction), rounding=rounding)
+def uniform_grid(spiking: SpikingGraph, bits: int, fraction: float, rounding: str = "nearest",
+                 kv_bits: int = GradedPrecision.kv_bits) -> GradedPrecision:
+    """Every weight layer at signed `bits` with `fraction` of each neuron's synapses pruned by magnitude;
+    the graded method's KV cache at `kv_bits` (its synaptic memory is a fixed share of a long context's cores)."""
+    return GradedPrecision(weight_bits=bits, kv_bits=kv_bits, rounding=rounding,
+                           layer_sparsity=tuple((n, fraction) for n in cut_layers(spiking) if fraction))
 
 
 def input_grams(spiking: SpikingGraph, ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -225,8 +238,8 @@ def synapse_bits(cut: Cut, target: Target = UNBOUNDED) -> float:
 
 
 def _placed(spiking: SpikingGraph, cuts: dict[str, Cut], kl: float, packing: str, pruning: str, rounding: str,
-            grams: dict[str, torch.Tensor], uniform: bool = False) -> FitPoint:
-    chosen = FitPoint(dict(cuts), kl, 0, 0, pruning, rounding, uniform)
+            grams: dict[str, torch.Tensor], uniform: bool = False, kv_bits: int = GradedPrecision.kv_bits) -> FitPoint:
+    chosen = FitPoint(dict(cuts), kl, 0, 0, pruning, rounding, uniform, kv_bits=kv_bits)
     placement = place(network_from_graph(quantize(spiking, UNBOUNDED, chosen.precision(), grams)), UNBOUNDED,
                       packing)
     chosen.cores, chosen.chips = placement.cores_used, placement.chips_used
@@ -269,22 +282,27 @@ def _uniform(spiking: SpikingGraph, sparsities: tuple[float, ...]) -> list[dict[
 
 
 def fit(spiking: SpikingGraph, budget: Budget, ids: torch.Tensor | None, points: int = 12,
-        pruning: str | None = "wanda", rounding: str = "gptq", progress=None) -> Fit:
+        pruning: str | None = "wanda", rounding: str = "gptq", progress=None,
+        kv_bits: int = GradedPrecision.kv_bits, sparsities: tuple[float, ...] = SPARSITIES) -> Fit:
     """The frontier (at most `points` configurations placed, evenly along the path, then the uniform
     ones) and the choice for `budget`: of the configurations that fit it (the path's first under it
     among them), the one whose cuts, made all at once, lose least on the calibration text (KL
     measured, not predicted: the layers' KLs add up only roughly). `ids` None: weights are random,
     the frontier is the uniform configurations (pruned by magnitude, rounded to nearest) and the
     choice the first that fits. `pruning` None: widths only, every layer dense. `progress`: a
-    progress bar over an iterable, given its description."""
+    progress bar over an iterable, given its description. `sparsities`: the pruned fractions a
+    layer may take (dense always among them). `kv_bits`: the graded method's KV cache at
+    every point (a long context's cache is a fixed share of the cores that no weight cut reduces);
+    each candidate's measured KL includes its cost (the same at every point), the layers' single
+    cuts are measured without it."""
     if not graded(spiking) and (pruning == "wanda" or rounding == "gptq"):
         raise UsageError(f"the {spiking.meta['options']['method']} method's layers are pruned by magnitude and "
                          f"rounded to nearest (--pruning magnitude --rounding nearest); Wanda and GPTQ weigh the "
                          f"graded method's inputs")
-    sparsities = SPARSITIES if pruning is not None else SPARSITIES[:1]
+    sparsities = tuple(sorted({0.0, *sparsities})) if pruning is not None else (0.0,)
     if ids is None:
-        frontier = [_placed(spiking, cuts, float("nan"), budget.packing, "magnitude", "nearest", {}, uniform=True)
-                    for cuts in _uniform(spiking, sparsities)]
+        frontier = [_placed(spiking, cuts, float("nan"), budget.packing, "magnitude", "nearest", {}, uniform=True,
+                            kv_bits=kv_bits) for cuts in _uniform(spiking, sparsities)]
         return Fit(frontier, next((p for p in frontier if budget.holds(p)), None), measurable=False)
     pruning = pruning or "magnitude"
     grams = input_grams(spiking, ids) if rounding == "gptq" or (pruning == "wanda" and len(sparsities) > 1) else {}
@@ -296,7 +314,7 @@ def fit(spiking: SpikingGraph, budget: Budget, ids: torch.Tensor | None, points:
 
     def placed(step: int) -> FitPoint:
         return _placed(spiking, path[step], predicted_total(measured, floors, path[step]), budget.packing, pruning,
-                       rounding, grams)
+                       rounding, grams, kv_bits=kv_bits)
 
     picks = sorted({round(i * (len(path) - 1) / (points - 1)) for i in range(points)})
     frontier = {step: placed(step) for step in picks}
@@ -309,7 +327,7 @@ def fit(spiking: SpikingGraph, budget: Budget, ids: torch.Tensor | None, points:
             lo, hi = (lo, middle) if budget.holds(frontier[middle]) else (middle, hi)
     on_path = [frontier[step] for step in sorted(frontier)]
     uniform = [_placed(spiking, cuts, predicted_total(measured, floors, cuts), budget.packing, pruning, rounding,
-                       grams, uniform=True) for cuts in _uniform(spiking, sparsities)
+                       grams, uniform=True, kv_bits=kv_bits) for cuts in _uniform(spiking, sparsities)
                if all(cuts != point.cuts for point in on_path)]
     candidates = on_path + uniform
     for point in (progress("candidates")(candidates) if progress else candidates):

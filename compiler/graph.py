@@ -232,12 +232,15 @@ class Attention:
 
     Keys and values of past tokens stay in synaptic memory (the KV cache, at most
     `kv_capacity` tokens), written as tokens arrive. `out_range`: the largest |y| on
-    calibration text."""
+    calibration text. `kv_grid`: ((bits, fraction bits) of the keys, of the values) the
+    payloads a float run rounds them to before caching, as the chip's cache holds them
+    (quantisation-aware training sets it; None elsewhere: the quantiser owns the formats)."""
     n_head: int
     head_dim: int
     scale: float
     kv_capacity: int = 1024
     out_range: float = 0.0
+    kv_grid: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     @property
     def out_features(self) -> int:

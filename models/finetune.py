@@ -25,7 +25,9 @@ synapse can grow back in place of a kept one (with `prune_steps` the pruned frac
 grow from 0 to the grid's along Zhu & Gupta's cubic, "To prune, or not to prune",
 2017, instead of all at the first step); the graded messages' own rounding
 (payload bits, integer exp / GELU / LayerNorm) is left to the fixed-point
-scoring, as it costs gpt2-tiny nothing measurable at 8 bits.
+scoring, as it costs gpt2-tiny nothing measurable at 8 bits, except a KV cache the
+grid narrows below 8 bits (`--kv-bits`): keys and values then reach the attention
+on the cache's payload grid, rounded as the chip holds them (`kv_cache_grids`).
 
 Loss = lm_weight * next-token cross-entropy + kl_weight * KL(ANN logits || SNN
 logits) + hidden_weight * the mean over blocks of (1 - cosine) between the ANN's
@@ -53,8 +55,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from nxcompile.compiler.graph import SSA, Add, Dense, Encode, GradedDense, NeuronModel, SpikingGraph
-from nxcompile.compiler.quantize import graded_on_grid, on_grid, quantisable
+from nxcompile.compiler.graph import (SSA, Add, Attention, Dense, Encode, GradedDense, GradedPrecision, NeuronModel,
+                                     SpikingGraph)
+from nxcompile.compiler.quantize import graded_on_grid, on_grid, quantisable, quantize
 from nxcompile.compiler.targets import Target
 from nxcompile.distributed import ONE, Ranks
 from nxcompile.errors import UsageError
@@ -174,6 +177,20 @@ def trainable_nodes(spiking: SpikingGraph, scope: str) -> list[str]:
     return names
 
 
+def kv_cache_grids(spiking: SpikingGraph, target: Target) -> dict[str, Attention]:
+    """Each softmax attention with its keys and values rounded to the payloads the deployed KV cache
+    holds, where the grid narrows the cache below its default 8 bits (at 8 bits the cache costs
+    nothing measurable: graded study, -0.00 %); the formats are the quantiser's own."""
+    grid = spiking.weight_grid()
+    attentions = [n for n in spiking.order() if isinstance(spiking.op(n), Attention)]
+    if not attentions or grid.kv_bits >= GradedPrecision.kv_bits:
+        return {}
+    formats = quantize(spiking, target, grid).quantization.layers
+    return {name: dataclasses.replace(spiking.op(name), kv_grid=tuple(
+        (formats[source].bits, formats[source].frac) for source in (spiking.inputs(name)[p] for p in "kv")))
+        for name in attentions}
+
+
 class TrainableGraph(torch.nn.Module):
     """The trainable tensors of a spiking graph as parameters, and the on-grid ops they make."""
 
@@ -191,6 +208,7 @@ class TrainableGraph(torch.nn.Module):
         # Frozen on-chip nodes run on the grid too: the loss is the deployed network's.
         self.frozen = {name: self._on_grid(name, spiking.op(name)) for name in spiking.order()
                        if quantisable(spiking, name) and name not in names}
+        self.kv_grids = kv_cache_grids(spiking, target)      # training's only: the graph keeps its attention
 
     @staticmethod
     def key(name: str, path: str) -> str:
@@ -228,7 +246,7 @@ class TrainableGraph(torch.nn.Module):
         return op
 
     def grid_ops(self) -> dict:
-        return self.frozen | {name: self.grid_op(name) for name in self.names}
+        return self.frozen | self.kv_grids | {name: self.grid_op(name) for name in self.names}
 
     def deployable(self) -> SpikingGraph:
         """A copy of the graph with the trained ops on the grid: the checkpoint the compiler reads."""

@@ -148,9 +148,20 @@ def _graded_dense(op: GradedDense, inputs, ctx) -> torch.Tensor:
     return activation(op.activation, inputs["x"] @ op.weight.T + op.bias)
 
 
+def on_payload_grid(x: torch.Tensor, bits: int, fraction_bits: int) -> torch.Tensor:
+    """`x` as a signed `bits`-bit payload with `fraction_bits` carries it (rounded half up, saturated,
+    as fixed point rescales a message); the gradient passes the rounding straight through."""
+    limit = 2 ** (bits - 1) - 1
+    unit = 2.0 ** fraction_bits
+    fixed = torch.clamp(torch.floor(x * unit + 0.5), -limit, limit) / unit
+    return x + (fixed - x).detach()
+
+
 def _attention(op: Attention, inputs, ctx) -> torch.Tensor:
     """Causal softmax attention per head; [B, S, H*hd]."""
     b, s, _ = inputs["q"].shape
+    if op.kv_grid is not None:
+        inputs = inputs | {p: on_payload_grid(inputs[p], *grid) for p, grid in zip("kv", op.kv_grid)}
     q, k, v = (inputs[p].reshape(b, s, op.n_head, op.head_dim).transpose(1, 2) for p in "qkv")
     scores = (q @ k.transpose(-1, -2)) * op.scale
     scores = scores.masked_fill(~torch.ones(s, s, dtype=torch.bool, device=q.device).tril(), float("-inf"))

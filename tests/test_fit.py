@@ -15,6 +15,7 @@ from tests.test_cli import assert_one_line_error, cli
 
 NARROW = (("h0.attn.q", 3), ("h1.mlp.c_fc", 2), ("h3.mlp.c_proj", 5))
 PRUNED = (("h0.attn.q", 0.75), ("h2.mlp.c_fc", 0.9), ("h3.attn.c_proj", 0.6))
+KV_BITS = 5                     # the `pruned` graph's KV cache (8 by default): an odd width
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,8 @@ def calibration(tiny):
 def pruned(graded, calibration):
     from nxcompile.compiler.fit import input_grams
 
-    precision = GradedPrecision(layer_weight_bits=NARROW, layer_sparsity=PRUNED, pruning="wanda", rounding="gptq")
+    precision = GradedPrecision(layer_weight_bits=NARROW, layer_sparsity=PRUNED, pruning="wanda", rounding="gptq",
+                                kv_bits=KV_BITS)
     return quantize(graded, TARGETS["loihi2-sim"], precision, input_grams(graded, calibration))
 
 
@@ -138,6 +140,30 @@ def test_a_pruned_layer_travels_through_the_net_file_and_takes_fewer_words(grade
                   "tight")
     assert placement.cores_used < dense.cores_used
     assert validate(network_from_graph(loaded), loaded_placement, target) == []     # checked independently
+
+
+def test_a_narrow_kv_cache_travels_through_the_net_file_and_takes_fewer_words(graded, pruned, tiny, tmp_path):
+    """Keys and values cached at KV_BITS: their payloads on that grid, the width read back from the
+    file, and each head's cached token its 2 x 32 x KV_BITS bits in 64-bit words (5, against 8 at 8 bits)."""
+    from nxcompile.compiler.export import export_net, load_net
+    from nxcompile.compiler.layers import network_from_graph
+    from nxcompile.compiler.partition import place
+
+    for port in "kv":
+        assert pruned.quantization.layers[f"h1.attn.{port}"].bits == KV_BITS
+    path = tmp_path / "kv.net"
+    target = TARGETS["loihi2-sim"]
+    export_net(pruned, path, place(network_from_graph(pruned), target, "tight"), tiny.tokenizer)
+    loaded, _ = load_net(path)
+    assert loaded.quantization.precision.kv_bits == KV_BITS
+
+    def cache_words(spiking):
+        placement = place(network_from_graph(spiking), target, "tight")
+        return sum(b.synapse_words for b in placement.blocks if b.layer == "h1.attn.softmax")
+
+    heads, capacity = graded.op("h1.attn.softmax").n_head, graded.op("h1.attn.softmax").kv_capacity
+    assert cache_words(loaded) == heads * capacity * 5
+    assert cache_words(quantize(graded, target)) == heads * capacity * 8
 
 
 @pytest.mark.slow
@@ -319,6 +345,23 @@ def test_on_random_weights_the_fit_walks_the_uniform_configurations_widest_synap
         in printed
 
 
+def test_the_fit_takes_the_pruned_fractions_and_kv_cache_asked_for(capsys):
+    """`--sparsities` are the fractions a layer may take (dense besides), `--kv-bits` the cache every
+    configuration is placed with: 3-bit keys and values leave more of the same budget to weights."""
+    def uniform_rows(*flags: str) -> dict[str, int]:
+        code, printed, err = cli(capsys, "fit", "random:gpt2-tiny", "--cores", "20", "--packing", "tight", *flags)
+        assert code == 0, err
+        rows = [row.split("|")[1:-1] for row in printed.splitlines() if row.startswith("| 24 at")]
+        return {row[0].strip().removesuffix(" (chosen)"): int(row[3]) for row in rows}
+
+    asked = uniform_rows("--sparsities", "0.5,0.8")
+    assert set(asked) == {f"24 at {b} bits" + (f", 24 pruned {p} %" if p else "") for b in (8, 6, 4, 3, 2)
+                          for p in (0, 50, 80)}
+    narrow_cache = uniform_rows("--sparsities", "0.5,0.8", "--kv-bits", "3")
+    assert all(narrow_cache[name] <= cores for name, cores in asked.items())
+    assert narrow_cache["24 at 8 bits"] < asked["24 at 8 bits"]
+
+
 def test_a_budget_nothing_reaches_is_one_line_with_the_best_reached(capsys):
     code, _, err = cli(capsys, "fit", "gpt2-tiny", "--cores", "1", "--packing", "tight",
                        "--calibration-tokens", "128", "--eval-tokens", "0")
@@ -413,3 +456,41 @@ def test_finetune_grid_flags_are_checked_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli(capsys, "finetune", "gpt2-tiny", "--method", "graded", "--sparsity", "1")
     assert exit_.value.code == 2 and "below 1" in capsys.readouterr().err
+
+
+def test_kv_bits_is_the_graded_methods_and_recorded_in_the_grid(capsys, tmp_path):
+    """`finetune --kv-bits` records the width in the trained graph's grid (what deploys it); asked of
+    a rate-coded method, whose keys and values are spikes, it is one line."""
+    out = tmp_path / "kv.safetensors"
+    code, _, err = cli(capsys, "finetune", "gpt2-tiny", "--method", "graded", "--kv-bits", "4", "--steps", "1",
+                       "--batch-size", "1", "--train-context", "16", "--eval-tokens", "0", "-o", str(out))
+    assert code == 0, err
+    assert load_graph(out).weight_grid() == GradedPrecision(kv_bits=4)
+    code, _, err = cli(capsys, "fit", "gpt2-tiny", "--method", "neurtransformer", "--kv-bits", "4")
+    assert_one_line_error(code, err, 2, "--kv-bits sets the graded method's KV cache")
+
+
+def test_training_sees_a_narrow_kv_caches_rounding(tiny, graded, calibration):
+    """At 3-bit keys and values the float run training takes rounds them as the chip's cache holds
+    them (the quantiser's own payload formats), so its logits are the fixed-point network's much more
+    nearly than the float run's without that rounding; at the default 8 bits training runs as before,
+    and the graph it returns keeps its attention as it was."""
+    import dataclasses
+
+    from nxcompile.models.finetune import TrainableGraph, kv_cache_grids
+    from nxcompile.sim import fixed_point, reference
+
+    target = TARGETS["loihi2-sim"]
+    assert kv_cache_grids(graded, target) == {}
+    cut = graded.copy().with_weight_grid(GradedPrecision(kv_bits=3))
+    grids = kv_cache_grids(cut, target)
+    formats = quantize(cut, target).quantization.layers
+    assert grids["h2.attn.softmax"].kv_grid == ((3, formats["h2.attn.k"].frac), (3, formats["h2.attn.v"].frac))
+    ids = calibration[:1, :48]
+    fixed = fixed_point.run(quantize(cut, target), ids, 1).logits
+    rounded = reference.run(cut, ids, 1, ops=grids).logits
+    unrounded = reference.run(cut, ids, 1).logits
+    assert (rounded - fixed).abs().mean() < 0.5 * (unrounded - fixed).abs().mean()
+    trainable = TrainableGraph(cut, [], target)
+    assert all(trainable.grid_ops()[n] == op for n, op in grids.items())
+    assert all(trainable.deployable().op(n).kv_grid is None for n in grids)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-from nxcompile.cli.flags import (add_conversion_arguments, add_model_arguments, fraction, non_negative_int,
-                                positive_int, weight_bits)
+from nxcompile.cli.flags import (add_conversion_arguments, add_kv_bits_argument, add_model_arguments, fraction,
+                                non_negative_int, positive_int, weight_bits)
 from nxcompile.cli.inputs import (conversion_options, evaluation_windows, graph_from, load_model_from, log,
                                   on_ranks)
 from nxcompile.files import write_atomically
@@ -53,6 +54,7 @@ def add_parser(commands) -> None:
                              "graph's grid, 8 bits unless `nxcompile fit --save-graph` cut it)")
     parser.add_argument("--sparsity", type=fraction, default=None,
                         help="with each neuron's synapses this fraction pruned by magnitude (0 to 0.99)")
+    add_kv_bits_argument(parser)
     parser.add_argument("--prune-steps", type=non_negative_int, default=default.prune_steps,
                         help="grow each layer's pruned fraction from 0 to the grid's over this many steps, along a "
                              "cubic (default 0: pruned from the first step)")
@@ -92,15 +94,16 @@ def _options(args: argparse.Namespace):
 def _on_grid_asked(args: argparse.Namespace, graph):
     """The graph with the grid the flags ask for recorded (the one-shot cut is where training starts
     and the "converted" row of the table)."""
-    from nxcompile.compiler.fit import uniform_grid
+    from nxcompile.compiler.fit import check_kv_bits, uniform_grid
 
-    if args.weight_bits is None and args.sparsity is None:
-        return graph
-    grid = uniform_grid(graph, args.weight_bits or 8, args.sparsity or 0.0)
-    current = graph.weight_grid()
-    if current.layer_weight_bits or current.layer_sparsity:
-        log.info("note: --weight-bits / --sparsity replace the per-layer grid the graph records")
-    return graph.with_weight_grid(grid)
+    current = grid = graph.weight_grid()
+    if args.weight_bits is not None or args.sparsity is not None:
+        if current.layer_weight_bits or current.layer_sparsity:
+            log.info("note: --weight-bits / --sparsity replace the per-layer grid the graph records")
+        grid = uniform_grid(graph, args.weight_bits or 8, args.sparsity or 0.0, kv_bits=current.kv_bits)
+    if args.kv_bits is not None:
+        grid = dataclasses.replace(grid, kv_bits=check_kv_bits(graph, args.kv_bits))
+    return graph if grid == current else graph.with_weight_grid(grid)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nxcompile.cli.flags import add_conversion_arguments, add_model_arguments, non_negative_int, positive_int
+from nxcompile.cli.flags import (add_conversion_arguments, add_kv_bits_argument, add_model_arguments, fractions,
+                                non_negative_int, positive_int)
 from nxcompile.cli.inputs import graph_from, load_model_from, log, progress
 from nxcompile.errors import UsageError
 
 
 def add_parser(commands) -> None:
+    from nxcompile.compiler.fit import SPARSITIES
     from nxcompile.compiler.partition import PACKINGS
     from nxcompile.compiler.targets import TARGET_NAMES
 
@@ -28,6 +30,10 @@ def add_parser(commands) -> None:
     parser.add_argument("--rounding", choices=("gptq", "nearest"), default=None,
                         help="how a cut layer's weights meet their grid: GPTQ on the calibration text (the graded "
                              "method's default) or each to its nearest mantissa (the rate-coded methods')")
+    parser.add_argument("--sparsities", type=fractions, default=None,
+                        help="the pruned fractions a layer may take, comma-separated (default "
+                             f"{','.join(f'{f:g}' for f in SPARSITIES[1:])}; dense is always one)")
+    add_kv_bits_argument(parser)
     parser.add_argument("--calibration-tokens", type=positive_int, default=512,
                         help="training-text tokens each layer's sensitivity is measured on (default 512)")
     parser.add_argument("--eval-tokens", type=non_negative_int, default=1024,
@@ -42,7 +48,7 @@ def add_parser(commands) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from nxcompile.compiler.export import export_net
-    from nxcompile.compiler.fit import Budget, default_choices, fit
+    from nxcompile.compiler.fit import SPARSITIES, Budget, check_kv_bits, default_choices, fit
     from nxcompile.compiler.graph import save_graph
     from nxcompile.compiler.layers import network_from_graph
     from nxcompile.compiler.partition import place
@@ -60,8 +66,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
                  "uniform configurations (every layer at one width and pruned fraction, pruned by magnitude)")
     default_pruning, default_rounding = default_choices(graph)
     pruning, rounding = args.pruning or default_pruning, args.rounding or default_rounding
+    kv_bits = check_kv_bits(graph, args.kv_bits) if args.kv_bits is not None else graph.weight_grid().kv_bits
     result = fit(graph, budget, ids, pruning=None if pruning == "none" else pruning, rounding=rounding,
-                 progress=progress)
+                 progress=progress, kv_bits=kv_bits, sparsities=args.sparsities or SPARSITIES)
     if args.eval_tokens and ids is not None:
         _score(args, loaded, graph, result, context)
     print(_table(result))

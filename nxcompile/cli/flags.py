@@ -34,6 +34,13 @@ def weight_bits(text: str) -> int:
     return value
 
 
+def add_kv_bits_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kv-bits", type=weight_bits, default=None,
+                        help="the graded method's KV cache: each cached key and value this many signed bits (2 to 8; "
+                             "default the graph's grid, 8 bits): at GPT-2's 1,024-token context the cache is a "
+                             "fixed share of the cores that no weight cut reduces")
+
+
 def fraction(text: str) -> float:
     """argparse type: a pruned fraction, 0 to below 1."""
     try:
@@ -43,6 +50,11 @@ def fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"a pruned fraction is at least 0 and below 1, got {value}")
     return value
+
+
+def fractions(text: str) -> tuple[float, ...]:
+    """argparse type: pruned fractions, comma-separated."""
+    return tuple(fraction(part) for part in text.split(","))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
