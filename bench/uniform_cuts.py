@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--kv-bits", type=int, default=8, choices=range(2, 17), metavar="2..16",
                         help="the graded method's KV cache width (the rate-coded methods' keys and values are spikes)")
     args = parser.parse_args()
+    if args.kv_bits != 8 and args.method != "graded":
+        parser.error("--kv-bits sets the graded method's KV cache; the rate-coded methods cache spikes")
     cuts = [(int(b), float(f)) for f in args.sparsity.split(",") for b in args.bits.split(",")]
     options = ConversionOptions(method=args.method, timesteps=timesteps_for(args.method, None))
     tiny = load_model("gpt2-tiny")

@@ -25,6 +25,7 @@ whose populations share one unit with their thresholds) prune by magnitude and r
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -81,10 +82,9 @@ class FitPoint:
 
     def describe(self) -> str:
         widths = {w: sum(b == w for b, _ in self.cuts.values()) for w in WIDTHS}
-        pruned = {f: sum(s == f for _, s in self.cuts.values()) for f in sorted({s for _, s in self.cuts.values()})
-                  if f > 0}
+        pruned = sorted(Counter(f for _, f in self.cuts.values() if f > 0).items())
         return ", ".join([f"{n} at {w} bits" for w, n in widths.items() if n]
-                         + [f"{n} pruned {100 * f:.0f} %" for f, n in pruned.items() if n])
+                         + [f"{n} pruned {100 * f:.0f} %" for f, n in pruned])
 
 
 @dataclass
