@@ -278,6 +278,12 @@ class MessageFormat:
 RESIDUAL_FORMAT = MessageFormat(GRADED_BITS, GRADED_FRACTION_BITS)
 
 
+def limit_of(bits: int) -> int:
+    """The largest magnitude of a signed `bits`-bit payload (or mantissa): symmetric, so that
+    negating a message never saturates it."""
+    return 2 ** (bits - 1) - 1
+
+
 @dataclass(frozen=True)
 class AccumulatorFormat(MessageFormat):
     """A GradedDense's message, and how it accumulates: input payloads of in_bits / in_frac,

@@ -72,7 +72,7 @@ def layer_format(weights: list[torch.Tensor], threshold: torch.Tensor, bias: tor
     mantissa_max = limit_of(weight_bits or target.weight_mantissa_bits)
     k = math.floor(math.log2(mantissa_max / largest)) if largest > 0 else 0
     threshold_limit = 2 ** (target.threshold_bits + ALIGN_BITS) - 1
-    bias_limit = 2 ** (target.bias_mantissa_bits - 1) - 1
+    bias_limit = limit_of(target.bias_mantissa_bits)
     bias_exp_max = 2 ** target.bias_exponent_bits - 1
     largest_bias = float(bias.abs().max()) if bias.numel() else 0.0
     bias_fits = lambda unit: largest_bias * unit <= bias_limit * 2.0 ** bias_exp_max   # noqa: E731
@@ -115,7 +115,7 @@ def _weight_on_grid(w: torch.Tensor, fmt: PopulationFormat, weight_bits: int) ->
 
 def _bias_on_grid(b: torch.Tensor, fmt: PopulationFormat, target: Target) -> torch.Tensor:
     """Float-unit biases as mantissa * 2**bias_exp, in state units."""
-    return _round_to(b * 2.0 ** fmt.unit_log2, 2.0 ** fmt.bias_exp, 2 ** (target.bias_mantissa_bits - 1) - 1)
+    return _round_to(b * 2.0 ** fmt.unit_log2, 2.0 ** fmt.bias_exp, limit_of(target.bias_mantissa_bits))
 
 
 def _quantise_readout(op: Dense, target: Target, weight_bits: int):
@@ -305,7 +305,7 @@ def _dot_bits(mantissas: torch.Tensor) -> int:
     """The widest input payload (bits, sign included) for which Lava's Dense, holding 2m (sign mode
     MIXED), cannot overflow its int32 sum: 2 * max_row sum|m| * (2**(b-1) - 1) < 2**31."""
     row_l1 = int(mantissas.abs().sum(dim=1).max())
-    return max(2, int(math.floor(math.log2((2 ** (DENSE_DOT_BITS - 1) - 1) / (2 * max(1, row_l1))))) + 1)
+    return max(2, int(math.floor(math.log2(limit_of(DENSE_DOT_BITS) / (2 * max(1, row_l1))))) + 1)
 
 
 def _fraction_bits(bits: int, value_range: float) -> int:

@@ -42,11 +42,11 @@ import torch
 from transformers.activations import ACT2FN
 
 from nxcompile.compiler.graph import (GRADED_BITS, GRADED_FRACTION_BITS, SSA, Add, Attention, Dense, Encode,
-                                      GradedDense, LayerNorm, NeuronModel, SpikingGraph, out_kind)
+                                      GradedDense, LayerNorm, NeuronModel, SpikingGraph, limit_of, out_kind)
 from nxcompile.errors import UsageError
 from nxcompile.sim.reference import RunResult, decode_output, execute_node
 
-PAYLOAD_LIMIT = 2 ** (GRADED_BITS - 1) - 1
+PAYLOAD_LIMIT = limit_of(GRADED_BITS)
 DECAY_BITS = 12                    # [Lava] lif/models.py: du, dv are 12-bit
 DECAY_UNITS = 1 << DECAY_BITS
 
@@ -63,11 +63,6 @@ def from_payload(p: np.ndarray) -> np.ndarray:
 
 def saturate(p: np.ndarray) -> np.ndarray:
     return np.clip(p, -PAYLOAD_LIMIT, PAYLOAD_LIMIT)
-
-
-def limit_of(bits: int) -> int:
-    """The largest magnitude of a signed `bits`-bit payload."""
-    return 2 ** (bits - 1) - 1
 
 
 @dataclass(frozen=True, eq=False)

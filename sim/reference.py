@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.activations import ACT2FN
 
 from nxcompile.compiler.graph import (SSA, Add, Attention, Dense, Embed, Encode, GradedDense, LayerNorm,
-                                      NeuronModel, SpikingGraph, out_kind)
+                                      NeuronModel, SpikingGraph, limit_of, out_kind)
 
 
 SpikeFunction = Callable[[NeuronModel, torch.Tensor], torch.Tensor]
@@ -151,7 +151,7 @@ def _graded_dense(op: GradedDense, inputs, ctx) -> torch.Tensor:
 def on_payload_grid(x: torch.Tensor, bits: int, fraction_bits: int) -> torch.Tensor:
     """`x` as a signed `bits`-bit payload with `fraction_bits` carries it (rounded half up, saturated,
     as fixed point rescales a message); the gradient passes the rounding straight through."""
-    limit = 2 ** (bits - 1) - 1
+    limit = limit_of(bits)
     unit = 2.0 ** fraction_bits
     fixed = torch.clamp(torch.floor(x * unit + 0.5), -limit, limit) / unit
     return x + (fixed - x).detach()
