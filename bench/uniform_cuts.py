@@ -5,7 +5,7 @@
                                  [--shapes random:gpt2-small,random:gpt2-medium] [--packing intel]
                                  [--rounding nearest|gptq] [--calibration-tokens 512]
                                  [--finetune-steps 0] [--finetune-lr 1e-3] [--batch-size 4] [--prune-steps 0]
-                                 [--kv-bits 8]
+                                 [--kv-bits 8] [--seed 0]
 
 Every on-chip weight layer's mantissas at the same signed width and the same fraction of each
 neuron's synapses pruned by magnitude (`GradedPrecision`), quantised for loihi2-sim; gpt2-tiny
@@ -19,7 +19,7 @@ per layer instead), always rounded to nearest; `--rounding gptq` rounds gpt2-tin
 GPTQ on training text (`--calibration-tokens`; the graded method's only). `--finetune-steps N`
 also fine-tunes gpt2-tiny on each cut's grid (quantisation-aware, every layer, `nxcompile finetune
 --scope all --weight-bits B --sparsity F`'s training: Adam, a cosine schedule after a tenth of the
-steps warming up, seed 0; `--prune-steps` as `finetune --prune-steps`) and scores it on the same
+steps warming up, `--seed` as `finetune --seed`; `--prune-steps` as `finetune --prune-steps`) and scores it on the same
 tokens. `--kv-bits` narrows the graded method's KV cache too (in the chips, the one-shot score and
 the training, `finetune --kv-bits`); the fine-tuned graph is then also scored with an 8-bit cache,
 which shows what the narrower cache itself costs.
@@ -63,7 +63,7 @@ def finetuned(tiny, graph, bits: int, fraction: float, train, args: argparse.Nam
     options = FinetuneOptions(steps=args.finetune_steps, learning_rate=args.finetune_lr, batch_size=args.batch_size,
                               context=tiny.config.n_positions, timesteps=graph.meta["options"]["timesteps"],
                               scope="all", schedule="cosine",
-                              warmup_steps=args.finetune_steps // 10, prune_steps=args.prune_steps)
+                              warmup_steps=args.finetune_steps // 10, prune_steps=args.prune_steps, seed=args.seed)
     cut = graph.copy().with_weight_grid(uniform_grid(graph, bits, fraction, kv_bits=args.kv_bits))
     with tqdm(total=options.steps, desc=f"fine-tune {bits}-bit {100 * fraction:.0f} % pruned", file=sys.stderr) as bar:
         trainable, _ = finetune(tiny.model, cut, train, TARGET, options, on_step=lambda step, losses: bar.update(1))
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--prune-steps", type=int, default=0)
     parser.add_argument("--kv-bits", type=int, default=8, choices=range(2, 17), metavar="2..16",
                         help="the graded method's KV cache width (the rate-coded methods' keys and values are spikes)")
+    parser.add_argument("--seed", type=int, default=0, help="fine-tuning's seed (its initial draw and its windows)")
     args = parser.parse_args()
     if args.kv_bits != 8 and args.method != "graded":
         parser.error("--kv-bits sets the graded method's KV cache; the rate-coded methods cache spikes")
@@ -99,7 +100,7 @@ def main() -> None:
     train = training_windows(tiny.tokenizer, tiny.config.n_positions) if args.finetune_steps else None
     print(f"gpt2-tiny, {args.method} ({graph.meta['origin']}), T = {options.timesteps}, {held_out.numel()} held-out "
           f"tokens in loihi2-sim's integers; every layer alike, {args.packing} packing, {args.rounding} rounding, "
-          f"{args.kv_bits}-bit KV cache")
+          f"{args.kv_bits}-bit KV cache" + (f", fine-tuning seed {args.seed}" if args.finetune_steps else ""))
     tuned = f" | after {args.finetune_steps} steps on the grid: ppl change | cos(logits) | top-1" + (
         " | the same with an 8-bit KV cache: ppl change | cos(logits) | top-1" if args.kv_bits != 8 else "")
     print("| weight bits | pruned | ppl change | cos(logits) | top-1 | cores / chips"
