@@ -5,7 +5,7 @@
                                  [--shapes random:gpt2-small,random:gpt2-medium] [--packing intel]
                                  [--rounding nearest|gptq] [--calibration-tokens 512]
                                  [--finetune-steps 0] [--finetune-lr 1e-3] [--batch-size 4] [--prune-steps 0]
-                                 [--kv-bits 8] [--seed 0]
+                                 [--kv-bits 8] [--seed 0] [--device cpu|cuda]
 
 Every on-chip weight layer's mantissas at the same signed width and the same fraction of each
 neuron's synapses pruned by magnitude (`GradedPrecision`), quantised for loihi2-sim; gpt2-tiny
@@ -19,9 +19,10 @@ per layer instead), always rounded to nearest; `--rounding gptq` rounds gpt2-tin
 GPTQ on training text (`--calibration-tokens`; the graded method's only). `--finetune-steps N`
 also fine-tunes gpt2-tiny on each cut's grid (quantisation-aware, every layer, `nxcompile finetune
 --scope all --weight-bits B --sparsity F`'s training: Adam, a cosine schedule after a tenth of the
-steps warming up, `--seed` as `finetune --seed`; `--prune-steps` as `finetune --prune-steps`) and scores it on the same
-tokens. `--kv-bits` narrows the graded method's KV cache too (in the chips, the one-shot score and
-the training, `finetune --kv-bits`); the fine-tuned graph is then also scored with an 8-bit cache,
+steps warming up, `--seed` as `finetune --seed`; `--prune-steps` as `finetune --prune-steps`; `--device`
+as `finetune --device`) and scores it on the same tokens (in Loihi's integers, on the CPU). `--kv-bits`
+narrows the graded method's KV cache too (in the chips, the one-shot score and the training,
+`finetune --kv-bits`); the fine-tuned graph is then also scored with an 8-bit cache,
 which shows what the narrower cache itself costs.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import sys
 from dataclasses import replace
 
+import torch
 from tqdm import tqdm
 
 from nxcompile.compiler.convert import ConversionOptions, resolve_graph, timesteps_for
@@ -38,9 +40,10 @@ from nxcompile.compiler.layers import network_from_graph
 from nxcompile.compiler.partition import place
 from nxcompile.compiler.quantize import quantize
 from nxcompile.compiler.targets import TARGETS
+from nxcompile.errors import UsageError
 from nxcompile.models.corpus import load_corpus, token_windows, training_windows
-from nxcompile.models.finetune import FinetuneOptions, finetune
-from nxcompile.models.zoo import load_model
+from nxcompile.models.finetune import FinetuneOptions, finetune, graph_on
+from nxcompile.models.zoo import check_device, load_model
 from nxcompile.sim import fixed_point
 from nxcompile.sim.evaluate import evaluate
 
@@ -63,11 +66,13 @@ def finetuned(tiny, graph, bits: int, fraction: float, train, args: argparse.Nam
     options = FinetuneOptions(steps=args.finetune_steps, learning_rate=args.finetune_lr, batch_size=args.batch_size,
                               context=tiny.config.n_positions, timesteps=graph.meta["options"]["timesteps"],
                               scope="all", schedule="cosine",
-                              warmup_steps=args.finetune_steps // 10, prune_steps=args.prune_steps, seed=args.seed)
+                              warmup_steps=args.finetune_steps // 10, prune_steps=args.prune_steps, seed=args.seed,
+                              device=args.device)
     cut = graph.copy().with_weight_grid(uniform_grid(graph, bits, fraction, kv_bits=args.kv_bits))
     with tqdm(total=options.steps, desc=f"fine-tune {bits}-bit {100 * fraction:.0f} % pruned", file=sys.stderr) as bar:
         trainable, _ = finetune(tiny.model, cut, train, TARGET, options, on_step=lambda step, losses: bar.update(1))
-    return trainable.deployable()
+    tiny.model.to("cpu")            # finetune moved the teacher; scoring runs on the CPU
+    return graph_on(trainable.deployable(), torch.device("cpu"))
 
 
 def main() -> None:
@@ -87,7 +92,12 @@ def main() -> None:
     parser.add_argument("--kv-bits", type=int, default=8, choices=range(2, 17), metavar="2..16",
                         help="the graded method's KV cache width (the rate-coded methods' keys and values are spikes)")
     parser.add_argument("--seed", type=int, default=0, help="fine-tuning's seed (its initial draw and its windows)")
+    parser.add_argument("--device", default="cpu", help="where fine-tuning runs: cpu or cuda")
     args = parser.parse_args()
+    try:
+        check_device(args.device)
+    except UsageError as error:
+        parser.error(str(error))
     if args.kv_bits != 8 and args.method != "graded":
         parser.error("--kv-bits sets the graded method's KV cache; the rate-coded methods cache spikes")
     cuts = [(int(b), float(f)) for f in args.sparsity.split(",") for b in args.bits.split(",")]
