@@ -2,6 +2,8 @@
 hardware schedule, and `nxcompile perf` (on Intel's measured PilotNet, see tests/test_calibration.py)."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,28 @@ def test_the_perf_command_prints_both_phases_beside_the_ann_and_refuses_bad_inpu
     assert main(["perf", "gpt2-tiny", "--device", device]) == 2
     err = capsys.readouterr().err.strip()
     assert "--device" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+class _SteppedCounter:
+    """An energy counter like NVML's: each run adds `mj_per_run`, but the reading moves only every `every` runs."""
+
+    def __init__(self, mj_per_run: float, every: int):
+        self.mj_per_run, self.every, self.runs = mj_per_run, every, 0
+
+    def run(self) -> None:
+        self.runs += 1
+        time.sleep(1e-3)
+
+    def read(self) -> float:
+        return (self.runs // self.every) * self.every * self.mj_per_run
+
+
+def test_the_anns_energy_per_run_spans_a_window_of_runs_not_one_run():
+    from nxcompile.models.ann_speed import _mj_per_run
+
+    one = _SteppedCounter(3.0, every=10)
+    assert _mj_per_run(one.run, one.read, window_s=0) == 0.0       # one run between two readings: no step seen
+    many = _SteppedCounter(3.0, every=10)
+    estimate = _mj_per_run(many.run, many.read, window_s=0.3)
+    assert many.runs >= 100                                        # the window held many runs ...
+    assert abs(estimate - 3.0) <= 3.0 * 10 / many.runs             # ... so one step's error is spread over them
